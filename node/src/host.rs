@@ -1,0 +1,1109 @@
+//! The host: owns listeners and connections, runs the upgrade pipeline
+//! (multistream-select → Noise → multistream-select → yamux), routes inbound streams to
+//! registered protocol handlers, and publishes connection and stream events.
+//!
+//! It is the one place in the stack that spawns tasks; all of them are tracked and end on
+//! [`Host::shutdown`], which closes every connection politely (yamux GoAway) first.
+//! Policy — whom to dial, what a protocol does — lives above, in protocols and roles.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use multiaddr::{Multiaddr, Protocol};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::identity::{key_type_label, Keypair, PeerId, PublicKey};
+use crate::metrics::{
+    ConnLabels, DialErrorLabels, DirLabels, HandshakeLabels, KeyTypeLabels, Metrics, StreamLabels,
+};
+use crate::transport::{self, RawStream, Target};
+use crate::{multistream, noise};
+
+pub const YAMUX_PROTOCOL: &str = "/yamux/1.0.0";
+
+/// Limits and timeouts of the host.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Raw connect (TCP SYN to established).
+    pub dial_timeout: Duration,
+    /// Security and muxer negotiation of a new connection.
+    pub handshake_timeout: Duration,
+    /// Protocol negotiation on a new stream.
+    pub negotiation_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    /// Inbound connections in their handshake at once.
+    pub max_pending_incoming: usize,
+    /// Yamux streams per connection (further inbound streams are reset).
+    pub max_streams_per_connection: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dial_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            negotiation_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_connections_per_peer: 8,
+            max_pending_incoming: 256,
+            max_streams_per_connection: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(u64);
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Why a dial failed. [`DialError::label`] is the `error` label of `libp2p_swarm_dial_errors_total`.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("no usable address")]
+    NoAddresses,
+    #[error("unsupported address: {0}")]
+    Unsupported(Multiaddr),
+    #[error("connection refused")]
+    Refused,
+    #[error("timed out")]
+    Timeout,
+    #[error("wrong peer: expected {expected}, got {got}")]
+    WrongPeer { expected: Box<PeerId>, got: Box<PeerId> },
+    #[error("no common protocol ({0})")]
+    NoCommonProtocol(&'static str),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("connection limit reached")]
+    Limit,
+    #[error("dialing ourselves")]
+    SelfDial,
+    #[error("host is shutting down")]
+    ShuttingDown,
+    #[error("i/o: {0}")]
+    Io(io::Error),
+}
+
+impl DialError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            DialError::NoAddresses => "no_addresses",
+            DialError::Unsupported(_) => "unsupported",
+            DialError::Refused => "connection_refused",
+            DialError::Timeout => "deadline",
+            DialError::WrongPeer { .. } => "wrong_peer",
+            DialError::NoCommonProtocol(_) => "no_common_protocol",
+            DialError::Handshake(_) => "handshake",
+            DialError::Limit => "limit",
+            DialError::SelfDial => "self_dial",
+            DialError::ShuttingDown => "shutting_down",
+            DialError::Io(_) => "io",
+        }
+    }
+}
+
+impl From<transport::Error> for DialError {
+    fn from(e: transport::Error) -> Self {
+        match e {
+            transport::Error::Unsupported(a) => DialError::Unsupported(a),
+            transport::Error::Refused => DialError::Refused,
+            transport::Error::Io(e) => DialError::Io(e),
+        }
+    }
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("not connected to {0}")]
+    NotConnected(PeerId),
+    #[error("connection closed")]
+    Closed,
+    #[error("protocol negotiation timed out")]
+    Timeout,
+    #[error("remote supports none of the protocols")]
+    Unsupported,
+    #[error("negotiation: {0}")]
+    Negotiation(String),
+    #[error("muxer: {0}")]
+    Muxer(String),
+}
+
+/// What the host tells subscribers. Lagging subscribers lose the oldest events.
+#[derive(Debug, Clone)]
+pub enum Event {
+    ConnectionEstablished(Connection),
+    ConnectionClosed {
+        id: ConnectionId,
+        peer: PeerId,
+        direction: Direction,
+        reason: String,
+    },
+    IncomingConnectionError {
+        error: String,
+    },
+    StreamOpened {
+        peer: PeerId,
+        connection: ConnectionId,
+        direction: Direction,
+        protocol: String,
+    },
+    ListenAddrsChanged,
+    ProtocolsChanged,
+}
+
+enum Command {
+    Open(oneshot::Sender<Result<yamux::Stream, String>>),
+    Close,
+}
+
+/// A handle on an established connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<ConnInner>,
+}
+
+struct ConnInner {
+    id: ConnectionId,
+    peer: PeerId,
+    remote_key: PublicKey,
+    remote_addr: Multiaddr,
+    local_addr: Multiaddr,
+    direction: Direction,
+    established: Instant,
+    negotiation_timeout: Duration,
+    cmd: mpsc::Sender<Command>,
+    closed: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.inner.id)
+            .field("peer", &self.inner.peer)
+            .field("direction", &self.inner.direction)
+            .finish()
+    }
+}
+
+impl Connection {
+    pub fn id(&self) -> ConnectionId {
+        self.inner.id
+    }
+    pub fn peer(&self) -> PeerId {
+        self.inner.peer
+    }
+    pub fn remote_key(&self) -> &PublicKey {
+        &self.inner.remote_key
+    }
+    /// The remote's address as we see it (what identify reports as "observed").
+    pub fn remote_addr(&self) -> &Multiaddr {
+        &self.inner.remote_addr
+    }
+    pub fn local_addr(&self) -> &Multiaddr {
+        &self.inner.local_addr
+    }
+    pub fn direction(&self) -> Direction {
+        self.inner.direction
+    }
+    pub fn established(&self) -> Instant {
+        self.inner.established
+    }
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+    /// Resolves once the connection is gone.
+    pub async fn closed(&self) {
+        self.inner.closed.cancelled().await
+    }
+
+    /// Opens a stream and negotiates the first of `protocols` the remote supports.
+    pub async fn open_stream<P: AsRef<str>>(&self, protocols: &[P]) -> Result<Stream, StreamError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .cmd
+            .send(Command::Open(tx))
+            .await
+            .map_err(|_| StreamError::Closed)?;
+        let timeout = self.inner.negotiation_timeout;
+        let raw = tokio::time::timeout(timeout, rx)
+            .await
+            .map_err(|_| StreamError::Timeout)?
+            .map_err(|_| StreamError::Closed)?
+            .map_err(StreamError::Muxer)?;
+        let mut io = raw.compat();
+        let protocol =
+            match tokio::time::timeout(timeout, multistream::dialer_select(&mut io, protocols))
+                .await
+            {
+                Err(_) => return Err(StreamError::Timeout),
+                Ok(Err(multistream::Error::NoCommonProtocol)) => {
+                    return Err(StreamError::Unsupported)
+                }
+                Ok(Err(e)) => return Err(StreamError::Negotiation(e.to_string())),
+                Ok(Ok(p)) => p,
+            };
+        Ok(Stream::new(io, protocol, self, Direction::Outbound, None))
+    }
+
+    /// Asks the connection to close politely (yamux GoAway, then the socket).
+    pub fn close(&self) {
+        let _ = self.inner.cmd.try_send(Command::Close);
+    }
+}
+
+/// A negotiated stream. Reads and writes go straight to the yamux stream.
+pub struct Stream {
+    io: Compat<yamux::Stream>,
+    protocol: String,
+    peer: PeerId,
+    connection: Connection,
+    direction: Direction,
+    metrics: Arc<Metrics>,
+}
+
+impl Stream {
+    fn new(
+        io: Compat<yamux::Stream>,
+        protocol: String,
+        conn: &Connection,
+        direction: Direction,
+        label: Option<String>,
+    ) -> Self {
+        let metrics = conn.inner.metrics.clone();
+        metrics
+            .streams_opened
+            .get_or_create(&StreamLabels {
+                dir: direction.as_str(),
+                protocol: label.unwrap_or_else(|| protocol.clone()),
+            })
+            .inc();
+        metrics
+            .streams
+            .get_or_create(&DirLabels {
+                dir: direction.as_str(),
+            })
+            .inc();
+        Stream {
+            io,
+            protocol,
+            peer: conn.peer(),
+            connection: conn.clone(),
+            direction,
+            metrics,
+        }
+    }
+    pub fn protocol(&self) -> &str {
+        &self.protocol
+    }
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.metrics
+            .streams
+            .get_or_create(&DirLabels {
+                dir: self.direction.as_str(),
+            })
+            .dec();
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// An inbound protocol handler: called with each negotiated stream, in its own task.
+pub type Handler = Arc<dyn Fn(Stream) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Wraps an async closure as a [`Handler`].
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Stream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |s| Box::pin(f(s)))
+}
+
+/// The libp2p host. Cheap to clone.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    key: Keypair,
+    peer_id: PeerId,
+    noise: noise::Config,
+    config: Config,
+    metrics: Arc<Metrics>,
+    next_id: AtomicU64,
+    connections: Mutex<HashMap<PeerId, Vec<Connection>>>,
+    handlers: RwLock<HashMap<String, Handler>>,
+    listen_addrs: RwLock<Vec<Multiaddr>>,
+    events: broadcast::Sender<Event>,
+    pending_incoming: Arc<Semaphore>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+type Muxer = yamux::Connection<Compat<noise::Stream<RawStream>>>;
+
+impl Host {
+    pub fn new(key: Keypair, config: Config, metrics: Arc<Metrics>) -> Result<Self, noise::Error> {
+        let noise = noise::Config::new(&key)?;
+        let (events, _) = broadcast::channel(1024);
+        let pending = Arc::new(Semaphore::new(config.max_pending_incoming.max(1)));
+        Ok(Host {
+            inner: Arc::new(HostInner {
+                peer_id: key.public().to_peer_id(),
+                key,
+                noise,
+                config,
+                metrics,
+                next_id: AtomicU64::new(1),
+                connections: Mutex::new(HashMap::new()),
+                handlers: RwLock::new(HashMap::new()),
+                listen_addrs: RwLock::new(Vec::new()),
+                events,
+                pending_incoming: pending,
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+    pub fn keypair(&self) -> &Keypair {
+        &self.inner.key
+    }
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+    fn emit(&self, event: Event) {
+        let _ = self.inner.events.send(event);
+    }
+
+    /// Spawns a task tracked by the host; it is cancelled on shutdown.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let token = self.inner.shutdown.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
+    /// A token cancelled when the host shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Registers (or replaces) the handler of an inbound protocol.
+    pub fn set_handler(&self, protocol: &str, handler: Handler) {
+        write(&self.inner.handlers).insert(protocol.to_string(), handler);
+        self.emit(Event::ProtocolsChanged);
+    }
+
+    pub fn remove_handler(&self, protocol: &str) {
+        write(&self.inner.handlers).remove(protocol);
+        self.emit(Event::ProtocolsChanged);
+    }
+
+    /// The protocols we serve, sorted.
+    pub fn protocols(&self) -> Vec<String> {
+        let mut p: Vec<String> = read(&self.inner.handlers).keys().cloned().collect();
+        p.sort();
+        p
+    }
+
+    /// Bound listen addresses, as bound (may be unspecified, e.g. `0.0.0.0`).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        read(&self.inner.listen_addrs).clone()
+    }
+
+    /// Listen addresses with unspecified IPs expanded to this machine's interface addresses.
+    pub fn interface_listen_addrs(&self) -> Vec<Multiaddr> {
+        let mut out = Vec::new();
+        for addr in self.listen_addrs() {
+            match addr.iter().next() {
+                Some(Protocol::Ip4(ip)) if ip.is_unspecified() => {
+                    for iface in interface_ips().into_iter().filter(|ip| ip.is_ipv4()) {
+                        out.push(replace_ip(&addr, iface));
+                    }
+                }
+                Some(Protocol::Ip6(ip)) if ip.is_unspecified() => {
+                    for iface in interface_ips().into_iter().filter(|ip| ip.is_ipv6()) {
+                        out.push(replace_ip(&addr, iface));
+                    }
+                }
+                _ => out.push(addr),
+            }
+        }
+        out.dedup();
+        out
+    }
+
+    /// Starts listening; returns the bound address (port 0 resolved).
+    pub async fn listen(&self, addr: &Multiaddr) -> Result<Multiaddr, transport::Error> {
+        let (target, _) = transport::parse(addr)?;
+        let mut listener = transport::Listener::bind(&target).await?;
+        let bound = listener.local_addr()?;
+        write(&self.inner.listen_addrs).push(bound.clone());
+        self.emit(Event::ListenAddrsChanged);
+        let host = self.clone();
+        let token = self.inner.shutdown.clone();
+        let transport_label = target.transport_label();
+        let ip_version = target.ip_version();
+        let local_addr = bound.clone();
+        self.inner.tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = token.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                let (raw, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!("accept failed: {e}");
+                        // EMFILE and friends: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = host.inner.pending_incoming.clone().try_acquire_owned() else {
+                    host.count_handshake_error(transport_label, "pending_limit", ip_version);
+                    continue;
+                };
+                let host2 = host.clone();
+                let local = local_addr.clone();
+                host.spawn(async move {
+                    let _permit = permit;
+                    host2
+                        .handle_incoming(raw, remote, local, transport_label, ip_version)
+                        .await;
+                });
+            }
+        });
+        Ok(bound)
+    }
+
+    fn count_handshake_error(
+        &self,
+        transport: &'static str,
+        error: &'static str,
+        ip_version: &'static str,
+    ) {
+        self.inner
+            .metrics
+            .handshake_errors
+            .get_or_create(&DialErrorLabels {
+                transport,
+                error,
+                ip_version,
+            })
+            .inc();
+    }
+
+    async fn handle_incoming(
+        &self,
+        raw: RawStream,
+        remote: Multiaddr,
+        local: Multiaddr,
+        transport: &'static str,
+        ip_version: &'static str,
+    ) {
+        let started = Instant::now();
+        let upgraded = tokio::time::timeout(
+            self.inner.config.handshake_timeout,
+            self.upgrade(raw, false, None),
+        )
+        .await;
+        let (mux, peer, key) = match upgraded {
+            Err(_) => {
+                self.count_handshake_error(transport, "deadline", ip_version);
+                self.emit(Event::IncomingConnectionError {
+                    error: "handshake timed out".into(),
+                });
+                return;
+            }
+            Ok(Err(e)) => {
+                self.count_handshake_error(transport, e.label(), ip_version);
+                tracing::debug!("inbound handshake failed: {e}");
+                self.emit(Event::IncomingConnectionError {
+                    error: e.to_string(),
+                });
+                return;
+            }
+            Ok(Ok(u)) => u,
+        };
+        if let Err(e) = self.admit(&peer) {
+            self.count_handshake_error(transport, e.label(), ip_version);
+            return; // dropping `mux` closes the socket
+        }
+        self.observe_handshake(started, transport, ip_version);
+        self.establish(
+            mux,
+            peer,
+            key,
+            remote,
+            local,
+            Direction::Inbound,
+            transport,
+            ip_version,
+        );
+    }
+
+    fn admit(&self, peer: &PeerId) -> Result<(), DialError> {
+        let conns = lock(&self.inner.connections);
+        let total: usize = conns.values().map(Vec::len).sum();
+        let per_peer = conns.get(peer).map_or(0, Vec::len);
+        if total >= self.inner.config.max_connections
+            || per_peer >= self.inner.config.max_connections_per_peer
+        {
+            return Err(DialError::Limit);
+        }
+        Ok(())
+    }
+
+    fn observe_handshake(
+        &self,
+        started: Instant,
+        transport: &'static str,
+        ip_version: &'static str,
+    ) {
+        self.inner
+            .metrics
+            .handshake_latency
+            .get_or_create(&HandshakeLabels {
+                transport,
+                security: "noise",
+                muxer: "yamux",
+                early_muxer: "false",
+                ip_version,
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// multistream-select /noise → Noise XX → multistream-select /yamux/1.0.0 → yamux.
+    async fn upgrade(
+        &self,
+        mut raw: RawStream,
+        dialer: bool,
+        expected: Option<PeerId>,
+    ) -> Result<(Muxer, PeerId, PublicKey), DialError> {
+        let nego = |e: multistream::Error, what: &'static str| match e {
+            multistream::Error::NoCommonProtocol | multistream::Error::TooManyProposals => {
+                DialError::NoCommonProtocol(what)
+            }
+            other => DialError::Handshake(format!("{what} negotiation: {other}")),
+        };
+        if dialer {
+            multistream::dialer_select(&mut raw, &[noise::PROTOCOL])
+                .await
+                .map_err(|e| nego(e, "security"))?;
+        } else {
+            multistream::listener_select(&mut raw, |p| p == noise::PROTOCOL)
+                .await
+                .map_err(|e| nego(e, "security"))?;
+        }
+        let out = noise::handshake(raw, &self.inner.noise, dialer, expected)
+            .await
+            .map_err(|e| match e {
+                noise::Error::WrongPeer { expected, got } => DialError::WrongPeer { expected, got },
+                other => DialError::Handshake(other.to_string()),
+            })?;
+        let mut secured = out.stream;
+        if dialer {
+            multistream::dialer_select(&mut secured, &[YAMUX_PROTOCOL])
+                .await
+                .map_err(|e| nego(e, "muxer"))?;
+        } else {
+            multistream::listener_select(&mut secured, |p| p == YAMUX_PROTOCOL)
+                .await
+                .map_err(|e| nego(e, "muxer"))?;
+        }
+        let mut cfg = yamux::Config::default();
+        let streams = self.inner.config.max_streams_per_connection.clamp(1, 4096);
+        cfg.set_max_num_streams(streams);
+        cfg.set_max_connection_receive_window(Some(streams * 256 * 1024));
+        let mode = if dialer {
+            yamux::Mode::Client
+        } else {
+            yamux::Mode::Server
+        };
+        Ok((
+            yamux::Connection::new(secured.compat(), cfg, mode),
+            out.remote_peer,
+            out.remote_key,
+        ))
+    }
+
+    /// Dials an address; a `/p2p/` suffix is checked against the peer we reach.
+    pub async fn dial(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        let (target, expected) = match transport::parse(addr) {
+            Ok(t) => t,
+            Err(e) => {
+                self.count_dial_error("other", "unsupported", "");
+                return Err(e.into());
+            }
+        };
+        if expected == Some(self.peer_id()) {
+            return Err(DialError::SelfDial);
+        }
+        let transport = target.transport_label();
+        let ip_version = target.ip_version();
+        let result = self.dial_target(&target, addr, expected).await;
+        if let Err(e) = &result {
+            self.count_dial_error(transport, e.label(), ip_version);
+        }
+        result
+    }
+
+    fn count_dial_error(
+        &self,
+        transport: &'static str,
+        error: &'static str,
+        ip_version: &'static str,
+    ) {
+        self.inner
+            .metrics
+            .dial_errors
+            .get_or_create(&DialErrorLabels {
+                transport,
+                error,
+                ip_version,
+            })
+            .inc();
+    }
+
+    async fn dial_target(
+        &self,
+        target: &Target,
+        addr: &Multiaddr,
+        expected: Option<PeerId>,
+    ) -> Result<Connection, DialError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(DialError::ShuttingDown);
+        }
+        if let Some(peer) = &expected {
+            self.admit(peer)?;
+        }
+        let cfg = &self.inner.config;
+        let (raw, local) = tokio::time::timeout(cfg.dial_timeout, transport::dial(target))
+            .await
+            .map_err(|_| DialError::Timeout)??;
+        let started = Instant::now();
+        let (mux, peer, key) =
+            tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, true, expected))
+                .await
+                .map_err(|_| DialError::Timeout)??;
+        if peer == self.peer_id() {
+            return Err(DialError::SelfDial);
+        }
+        self.admit(&peer)?;
+        let transport_label = target.transport_label();
+        let ip_version = target.ip_version();
+        self.observe_handshake(started, transport_label, ip_version);
+        let remote = strip_p2p(addr);
+        Ok(self.establish(
+            mux,
+            peer,
+            key,
+            remote,
+            local,
+            Direction::Outbound,
+            transport_label,
+            ip_version,
+        ))
+    }
+
+    /// Returns an open connection to `peer`, or dials `addrs` in order until one works.
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+    ) -> Result<Connection, DialError> {
+        if let Some(c) = self.connection(&peer) {
+            return Ok(c);
+        }
+        let mut last = DialError::NoAddresses;
+        for addr in addrs {
+            let with_peer = match addr.iter().last() {
+                Some(Protocol::P2p(_)) => addr.clone(),
+                _ => addr.clone().with(Protocol::P2p(peer)),
+            };
+            match self.dial(&with_peer).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn establish(
+        &self,
+        mux: Muxer,
+        peer: PeerId,
+        remote_key: PublicKey,
+        remote_addr: Multiaddr,
+        local_addr: Multiaddr,
+        direction: Direction,
+        transport: &'static str,
+        ip_version: &'static str,
+    ) -> Connection {
+        let (cmd_tx, cmd_rx) = mpsc::channel(32);
+        let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let conn = Connection {
+            inner: Arc::new(ConnInner {
+                id,
+                peer,
+                remote_key,
+                remote_addr,
+                local_addr,
+                direction,
+                established: Instant::now(),
+                negotiation_timeout: self.inner.config.negotiation_timeout,
+                cmd: cmd_tx,
+                closed: CancellationToken::new(),
+                metrics: self.inner.metrics.clone(),
+            }),
+        };
+        let labels = ConnLabels {
+            dir: direction.as_str(),
+            transport,
+            security: "noise",
+            muxer: "yamux",
+            early_muxer: "false",
+            ip_version,
+        };
+        let m = &self.inner.metrics;
+        m.connections_opened.get_or_create(&labels).inc();
+        m.connections
+            .get_or_create(&DirLabels {
+                dir: direction.as_str(),
+            })
+            .inc();
+        m.key_types
+            .get_or_create(&KeyTypeLabels {
+                dir: direction.as_str(),
+                key_type: key_type_label(conn.remote_key()),
+            })
+            .inc();
+        lock(&self.inner.connections)
+            .entry(peer)
+            .or_default()
+            .push(conn.clone());
+        tracing::debug!(%peer, %id, dir = direction.as_str(), "connection established");
+        self.emit(Event::ConnectionEstablished(conn.clone()));
+        let host = self.clone();
+        let conn2 = conn.clone();
+        // Not `spawn`: the driver must see shutdown as a polite close, not an abort.
+        self.inner.tasks.spawn(async move {
+            let reason = host.drive(mux, cmd_rx, conn2.clone()).await;
+            host.remove_connection(&conn2, labels, reason);
+        });
+        conn
+    }
+
+    fn remove_connection(&self, conn: &Connection, labels: ConnLabels, reason: String) {
+        {
+            let mut conns = lock(&self.inner.connections);
+            if let Some(list) = conns.get_mut(&conn.peer()) {
+                list.retain(|c| c.id() != conn.id());
+                if list.is_empty() {
+                    conns.remove(&conn.peer());
+                }
+            }
+        }
+        conn.inner.closed.cancel();
+        let m = &self.inner.metrics;
+        m.connections_closed.get_or_create(&labels).inc();
+        m.connection_duration
+            .get_or_create(&labels)
+            .observe(conn.established().elapsed().as_secs_f64());
+        m.connections
+            .get_or_create(&DirLabels {
+                dir: conn.direction().as_str(),
+            })
+            .dec();
+        tracing::debug!(peer = %conn.peer(), id = %conn.id(), %reason, "connection closed");
+        self.emit(Event::ConnectionClosed {
+            id: conn.id(),
+            peer: conn.peer(),
+            direction: conn.direction(),
+            reason,
+        });
+    }
+
+    /// Runs one connection's muxer until it ends; returns why it ended.
+    async fn drive(
+        &self,
+        mut mux: Muxer,
+        mut cmds: mpsc::Receiver<Command>,
+        conn: Connection,
+    ) -> String {
+        let mut opening: VecDeque<oneshot::Sender<Result<yamux::Stream, String>>> = VecDeque::new();
+        let mut closing = false;
+        let shutdown = self.inner.shutdown.clone();
+        let mut shutdown_wait = std::pin::pin!(shutdown.cancelled_owned());
+        poll_fn(|cx| loop {
+            if !closing && shutdown_wait.as_mut().poll(cx).is_ready() {
+                closing = true;
+            }
+            while !closing {
+                match cmds.poll_recv(cx) {
+                    Poll::Ready(Some(Command::Open(tx))) => opening.push_back(tx),
+                    Poll::Ready(Some(Command::Close)) | Poll::Ready(None) => closing = true,
+                    Poll::Pending => break,
+                }
+            }
+            if closing {
+                for tx in opening.drain(..) {
+                    let _ = tx.send(Err("connection closing".into()));
+                }
+                return match mux.poll_close(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready("closed locally".to_string()),
+                    Poll::Ready(Err(e)) => Poll::Ready(format!("error while closing: {e}")),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            while !opening.is_empty() {
+                match mux.poll_new_outbound(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        if let Some(tx) = opening.pop_front() {
+                            let _ = tx.send(Ok(stream));
+                        }
+                    }
+                    Poll::Ready(Err(e)) => {
+                        for tx in opening.drain(..) {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                        return Poll::Ready(format!("muxer error: {e}"));
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            match mux.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => self.handle_inbound_stream(stream, &conn),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(format!("muxer error: {e}")),
+                Poll::Ready(None) => return Poll::Ready("closed by remote".to_string()),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    fn handle_inbound_stream(&self, stream: yamux::Stream, conn: &Connection) {
+        let host = self.clone();
+        let conn = conn.clone();
+        self.spawn(async move {
+            let mut io = stream.compat();
+            let timeout = host.inner.config.negotiation_timeout;
+            let handlers = &host.inner.handlers;
+            let negotiated = tokio::time::timeout(
+                timeout,
+                multistream::listener_select(&mut io, |p| read(handlers).contains_key(p)),
+            )
+            .await;
+            let protocol = match negotiated {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    let reason = match e {
+                        multistream::Error::TooManyProposals => "too_many_proposals",
+                        multistream::Error::Io(_) => "io",
+                        _ => "malformed",
+                    };
+                    host.inner.metrics.protocol_error("multistream", reason);
+                    return;
+                }
+                Err(_) => {
+                    host.inner.metrics.protocol_error("multistream", "timeout");
+                    return;
+                }
+            };
+            let Some(handler) = read(handlers).get(&protocol).cloned() else {
+                return; // removed during negotiation
+            };
+            host.emit(Event::StreamOpened {
+                peer: conn.peer(),
+                connection: conn.id(),
+                direction: Direction::Inbound,
+                protocol: protocol.clone(),
+            });
+            let stream = Stream::new(io, protocol, &conn, Direction::Inbound, None);
+            handler(stream).await;
+        });
+    }
+
+    /// Any open connection to `peer` (the oldest).
+    pub fn connection(&self, peer: &PeerId) -> Option<Connection> {
+        lock(&self.inner.connections)
+            .get(peer)
+            .and_then(|l| l.iter().find(|c| !c.is_closed()).cloned())
+    }
+
+    pub fn connections(&self) -> Vec<Connection> {
+        lock(&self.inner.connections)
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        lock(&self.inner.connections).keys().copied().collect()
+    }
+
+    /// Opens a stream to a connected peer.
+    pub async fn open_stream<P: AsRef<str>>(
+        &self,
+        peer: &PeerId,
+        protocols: &[P],
+    ) -> Result<Stream, StreamError> {
+        let conn = self
+            .connection(peer)
+            .ok_or(StreamError::NotConnected(*peer))?;
+        let stream = conn.open_stream(protocols).await?;
+        self.emit(Event::StreamOpened {
+            peer: *peer,
+            connection: conn.id(),
+            direction: Direction::Outbound,
+            protocol: stream.protocol().to_string(),
+        });
+        Ok(stream)
+    }
+
+    /// Closes every connection to `peer`.
+    pub fn disconnect(&self, peer: &PeerId) {
+        for c in lock(&self.inner.connections)
+            .get(peer)
+            .into_iter()
+            .flatten()
+        {
+            c.close();
+        }
+    }
+
+    /// Stops listening, closes every connection politely and waits (bounded) for all tasks.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not finish within {grace:?}");
+        }
+        // Handlers often hold services that hold the host: drop them to break the cycle.
+        write(&self.inner.handlers).clear();
+    }
+}
+
+fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+fn replace_ip(addr: &Multiaddr, ip: std::net::IpAddr) -> Multiaddr {
+    let first = match ip {
+        std::net::IpAddr::V4(ip) => Protocol::Ip4(ip),
+        std::net::IpAddr::V6(ip) => Protocol::Ip6(ip),
+    };
+    std::iter::once(first).chain(addr.iter().skip(1)).collect()
+}
+
+fn interface_ips() -> Vec<std::net::IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(list) => list.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::debug!("cannot list interfaces: {e}");
+            Vec::new()
+        }
+    }
+}
+
+// Locks whose holder panicked still hold consistent data here (every critical section
+// is a single insert/remove), so poisoning is ignored rather than propagated.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,244 @@
+//! Node identity: the Ed25519 key kept in the data directory, and decoding of remote keys.
+//!
+//! Keys use the protobuf encoding of `specs/peer-ids/peer-ids.md` on disk and on the
+//! wire; the cryptography itself comes from `libp2p-identity`. What this module adds is
+//! the policy around it: where the key lives (file mode 0600), and limits on what a
+//! remote may send (RSA keys at most 8192 bits, bounded encodings).
+
+use std::path::Path;
+
+pub use libp2p_identity::{Keypair, PeerId, PublicKey};
+
+/// File name of the node key inside the data directory.
+pub const KEY_FILE: &str = "identity.key";
+
+/// Upper bound on an encoded remote public key. An RSA-8192 SubjectPublicKeyInfo is
+/// about 1.06 KB; anything far beyond it is refused before parsing.
+pub const MAX_PUBLIC_KEY_LEN: usize = 1200;
+
+/// The largest RSA modulus we accept (the spec's bound).
+pub const MAX_RSA_BITS: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("key file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("key file {path} is not a protobuf-encoded private key: {reason}")]
+    BadKeyFile { path: String, reason: String },
+    #[error("public key of {0} bytes exceeds the limit")]
+    KeyTooLarge(usize),
+    #[error("RSA key of {0} bits exceeds {MAX_RSA_BITS}")]
+    RsaTooLarge(usize),
+    #[error("undecodable public key: {0}")]
+    BadPublicKey(String),
+}
+
+/// Loads the node key from `dir/identity.key`, creating a fresh Ed25519 key on first use.
+///
+/// The new key is written to a temporary file with mode 0600, synced, then renamed into
+/// place, so a crash never leaves a half-written key behind.
+pub fn load_or_generate(dir: &Path) -> Result<Keypair, Error> {
+    let path = dir.join(KEY_FILE);
+    let shown = path.display().to_string();
+    let io = |source| Error::Io {
+        path: shown.clone(),
+        source,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| Error::BadKeyFile {
+            path: shown.clone(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let key = Keypair::generate_ed25519();
+            let encoded = key.to_protobuf_encoding().map_err(|e| Error::BadKeyFile {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+            write_private(&path, &encoded).map_err(io)?;
+            Ok(key)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Decodes a remote's protobuf `PublicKey`, enforcing our size limits.
+pub fn decode_public_key(bytes: &[u8]) -> Result<PublicKey, Error> {
+    if bytes.len() > MAX_PUBLIC_KEY_LEN {
+        return Err(Error::KeyTooLarge(bytes.len()));
+    }
+    let key =
+        PublicKey::try_decode_protobuf(bytes).map_err(|e| Error::BadPublicKey(e.to_string()))?;
+    if let Ok(rsa) = key.clone().try_into_rsa() {
+        let bits = rsa_modulus_bits(&rsa.encode_x509());
+        if bits > MAX_RSA_BITS {
+            return Err(Error::RsaTooLarge(bits));
+        }
+    }
+    Ok(key)
+}
+
+/// Modulus size of an RSA SubjectPublicKeyInfo, read from its DER without a full parser:
+/// the modulus is the first INTEGER inside the inner SEQUENCE. Returns 0 when unreadable
+/// (verification by `ring` then refuses the key anyway).
+fn rsa_modulus_bits(spki: &[u8]) -> usize {
+    // Walk: SEQUENCE { SEQUENCE {alg}, BIT STRING { 0x00, SEQUENCE { INTEGER n, INTEGER e } } }
+    fn header(buf: &[u8]) -> Option<(u8, usize, usize)> {
+        let tag = *buf.first()?;
+        let first = *buf.get(1)? as usize;
+        if first < 0x80 {
+            return Some((tag, first, 2));
+        }
+        let n = first & 0x7f;
+        if n == 0 || n > 3 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *buf.get(2 + i)? as usize;
+        }
+        Some((tag, len, 2 + n))
+    }
+    fn bits(spki: &[u8]) -> Option<usize> {
+        let (_, _, h) = header(spki)?; // outer SEQUENCE
+        let rest = spki.get(h..)?;
+        let (_, alg_len, ah) = header(rest)?; // algorithm SEQUENCE
+        let rest = rest.get(ah + alg_len..)?;
+        let (tag, _, bh) = header(rest)?; // BIT STRING
+        if tag != 0x03 {
+            return None;
+        }
+        let rest = rest.get(bh + 1..)?; // skip unused-bits byte
+        let (_, _, sh) = header(rest)?; // RSAPublicKey SEQUENCE
+        let rest = rest.get(sh..)?;
+        let (tag, n_len, nh) = header(rest)?;
+        if tag != 0x02 {
+            return None;
+        }
+        let n = rest.get(nh..nh + n_len)?;
+        let n = match n.iter().position(|&b| b != 0) {
+            Some(i) => &n[i..],
+            None => return Some(0),
+        };
+        Some(n.len() * 8 - n[0].leading_zeros() as usize)
+    }
+    bits(spki).unwrap_or(0)
+}
+
+/// A short label for a key type, for metrics (`libp2p_swarm_key_types_total{key_type}`).
+pub fn key_type_label(key: &PublicKey) -> &'static str {
+    match key.key_type() {
+        libp2p_identity::KeyType::Ed25519 => "ed25519",
+        libp2p_identity::KeyType::Secp256k1 => "secp256k1",
+        libp2p_identity::KeyType::Ecdsa => "ecdsa",
+        libp2p_identity::KeyType::RSA => "rsa",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    // specs/peer-ids/peer-ids.md, "Test vectors".
+    const VECTORS: &[(&str, &str)] = &[
+        (
+            "08031279307702010104203E5B1FE9712E6C314942A750BD67485DE3C1EFE85B1BFB520AE8F9AE3DFA4A4CA00A06082A8648CE3D030107A14403420004DE3D300FA36AE0E8F5D530899D83ABAB44ABF3161F162A4BC901D8E6ECDA020E8B6D5F8DA30525E71D6851510C098E5C47C646A597FB4DCEC034E9F77C409E62",
+            "0803125b3059301306072a8648ce3d020106082a8648ce3d03010703420004de3d300fa36ae0e8f5d530899d83abab44abf3161f162a4bc901d8e6ecda020e8b6d5f8da30525e71d6851510c098e5c47c646a597fb4dcec034e9f77c409e62",
+        ),
+        (
+            "080112407e0830617c4a7de83925dfb2694556b12936c477a0e1feb2e148ec9da60fee7d1ed1e8fae2c4a144b8be8fd4b47bf3d3b34b871c3cacf6010f0e42d474fce27e",
+            "080112201ed1e8fae2c4a144b8be8fd4b47bf3d3b34b871c3cacf6010f0e42d474fce27e",
+        ),
+        (
+            "0802122053DADF1D5A164D6B4ACDB15E24AA4C5B1D3461BDBD42ABEDB0A4404D56CED8FB",
+            "08021221037777e994e452c21604f91de093ce415f5432f701dd8cd1a7a6fea0e630bfca99",
+        ),
+    ];
+
+    #[test]
+    fn spec_vectors_private_to_public_and_sign_verify() {
+        for (private, public) in VECTORS {
+            let key = Keypair::from_protobuf_encoding(&hex(private)).unwrap();
+            assert_eq!(key.public().encode_protobuf(), hex(public));
+            let remote = decode_public_key(&hex(public)).unwrap();
+            let sig = key.sign(b"pylon").unwrap();
+            assert!(remote.verify(b"pylon", &sig));
+            assert!(!remote.verify(b"pylon!", &sig));
+        }
+    }
+
+    #[test]
+    fn spec_vector_rsa_4096() {
+        let text = include_str!("../tests/data/rsa-private-vector.hex");
+        let private = hex(text.trim());
+        let key = Keypair::from_protobuf_encoding(&private).unwrap();
+        let encoded = key.public().encode_protobuf();
+        let public = include_str!("../tests/data/rsa-public-vector.hex");
+        assert_eq!(encoded, hex(public.trim()));
+        let remote = decode_public_key(&encoded).unwrap();
+        let rsa = remote.clone().try_into_rsa().unwrap();
+        assert_eq!(rsa_modulus_bits(&rsa.encode_x509()), 4096);
+        let sig = key.sign(b"pylon").unwrap();
+        assert!(remote.verify(b"pylon", &sig));
+    }
+
+    #[test]
+    fn garbage_keys_are_errors() {
+        assert!(decode_public_key(&[]).is_err());
+        assert!(decode_public_key(&[0x08, 0x01, 0x12, 0x05, 1, 2, 3, 4, 5]).is_err());
+        assert!(decode_public_key(&[0x08, 0x09, 0x12, 0x01, 0]).is_err());
+        assert!(matches!(
+            decode_public_key(&[0u8; 5000]),
+            Err(Error::KeyTooLarge(5000))
+        ));
+    }
+
+    #[test]
+    fn key_survives_reload_with_private_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_generate(dir.path()).unwrap();
+        let second = load_or_generate(dir.path()).unwrap();
+        assert_eq!(first.public().to_peer_id(), second.public().to_peer_id());
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(dir.path().join(KEY_FILE), b"garbage").unwrap();
+        assert!(matches!(
+            load_or_generate(dir.path()),
+            Err(Error::BadKeyFile { .. })
+        ));
+    }
+}

@@ -1,0 +1,19 @@
+//! Pylon's libp2p stack: identity, transports, security, muxing, the host, the
+//! peerstore, and the protocols every role stands on. Mechanism only — role policy lives
+//! in the roles built on top.
+
+pub mod host;
+pub mod identity;
+pub mod metrics;
+pub mod multistream;
+pub mod node;
+pub mod noise;
+pub mod peerstore;
+pub mod proto;
+pub mod protocols;
+pub mod record;
+pub mod transport;
+pub mod varint;
+
+pub use identity::{Keypair, PeerId, PublicKey};
+pub use multiaddr::{self, Multiaddr};

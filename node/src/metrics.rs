@@ -1,0 +1,201 @@
+//! Prometheus metrics of the stack, named after go-libp2p's families so its Grafana
+//! dashboards read them (`libp2p_swarm_*`). No label ever carries a PeerId or an IP, and
+//! protocol labels only take values we registered ourselves, so cardinality is bounded.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of go-libp2p's `libp2p_swarm_connections_*` families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub dir: &'static str,
+    pub transport: &'static str,
+    pub security: &'static str,
+    pub muxer: &'static str,
+    pub early_muxer: &'static str,
+    pub ip_version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub transport: &'static str,
+    pub security: &'static str,
+    pub muxer: &'static str,
+    pub early_muxer: &'static str,
+    pub ip_version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DialErrorLabels {
+    pub transport: &'static str,
+    pub error: &'static str,
+    pub ip_version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyTypeLabels {
+    pub dir: &'static str,
+    pub key_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirLabels {
+    pub dir: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub dir: &'static str,
+    /// A protocol we registered, or `other`.
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub protocol: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecordLabels {
+    pub outcome: &'static str,
+    pub format: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.5, 2.0, 20))
+}
+
+/// Every metric of the node stack, registered once in [`Metrics::new`].
+pub struct Metrics {
+    pub connections_opened: Family<ConnLabels, Counter>,
+    pub connections_closed: Family<ConnLabels, Counter>,
+    pub connection_duration: Family<ConnLabels, Histogram, fn() -> Histogram>,
+    pub handshake_latency: Family<HandshakeLabels, Histogram, fn() -> Histogram>,
+    pub dial_errors: Family<DialErrorLabels, Counter>,
+    pub handshake_errors: Family<DialErrorLabels, Counter>,
+    pub key_types: Family<KeyTypeLabels, Counter>,
+    pub connections: Family<DirLabels, Gauge>,
+    pub streams_opened: Family<StreamLabels, Counter>,
+    pub streams: Family<DirLabels, Gauge>,
+    pub protocol_errors: Family<ErrorLabels, Counter>,
+    pub signed_records: Family<RecordLabels, Counter>,
+    pub ping_rtt: Histogram,
+    pub peerstore_peers: Gauge,
+    pub peerstore_evictions: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &mut Registry) -> Arc<Self> {
+        let m = Metrics {
+            connections_opened: Family::default(),
+            connections_closed: Family::default(),
+            connection_duration: Family::new_with_constructor(duration_histogram),
+            handshake_latency: Family::new_with_constructor(latency_histogram),
+            dial_errors: Family::default(),
+            handshake_errors: Family::default(),
+            key_types: Family::default(),
+            connections: Family::default(),
+            streams_opened: Family::default(),
+            streams: Family::default(),
+            protocol_errors: Family::default(),
+            signed_records: Family::default(),
+            ping_rtt: latency_histogram(),
+            peerstore_peers: Gauge::default(),
+            peerstore_evictions: Counter::default(),
+        };
+        let swarm = registry.sub_registry_with_prefix("libp2p_swarm");
+        swarm.register(
+            "connections_opened",
+            "Connections opened",
+            m.connections_opened.clone(),
+        );
+        swarm.register(
+            "connections_closed",
+            "Connections closed",
+            m.connections_closed.clone(),
+        );
+        swarm.register(
+            "connection_duration_seconds",
+            "Duration of closed connections",
+            m.connection_duration.clone(),
+        );
+        swarm.register(
+            "handshake_latency_seconds",
+            "Duration of the connection upgrade (security + muxer)",
+            m.handshake_latency.clone(),
+        );
+        swarm.register(
+            "dial_errors",
+            "Outbound dials that failed, by error",
+            m.dial_errors.clone(),
+        );
+        swarm.register(
+            "handshake_errors",
+            "Inbound connections that failed their upgrade, by error",
+            m.handshake_errors.clone(),
+        );
+        swarm.register(
+            "key_types",
+            "Remote identity key types",
+            m.key_types.clone(),
+        );
+        swarm.register("connections", "Connections open now", m.connections.clone());
+        swarm.register(
+            "streams_opened",
+            "Streams opened, by negotiated protocol",
+            m.streams_opened.clone(),
+        );
+        swarm.register("streams", "Streams open now", m.streams.clone());
+        let libp2p = registry.sub_registry_with_prefix("libp2p");
+        libp2p.register(
+            "protocol_errors",
+            "Bad input or protocol violations by remote peers",
+            m.protocol_errors.clone(),
+        );
+        libp2p.register(
+            "identify_signed_records",
+            "Signed peer records received in identify, by outcome",
+            m.signed_records.clone(),
+        );
+        libp2p.register(
+            "ping_rtt_seconds",
+            "Round-trip time of our outbound pings",
+            m.ping_rtt.clone(),
+        );
+        libp2p.register(
+            "peerstore_peers",
+            "Peers held in the peerstore",
+            m.peerstore_peers.clone(),
+        );
+        libp2p.register(
+            "peerstore_evictions",
+            "Peers dropped from the full peerstore",
+            m.peerstore_evictions.clone(),
+        );
+        Arc::new(m)
+    }
+
+    /// Metrics registered nowhere, for tests and embedders that do not export them.
+    pub fn unregistered() -> Arc<Self> {
+        Self::new(&mut Registry::default())
+    }
+
+    /// Counts a remote's bad input or protocol violation.
+    pub fn protocol_error(&self, protocol: &'static str, reason: &'static str) {
+        self.protocol_errors
+            .get_or_create(&ErrorLabels { protocol, reason })
+            .inc();
+    }
+}

@@ -1,0 +1,129 @@
+//! A running node: host + peerstore + identify + ping, started from one config.
+//! This is what the binary runs and what the roles will build on.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use multiaddr::{Multiaddr, Protocol};
+
+use crate::host::{self, Connection, DialError, Host};
+use crate::identity::{Keypair, PeerId};
+use crate::metrics::Metrics;
+use crate::peerstore::{self, Peerstore, SledStore, Store};
+use crate::protocols::{identify, ping};
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub listen: Vec<Multiaddr>,
+    pub host: host::Config,
+    pub identify: identify::Config,
+    pub peerstore: peerstore::Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::Error),
+    #[error("storage: {0}")]
+    Storage(#[from] peerstore::Error),
+    #[error("noise setup: {0}")]
+    Noise(#[from] crate::noise::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: Multiaddr,
+        source: crate::transport::Error,
+    },
+}
+
+/// A started node.
+#[derive(Clone)]
+pub struct Node {
+    pub host: Host,
+    pub peerstore: Peerstore,
+    pub identify: Arc<identify::Identify>,
+    db: Option<sled::Db>,
+}
+
+/// Name of the sled database directory inside the data directory.
+pub const DB_DIR: &str = "db";
+
+impl Node {
+    /// Starts a node whose key and peerstore live in `data_dir`.
+    pub async fn start_in(
+        data_dir: &Path,
+        config: Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Node, Error> {
+        let key = crate::identity::load_or_generate(data_dir)?;
+        let db_path = data_dir.join(DB_DIR);
+        let db = sled::open(&db_path)
+            .map_err(|e| peerstore::Error::Storage(format!("{}: {e}", db_path.display())))?;
+        let store: Arc<dyn Store> = Arc::new(SledStore::from_db(db.clone(), "peers")?);
+        let mut node = Self::start(key, config, store, metrics).await?;
+        node.db = Some(db);
+        Ok(node)
+    }
+
+    /// Starts a node with the given key and storage engine.
+    pub async fn start(
+        key: Keypair,
+        config: Config,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Node, Error> {
+        let peerstore = Peerstore::open(store, config.peerstore.clone(), metrics.clone())?;
+        let host = Host::new(key, config.host.clone(), metrics)?;
+        ping::install(&host);
+        let identify =
+            identify::Identify::install(&host, peerstore.clone(), config.identify.clone());
+        for addr in &config.listen {
+            host.listen(addr).await.map_err(|source| Error::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        }
+        Ok(Node {
+            host,
+            peerstore,
+            identify,
+            db: None,
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.host.peer_id()
+    }
+
+    /// Full listen multiaddrs (interfaces expanded, `/p2p/` appended) for logs and users.
+    pub fn listen_multiaddrs(&self) -> Vec<Multiaddr> {
+        self.host
+            .interface_listen_addrs()
+            .into_iter()
+            .map(|a| a.with(Protocol::P2p(self.peer_id())))
+            .collect()
+    }
+
+    /// Dials a peer by PeerId using the addresses in the peerstore.
+    pub async fn dial_peer(&self, peer: PeerId) -> Result<Connection, DialError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let addrs = self.peerstore.addrs(&peer, now);
+        self.host.connect(peer, &addrs).await
+    }
+
+    /// Closes connections politely and flushes storage.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.host.shutdown(grace).await;
+        if let Err(e) = self.peerstore.flush().await {
+            tracing::error!("flushing the peerstore failed: {e}");
+        }
+        if let Some(db) = &self.db {
+            if let Err(e) = db.flush_async().await {
+                tracing::error!("flushing the database failed: {e}");
+            }
+        }
+    }
+}

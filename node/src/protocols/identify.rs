@@ -1,0 +1,411 @@
+//! identify and identify push (`specs/identify/README.md`).
+//!
+//! On every new connection we ask the remote who it is; we answer the same question with
+//! our listen addresses, protocols, the address we observe them at, our agent and a
+//! signed peer record (RFC 0003 in an RFC 0002 envelope). When our addresses or protocols
+//! change we push the news to connected peers that speak `/ipfs/id/push/1.0.0`.
+//!
+//! Received records are verified (envelope signature, key = record PeerId = connection
+//! PeerId, `seq` newer than the one held) and stored in the peerstore; a record that fails
+//! is dropped with a counted reason, and the rest of the message is still used.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use multiaddr::{Multiaddr, Protocol};
+use prost::Message;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::broadcast;
+
+use crate::host::{self, Connection, Event as HostEvent, Host, Stream};
+use crate::identity::{decode_public_key, PeerId, PublicKey};
+use crate::metrics::RecordLabels;
+use crate::peerstore::{self, Peerstore, RecordOutcome};
+use crate::record::{self, VerifiedPeerRecord};
+use crate::{proto, varint};
+
+pub const PROTOCOL: &str = "/ipfs/id/1.0.0";
+pub const PUSH_PROTOCOL: &str = "/ipfs/id/push/1.0.0";
+/// Largest identify message we read.
+pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
+/// Most listen addresses we take from one message.
+pub const MAX_LISTEN_ADDRS: usize = 64;
+/// Most protocols we take from one message.
+pub const MAX_PROTOCOLS: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub protocol_version: String,
+    pub agent_version: String,
+    /// How long addresses learned through identify stay dialable.
+    pub addr_ttl: Duration,
+    /// Bound on one identify exchange.
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            protocol_version: "ipfs/0.1.0".into(),
+            agent_version: concat!("pylon/", env!("CARGO_PKG_VERSION")).into(),
+            addr_ttl: Duration::from_secs(3600),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("stream: {0}")]
+    Stream(#[from] host::StreamError),
+    #[error("timed out")]
+    Timeout,
+    #[error("reading message: {0}")]
+    Read(#[from] varint::FrameError),
+    #[error("malformed message: {0}")]
+    Malformed(#[from] proto::DecodeError),
+    #[error("public key does not belong to the connected peer")]
+    KeyMismatch,
+    #[error("storing: {0}")]
+    Store(#[from] peerstore::Error),
+}
+
+impl Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Stream(_) => "stream",
+            Error::Timeout => "timeout",
+            Error::Read(varint::FrameError::Io(_)) => "io",
+            Error::Read(varint::FrameError::Decode(_)) => "bad_frame",
+            Error::Malformed(_) => "malformed",
+            Error::KeyMismatch => "key_mismatch",
+            Error::Store(_) => "store",
+        }
+    }
+}
+
+/// What a peer told us about itself, after checks.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub peer: PeerId,
+    pub public_key: Option<PublicKey>,
+    pub listen_addrs: Vec<Multiaddr>,
+    pub protocols: Vec<String>,
+    pub observed_addr: Option<Multiaddr>,
+    pub protocol_version: Option<String>,
+    pub agent_version: Option<String>,
+    /// The verified signed record, if one came and passed.
+    pub record: Option<VerifiedPeerRecord>,
+    /// Why a record that came was not accepted.
+    pub record_error: Option<record::Error>,
+    /// True for identify push.
+    pub push: bool,
+}
+
+/// Published after each identify exchange.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Identified(Box<Info>),
+    Failed { peer: PeerId, error: String },
+}
+
+struct OwnRecord {
+    addrs: Vec<Multiaddr>,
+    seq: u64,
+    envelope: Vec<u8>,
+}
+
+/// The identify service of a host.
+pub struct Identify {
+    host: Host,
+    peerstore: Peerstore,
+    config: Config,
+    own: Mutex<Option<OwnRecord>>,
+    events: broadcast::Sender<Event>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Identify {
+    /// Registers both protocols on `host` and starts identifying every new connection.
+    pub fn install(host: &Host, peerstore: Peerstore, config: Config) -> Arc<Self> {
+        let (events, _) = broadcast::channel(256);
+        let this = Arc::new(Identify {
+            host: host.clone(),
+            peerstore,
+            config,
+            own: Mutex::new(None),
+            events,
+        });
+        let me = this.clone();
+        host.set_handler(
+            PROTOCOL,
+            host::handler(move |stream| {
+                let me = me.clone();
+                async move { me.respond(stream).await }
+            }),
+        );
+        let me = this.clone();
+        host.set_handler(
+            PUSH_PROTOCOL,
+            host::handler(move |stream| {
+                let me = me.clone();
+                async move { me.receive_push(stream).await }
+            }),
+        );
+        let mut host_events = host.subscribe();
+        let me = this.clone();
+        host.spawn(async move {
+            loop {
+                match host_events.recv().await {
+                    Ok(HostEvent::ConnectionEstablished(conn)) => {
+                        let me2 = me.clone();
+                        me.host.spawn(async move {
+                            let _ = me2.identify(&conn).await;
+                        });
+                    }
+                    Ok(HostEvent::ListenAddrsChanged) | Ok(HostEvent::ProtocolsChanged) => {
+                        let me2 = me.clone();
+                        me.host.spawn(async move { me2.push_all().await });
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("identify missed {n} host events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        this
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The addresses we advertise.
+    pub fn advertised_addrs(&self) -> Vec<Multiaddr> {
+        self.host.interface_listen_addrs()
+    }
+
+    /// Our current signed peer record envelope (re-sealed when our addresses change).
+    pub fn own_record(&self) -> Option<Vec<u8>> {
+        let addrs = self.advertised_addrs();
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = own.as_ref() {
+            if o.addrs == addrs {
+                return Some(o.envelope.clone());
+            }
+        }
+        // seq: wall-clock milliseconds, forced upward so it always increases.
+        let seq = now_ms().max(own.as_ref().map_or(0, |o| o.seq + 1));
+        match record::seal_peer_record(self.host.keypair(), seq, &addrs) {
+            Ok(envelope) => {
+                *own = Some(OwnRecord {
+                    addrs,
+                    seq,
+                    envelope: envelope.clone(),
+                });
+                Some(envelope)
+            }
+            Err(e) => {
+                tracing::warn!("cannot sign our peer record: {e}");
+                None
+            }
+        }
+    }
+
+    fn our_message(&self, conn: &Connection) -> proto::Identify {
+        proto::Identify {
+            public_key: Some(self.host.keypair().public().encode_protobuf()),
+            listen_addrs: self.advertised_addrs().iter().map(|a| a.to_vec()).collect(),
+            protocols: self.host.protocols(),
+            observed_addr: Some(conn.remote_addr().to_vec()),
+            protocol_version: Some(self.config.protocol_version.clone()),
+            agent_version: Some(self.config.agent_version.clone()),
+            signed_peer_record: self.own_record(),
+        }
+    }
+
+    async fn respond(&self, mut stream: Stream) {
+        let msg = self.our_message(stream.connection()).encode_to_vec();
+        let send = async {
+            varint::write_frame(&mut stream, &msg).await?;
+            stream.shutdown().await
+        };
+        if tokio::time::timeout(self.config.timeout, send)
+            .await
+            .is_err()
+        {
+            self.host.metrics().protocol_error("identify", "timeout");
+        }
+    }
+
+    /// Asks the peer on `conn` to identify itself, checks and stores the answer.
+    pub async fn identify(&self, conn: &Connection) -> Result<Info, Error> {
+        let result = tokio::time::timeout(self.config.timeout, async {
+            let mut stream = conn.open_stream(&[PROTOCOL]).await?;
+            // Read one message; rust-libp2p may keep the stream open after it.
+            let bytes = varint::read_frame(&mut stream, MAX_MESSAGE_LEN).await?;
+            let _ = stream.shutdown().await;
+            self.process(conn, &bytes, false).await
+        })
+        .await
+        .unwrap_or(Err(Error::Timeout));
+        self.publish(conn.peer(), &result);
+        result
+    }
+
+    async fn receive_push(&self, mut stream: Stream) {
+        let conn = stream.connection().clone();
+        let result = tokio::time::timeout(self.config.timeout, async {
+            let bytes = varint::read_frame(&mut stream, MAX_MESSAGE_LEN).await?;
+            self.process(&conn, &bytes, true).await
+        })
+        .await
+        .unwrap_or(Err(Error::Timeout));
+        self.publish(conn.peer(), &result);
+    }
+
+    fn publish(&self, peer: PeerId, result: &Result<Info, Error>) {
+        let event = match result {
+            Ok(info) => Event::Identified(Box::new(info.clone())),
+            Err(e) => {
+                self.host.metrics().protocol_error("identify", e.reason());
+                tracing::debug!(%peer, "identify failed: {e}");
+                Event::Failed {
+                    peer,
+                    error: e.to_string(),
+                }
+            }
+        };
+        let _ = self.events.send(event);
+    }
+
+    /// Pushes our current identify message to every connected peer that supports push.
+    pub async fn push_all(&self) {
+        for conn in self.host.connections() {
+            let supports = self
+                .peerstore
+                .get(&conn.peer())
+                .is_some_and(|p| p.protocols.iter().any(|proto| proto == PUSH_PROTOCOL));
+            if !supports {
+                continue;
+            }
+            let msg = self.our_message(&conn).encode_to_vec();
+            let push = async {
+                let mut s = conn
+                    .open_stream(&[PUSH_PROTOCOL])
+                    .await
+                    .map_err(std::io::Error::other)?;
+                varint::write_frame(&mut s, &msg).await?;
+                s.shutdown().await
+            };
+            if let Ok(Err(e)) | Err(e) = tokio::time::timeout(self.config.timeout, push)
+                .await
+                .map_err(std::io::Error::other)
+            {
+                tracing::debug!(peer = %conn.peer(), "identify push failed: {e}");
+            }
+        }
+    }
+
+    async fn process(&self, conn: &Connection, bytes: &[u8], push: bool) -> Result<Info, Error> {
+        let msg: proto::Identify = proto::decode(bytes, MAX_MESSAGE_LEN)?;
+        let peer = conn.peer();
+        let public_key = match &msg.public_key {
+            Some(k) => {
+                let key = decode_public_key(k).map_err(|_| Error::KeyMismatch)?;
+                if key.to_peer_id() != peer {
+                    return Err(Error::KeyMismatch);
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        let listen_addrs: Vec<Multiaddr> = msg
+            .listen_addrs
+            .iter()
+            .take(MAX_LISTEN_ADDRS)
+            .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+            .map(|a| strip_own_p2p(a, &peer))
+            .collect();
+        let observed_addr = msg
+            .observed_addr
+            .as_ref()
+            .and_then(|a| Multiaddr::try_from(a.clone()).ok());
+        let protocols: Vec<String> = msg.protocols.iter().take(MAX_PROTOCOLS).cloned().collect();
+
+        let (record, record_error) = match msg.signed_peer_record.as_deref() {
+            None => (None, None),
+            Some(env) => match record::open_peer_record(env).and_then(|r| {
+                let outcome = self.peerstore.check_record(&peer, &r)?;
+                Ok((r, outcome))
+            }) {
+                Ok((r, outcome)) => {
+                    let label = match outcome {
+                        RecordOutcome::Accepted => "accepted",
+                        RecordOutcome::Unchanged => "unchanged",
+                    };
+                    self.count_record(label, r.format().as_str());
+                    (Some(r), None)
+                }
+                Err(e) => {
+                    self.count_record("rejected", e.reason());
+                    tracing::debug!(%peer, "signed peer record rejected: {e}");
+                    (None, Some(e))
+                }
+            },
+        };
+        let update = peerstore::Update {
+            addrs: listen_addrs.clone(),
+            addr_ttl_ms: self.config.addr_ttl.as_millis() as u64,
+            // A push may leave fields out; only replace what was sent.
+            protocols: (!push || !msg.protocols.is_empty()).then(|| protocols.clone()),
+            agent_version: msg.agent_version.clone(),
+            protocol_version: msg.protocol_version.clone(),
+            public_key: public_key
+                .clone()
+                .or_else(|| Some(conn.remote_key().clone())),
+            record: record.clone(),
+        };
+        self.peerstore.apply(peer, update, now_ms()).await?;
+        Ok(Info {
+            peer,
+            public_key,
+            listen_addrs,
+            protocols,
+            observed_addr,
+            protocol_version: msg.protocol_version,
+            agent_version: msg.agent_version,
+            record,
+            record_error,
+            push,
+        })
+    }
+
+    fn count_record(&self, outcome: &'static str, format: &'static str) {
+        self.host
+            .metrics()
+            .signed_records
+            .get_or_create(&RecordLabels { outcome, format })
+            .inc();
+    }
+}
+
+/// Listen addresses sometimes carry the peer's own `/p2p/` suffix; store them without it.
+fn strip_own_p2p(addr: Multiaddr, peer: &PeerId) -> Multiaddr {
+    match addr.iter().last() {
+        Some(Protocol::P2p(p)) if p == *peer => {
+            let mut a = addr;
+            a.pop();
+            a
+        }
+        _ => addr,
+    }
+}

@@ -1,0 +1,4 @@
+//! Protocols served and spoken by the node. Each one: wire codec, logic, async driver.
+
+pub mod identify;
+pub mod ping;

@@ -1,0 +1,325 @@
+//! Host tests: several nodes in one process, over the in-memory transport and over
+//! loopback TCP. Every wait is bounded.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use pylon_node::host::{self, DialError, Event, StreamError};
+use pylon_node::metrics::Metrics;
+use pylon_node::node::{self, Node};
+use pylon_node::peerstore::MemoryStore;
+use pylon_node::protocols::{identify, ping};
+use pylon_node::{Keypair, Multiaddr, PeerId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(10);
+
+async fn start(listen: &str) -> Node {
+    start_with(listen, node::Config::default()).await
+}
+
+async fn start_with(listen: &str, mut config: node::Config) -> Node {
+    config.listen = vec![listen.parse().unwrap()];
+    Node::start(
+        Keypair::generate_ed25519(),
+        config,
+        Arc::new(MemoryStore::default()),
+        Metrics::unregistered(),
+    )
+    .await
+    .unwrap()
+}
+
+fn addr_of(node: &Node) -> Multiaddr {
+    node.host.listen_addrs()[0]
+        .clone()
+        .with(multiaddr::Protocol::P2p(node.peer_id()))
+}
+
+async fn wait_identified(
+    events: &mut tokio::sync::broadcast::Receiver<identify::Event>,
+    peer: PeerId,
+) -> identify::Info {
+    tokio::time::timeout(T, async {
+        loop {
+            match events.recv().await.unwrap() {
+                identify::Event::Identified(info) if info.peer == peer => return *info,
+                identify::Event::Failed { peer: p, error } if p == peer => {
+                    panic!("identify failed: {error}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("identify within bound")
+}
+
+async fn identify_and_ping(listen: &str) {
+    let a = start(listen).await;
+    let b = start(listen).await;
+    let mut a_events = a.identify.subscribe();
+    let mut b_events = b.identify.subscribe();
+    let conn = b.host.dial(&addr_of(&a)).await.unwrap();
+    assert_eq!(conn.peer(), a.peer_id());
+
+    // Each side identified the other, with a verified RFC 0003 record.
+    let info_a = wait_identified(&mut b_events, a.peer_id()).await;
+    let info_b = wait_identified(&mut a_events, b.peer_id()).await;
+    for (info, node) in [(&info_a, &a), (&info_b, &b)] {
+        assert_eq!(
+            info.agent_version.as_deref(),
+            Some(concat!("pylon/", env!("CARGO_PKG_VERSION")))
+        );
+        assert_eq!(info.protocol_version.as_deref(), Some("ipfs/0.1.0"));
+        assert_eq!(
+            info.public_key.as_ref().unwrap().to_peer_id(),
+            node.peer_id()
+        );
+        for p in [ping::PROTOCOL, identify::PROTOCOL, identify::PUSH_PROTOCOL] {
+            assert!(
+                info.protocols.iter().any(|x| x == p),
+                "{p} missing from {:?}",
+                info.protocols
+            );
+        }
+        let record = info.record.as_ref().expect("verified record");
+        assert_eq!(record.peer_id(), node.peer_id());
+        assert_eq!(record.format(), pylon_node::record::RecordFormat::Rfc0003);
+        assert_eq!(record.addrs(), node.identify.advertised_addrs().as_slice());
+        assert!(info.record_error.is_none());
+    }
+    // The observed address b reports for a is a's side of the connection, and vice versa.
+    assert_eq!(info_a.observed_addr.as_ref(), Some(conn.local_addr()));
+
+    // The peerstore holds the facts, the certified addresses first.
+    let stored = b.peerstore.get(&a.peer_id()).unwrap();
+    assert_eq!(
+        stored.record.unwrap().seq(),
+        info_a.record.as_ref().unwrap().seq()
+    );
+    assert!(stored.addrs.iter().any(|e| e.certified));
+
+    // Pings in both directions.
+    let rtt = ping::ping(&b.host, &a.peer_id()).await.unwrap();
+    assert!(rtt < T);
+    ping::ping(&a.host, &b.peer_id()).await.unwrap();
+
+    // Many pings on one stream and several streams at once.
+    let mut s1 = b
+        .host
+        .open_stream(&a.peer_id(), &[ping::PROTOCOL])
+        .await
+        .unwrap();
+    let mut s2 = b
+        .host
+        .open_stream(&a.peer_id(), &[ping::PROTOCOL])
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        ping::ping_on(&mut s1).await.unwrap();
+        ping::ping_on(&mut s2).await.unwrap();
+    }
+
+    // Graceful shutdown of a is seen by b as a closed connection.
+    let mut host_events = b.host.subscribe();
+    a.shutdown(T).await;
+    tokio::time::timeout(T, async {
+        loop {
+            if let Event::ConnectionClosed { peer, .. } = host_events.recv().await.unwrap() {
+                if peer == a.peer_id() {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(b.host.connection(&a.peer_id()).is_none());
+    b.shutdown(T).await;
+}
+
+#[tokio::test]
+async fn identify_and_ping_over_memory() {
+    identify_and_ping("/memory/0").await;
+}
+
+#[tokio::test]
+async fn identify_and_ping_over_tcp_ipv4() {
+    identify_and_ping("/ip4/127.0.0.1/tcp/0").await;
+}
+
+#[tokio::test]
+async fn identify_and_ping_over_tcp_ipv6() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    identify_and_ping("/ip6/::1/tcp/0").await;
+}
+
+#[tokio::test]
+async fn wrong_peer_id_is_refused() {
+    let a = start("/ip4/127.0.0.1/tcp/0").await;
+    let b = start("/ip4/127.0.0.1/tcp/0").await;
+    let other = Keypair::generate_ed25519().public().to_peer_id();
+    let addr = a.host.listen_addrs()[0]
+        .clone()
+        .with(multiaddr::Protocol::P2p(other));
+    match b.host.dial(&addr).await {
+        Err(DialError::WrongPeer { expected, got }) => {
+            assert_eq!(*expected, other);
+            assert_eq!(*got, a.peer_id());
+        }
+        other => panic!("expected WrongPeer, got {other:?}"),
+    }
+    assert!(b.host.connection(&a.peer_id()).is_none());
+    // Refused port: a distinct error.
+    let closed: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+    assert!(matches!(
+        b.host.dial(&closed).await,
+        Err(DialError::Refused)
+    ));
+}
+
+#[tokio::test]
+async fn unsupported_protocol_and_custom_handler() {
+    let a = start("/memory/0").await;
+    let b = start("/memory/0").await;
+    a.host.set_handler(
+        "/echo/1",
+        host::handler(|mut s| async move {
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            let _ = s.write_all(&buf).await;
+            let _ = s.shutdown().await;
+        }),
+    );
+    b.host.dial(&addr_of(&a)).await.unwrap();
+    assert!(matches!(
+        b.host.open_stream(&a.peer_id(), &["/nope/1"]).await,
+        Err(StreamError::Unsupported)
+    ));
+    let mut s = b
+        .host
+        .open_stream(&a.peer_id(), &["/nope/1", "/echo/1"])
+        .await
+        .unwrap();
+    assert_eq!(s.protocol(), "/echo/1");
+    s.write_all(b"hello").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, b"hello");
+    let other = Keypair::generate_ed25519().public().to_peer_id();
+    assert!(matches!(
+        b.host.open_stream(&other, &["/echo/1"]).await,
+        Err(StreamError::NotConnected(_))
+    ));
+}
+
+#[tokio::test]
+async fn garbage_and_stalled_handshakes_are_dropped_and_counted() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let mut config = node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..Default::default()
+    };
+    config.host.handshake_timeout = Duration::from_millis(500);
+    let a = Node::start(
+        Keypair::generate_ed25519(),
+        config,
+        Arc::new(MemoryStore::default()),
+        metrics,
+    )
+    .await
+    .unwrap();
+    let port = match a.host.listen_addrs()[0].iter().nth(1) {
+        Some(multiaddr::Protocol::Tcp(p)) => p,
+        _ => unreachable!(),
+    };
+    // Garbage instead of multistream-select.
+    let mut garbage = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    garbage.write_all(&[0xff; 64]).await.unwrap();
+    // A slowloris: connects and says nothing.
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // An honest peer is served meanwhile.
+    let b = start("/ip4/127.0.0.1/tcp/0").await;
+    b.host.dial(&addr_of(&a)).await.unwrap();
+    ping::ping(&b.host, &a.peer_id()).await.unwrap();
+    // Both bad connections get closed by a.
+    for s in [&mut garbage, &mut stalled] {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(T, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "bad connection left open");
+    }
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("libp2p_swarm_handshake_errors_total{transport=\"tcp\",error=\"deadline\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("libp2p_swarm_handshake_errors_total{transport=\"tcp\",error=\"handshake\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("libp2p_swarm_connections_opened_total{dir=\"inbound\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_peer_id_and_peerstore() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..Default::default()
+    };
+    let other = start("/ip4/127.0.0.1/tcp/0").await;
+    let (id, seq) = {
+        let a = Node::start_in(dir.path(), config.clone(), Metrics::unregistered())
+            .await
+            .unwrap();
+        let mut events = a.identify.subscribe();
+        a.host.dial(&addr_of(&other)).await.unwrap();
+        let info = wait_identified(&mut events, other.peer_id()).await;
+        a.shutdown(T).await;
+        (a.peer_id(), info.record.unwrap().seq())
+    };
+    let a = Node::start_in(dir.path(), config, Metrics::unregistered())
+        .await
+        .unwrap();
+    assert_eq!(a.peer_id(), id);
+    let stored = a
+        .peerstore
+        .get(&other.peer_id())
+        .expect("peer survived restart");
+    assert_eq!(stored.record.unwrap().seq(), seq);
+    assert_eq!(
+        stored.agent_version.as_deref(),
+        Some(concat!("pylon/", env!("CARGO_PKG_VERSION")))
+    );
+    // And the stored addresses are good enough to dial the peer by PeerId alone.
+    a.dial_peer(other.peer_id()).await.unwrap();
+    ping::ping(&a.host, &other.peer_id()).await.unwrap();
+    a.shutdown(T).await;
+}

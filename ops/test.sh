@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Pylon's one test command: installs what the tests need on a fresh machine, checks
+# formatting and lints, then runs every test (unit, host, binary, interop with real
+# rust-libp2p and js-libp2p peers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "prerequisites"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "node/npm missing: installing Debian's nodejs and npm"
+  apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+echo "node $(node --version), npm $(npm --version), $(cargo --version)"
+
+step "js-libp2p peer (npm ci --prefix interop/js)"
+npm ci --prefix interop/js --no-audit --no-fund --loglevel=error
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked

@@ -1,0 +1,506 @@
+//! Configuration: the embedded default, a TOML file, `PYLON_*` environment variables and
+//! command-line flags, merged in that order, then checked into typed values. Every error
+//! names the offending key and value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use multiaddr::Multiaddr;
+use serde::Deserialize;
+use toml::{Table, Value};
+
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("config key `{key}` has invalid value {value:?}: {message}")]
+    Value {
+        key: String,
+        value: String,
+        message: String,
+    },
+}
+
+// ---- The raw (file) form: strings as written, checked later -------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    data_dir: String,
+    listen: Vec<String>,
+    log: String,
+    metrics: Option<RawMetrics>,
+    identify: RawIdentify,
+    connections: RawConnections,
+    peerstore: RawPeerstore,
+    #[allow(dead_code)] // checked for unknown roles; no role has settings yet
+    roles: RawRoles,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentify {
+    agent_version: String,
+    protocol_version: String,
+    addr_ttl: String,
+    timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnections {
+    max: usize,
+    max_per_peer: usize,
+    max_pending_incoming: usize,
+    max_streams_per_connection: usize,
+    dial_timeout: String,
+    handshake_timeout: String,
+    negotiation_timeout: String,
+    shutdown_grace: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeerstore {
+    max_peers: usize,
+    max_addrs_per_peer: usize,
+    max_protocols_per_peer: usize,
+}
+
+/// No role exists in this release; any role section is an unknown key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoles {}
+
+// ---- The checked form ----------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub log: String,
+    pub metrics: Option<SocketAddr>,
+    pub shutdown_grace: Duration,
+    pub node: pylon_node::node::Config,
+}
+
+/// Overrides from the command line, applied last.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Vec<String>,
+    pub metrics: Option<String>,
+    pub roles: Vec<String>,
+}
+
+/// Where the configuration comes from, all inputs explicit (no hidden environment reads).
+pub struct Sources<'a> {
+    pub file: Option<(&'a str, String)>,
+    pub env: Vec<(String, String)>,
+    pub flags: Flags,
+    /// `$XDG_DATA_HOME` and `$HOME`, for the default data directory.
+    pub xdg_data_home: Option<String>,
+    pub home: Option<String>,
+}
+
+/// Merges every source and checks the result.
+pub fn load(src: Sources<'_>) -> Result<Config, Error> {
+    let merged = merge_sources(&src)?;
+    check(merged, &src)
+}
+
+/// The merged TOML tree (for `pylon config`).
+pub fn merge_sources(src: &Sources<'_>) -> Result<Table, Error> {
+    let mut tree = default_tree();
+    if let Some((path, text)) = &src.file {
+        let file: Table = toml::from_str(text).map_err(|e| Error::File {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        merge(&mut tree, file);
+    }
+    for (name, value) in &src.env {
+        apply_env(&mut tree, name, value)?;
+    }
+    let f = &src.flags;
+    if let Some(d) = &f.data_dir {
+        tree.insert("data_dir".into(), Value::String(d.display().to_string()));
+    }
+    if !f.listen.is_empty() {
+        tree.insert(
+            "listen".into(),
+            Value::Array(f.listen.iter().cloned().map(Value::String).collect()),
+        );
+    }
+    if let Some(m) = &f.metrics {
+        let mut t = Table::new();
+        t.insert("listen".into(), Value::String(m.clone()));
+        tree.insert("metrics".into(), Value::Table(t));
+    }
+    for role in &f.roles {
+        let roles = tree
+            .entry("roles")
+            .or_insert_with(|| Value::Table(Table::new()));
+        if let Value::Table(t) = roles {
+            t.entry(role.clone())
+                .or_insert_with(|| Value::Table(Table::new()));
+        }
+    }
+    Ok(tree)
+}
+
+fn default_tree() -> Table {
+    let text = DEFAULT_TOML.replace("VERSION", env!("CARGO_PKG_VERSION"));
+    // The embedded default is checked by a unit test; it always parses.
+    toml::from_str(&text).unwrap_or_else(|e| unreachable!("embedded default config: {e}"))
+}
+
+fn merge(into: &mut Table, from: Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(Value::Table(a)), Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// `PYLON_A__B=v` sets key `a.b`. Values parse as TOML (numbers, booleans, arrays) and
+/// fall back to a plain string; a comma-separated string sets a list key.
+fn apply_env(tree: &mut Table, name: &str, value: &str) -> Result<(), Error> {
+    let Some(rest) = name.strip_prefix("PYLON_") else {
+        return Ok(());
+    };
+    if rest == "CONFIG" {
+        return Ok(()); // picks the file, handled by the binary
+    }
+    let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    let key = path.join(".");
+    let mut table = tree;
+    for seg in &path[..path.len() - 1] {
+        let entry = table
+            .entry(seg.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
+        table = match entry {
+            Value::Table(t) => t,
+            _ => {
+                return Err(Error::Key {
+                    key: key.clone(),
+                    message: format!("`{seg}` is not a section"),
+                });
+            }
+        };
+    }
+    let last = &path[path.len() - 1];
+    let parsed = match table.get(last) {
+        Some(Value::Array(_)) => Value::Array(
+            value
+                .split(',')
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.into()))
+                .collect(),
+        ),
+        Some(Value::String(_)) | None => Value::String(value.to_string()),
+        Some(_) => toml::from_str::<Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| Value::String(value.to_string())),
+    };
+    table.insert(last.clone(), parsed);
+    Ok(())
+}
+
+fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
+    let text = toml::to_string(&tree).map_err(|e| Error::Key {
+        key: "<root>".into(),
+        message: e.to_string(),
+    })?;
+    let de = toml::Deserializer::new(&text);
+    let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().message().to_string();
+        Error::Key { key, message }
+    })?;
+
+    let data_dir = if raw.data_dir.is_empty() {
+        match (&src.xdg_data_home, &src.home) {
+            (Some(x), _) if !x.is_empty() => PathBuf::from(x).join("pylon"),
+            (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".local/share/pylon"),
+            _ => PathBuf::from("pylon-data"),
+        }
+    } else {
+        PathBuf::from(&raw.data_dir)
+    };
+    let listen = raw
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let addr: Multiaddr = s
+                .parse()
+                .map_err(|e: multiaddr::Error| bad(&format!("listen[{i}]"), s, &e.to_string()))?;
+            pylon_node::transport::parse(&addr)
+                .map_err(|e| bad(&format!("listen[{i}]"), s, &e.to_string()))?;
+            Ok(addr)
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let metrics = raw
+        .metrics
+        .filter(|m| !m.listen.is_empty() && m.listen != "off")
+        .map(|m| {
+            m.listen
+                .parse::<SocketAddr>()
+                .map_err(|e| bad("metrics.listen", &m.listen, &e.to_string()))
+        })
+        .transpose()?;
+    let c = &raw.connections;
+    for (key, v) in [
+        ("connections.max", c.max),
+        ("connections.max_per_peer", c.max_per_peer),
+        ("connections.max_pending_incoming", c.max_pending_incoming),
+        ("peerstore.max_peers", raw.peerstore.max_peers),
+        (
+            "peerstore.max_addrs_per_peer",
+            raw.peerstore.max_addrs_per_peer,
+        ),
+        (
+            "peerstore.max_protocols_per_peer",
+            raw.peerstore.max_protocols_per_peer,
+        ),
+    ] {
+        if v == 0 {
+            return Err(bad(key, "0", "must be at least 1"));
+        }
+    }
+    if !(1..=4096).contains(&c.max_streams_per_connection) {
+        return Err(bad(
+            "connections.max_streams_per_connection",
+            &c.max_streams_per_connection.to_string(),
+            "must be between 1 and 4096",
+        ));
+    }
+    let host = pylon_node::host::Config {
+        dial_timeout: duration("connections.dial_timeout", &c.dial_timeout)?,
+        handshake_timeout: duration("connections.handshake_timeout", &c.handshake_timeout)?,
+        negotiation_timeout: duration("connections.negotiation_timeout", &c.negotiation_timeout)?,
+        max_connections: c.max,
+        max_connections_per_peer: c.max_per_peer,
+        max_pending_incoming: c.max_pending_incoming,
+        max_streams_per_connection: c.max_streams_per_connection,
+    };
+    let identify = pylon_node::protocols::identify::Config {
+        protocol_version: raw.identify.protocol_version.clone(),
+        agent_version: raw.identify.agent_version.clone(),
+        addr_ttl: duration("identify.addr_ttl", &raw.identify.addr_ttl)?,
+        timeout: duration("identify.timeout", &raw.identify.timeout)?,
+    };
+    let peerstore = pylon_node::peerstore::Config {
+        max_peers: raw.peerstore.max_peers,
+        max_addrs_per_peer: raw.peerstore.max_addrs_per_peer,
+        max_protocols_per_peer: raw.peerstore.max_protocols_per_peer,
+        ..Default::default()
+    };
+    Ok(Config {
+        data_dir,
+        log: raw.log,
+        metrics,
+        shutdown_grace: duration("connections.shutdown_grace", &c.shutdown_grace)?,
+        node: pylon_node::node::Config {
+            listen,
+            host,
+            identify,
+            peerstore,
+        },
+    })
+}
+
+fn bad(key: &str, value: &str, message: &str) -> Error {
+    Error::Value {
+        key: key.into(),
+        value: value.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`, `2d`; a zero duration is refused.
+pub fn duration(key: &str, s: &str) -> Result<Duration, Error> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| bad(key, s, "expected a number with a unit, e.g. 10s"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return Err(bad(key, s, "unit must be one of ms, s, m, h, d")),
+    };
+    if d.is_zero() {
+        return Err(bad(key, s, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(file: Option<&str>, env: &[(&str, &str)], flags: Flags) -> Sources<'static> {
+        Sources {
+            file: file.map(|f| ("test.toml", f.to_string())),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            flags,
+            xdg_data_home: None,
+            home: Some("/home/op".into()),
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_useful() {
+        let c = load(sources(None, &[], Flags::default())).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/home/op/.local/share/pylon"));
+        assert_eq!(c.node.listen.len(), 2);
+        assert_eq!(c.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            c.node.identify.agent_version,
+            concat!("pylon/", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(c.node.host.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn precedence_file_env_flags() {
+        let file = "data_dir = \"/from/file\"\nlisten = [\"/ip4/127.0.0.1/tcp/1\"]\n[connections]\nmax = 7\n";
+        let env = [
+            ("PYLON_DATA_DIR", "/from/env"),
+            ("PYLON_CONNECTIONS__MAX_PER_PEER", "3"),
+            ("OTHER", "x"),
+        ];
+        let c = load(sources(Some(file), &env, Flags::default())).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.node.host.max_connections, 7);
+        assert_eq!(c.node.host.max_connections_per_peer, 3);
+        assert_eq!(
+            c.node.listen,
+            vec!["/ip4/127.0.0.1/tcp/1".parse::<Multiaddr>().unwrap()]
+        );
+        let flags = Flags {
+            data_dir: Some("/from/flag".into()),
+            listen: vec!["/ip4/127.0.0.1/tcp/2".into(), "/memory/5".into()],
+            metrics: Some("127.0.0.1:1".into()),
+            roles: vec![],
+        };
+        let c = load(sources(Some(file), &env, flags)).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.node.listen.len(), 2);
+        assert_eq!(c.metrics, Some("127.0.0.1:1".parse().unwrap()));
+        // A list from the environment, comma-separated.
+        let env = [("PYLON_LISTEN", "/ip4/127.0.0.1/tcp/3, /ip6/::1/tcp/3")];
+        assert_eq!(
+            load(sources(None, &env, Flags::default()))
+                .unwrap()
+                .node
+                .listen
+                .len(),
+            2
+        );
+    }
+
+    fn err(file: Option<&str>, env: &[(&str, &str)], flags: Flags) -> String {
+        load(sources(file, env, flags)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_key_and_value() {
+        let e = err(
+            Some("[connections]\nmax = \"lots\"\n"),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("connections.max"), "{e}");
+        let e = err(
+            Some("[connections]\nhandshake_timeout = \"10 parsecs\"\n"),
+            &[],
+            Flags::default(),
+        );
+        assert!(
+            e.contains("connections.handshake_timeout") && e.contains("10 parsecs"),
+            "{e}"
+        );
+        let e = err(Some("typo_key = 1\n"), &[], Flags::default());
+        assert!(e.contains("typo_key"), "{e}");
+        let e = err(
+            None,
+            &[("PYLON_PEERSTORE__MAX_PEERS", "0")],
+            Flags::default(),
+        );
+        assert!(e.contains("peerstore.max_peers"), "{e}");
+        let flags = Flags {
+            listen: vec!["/ip4/1.2.3.4/udp/1".into()],
+            ..Default::default()
+        };
+        let e = err(None, &[], flags);
+        assert!(
+            e.contains("listen[0]") && e.contains("/ip4/1.2.3.4/udp/1"),
+            "{e}"
+        );
+        let flags = Flags {
+            metrics: Some("not-an-addr".into()),
+            ..Default::default()
+        };
+        assert!(err(None, &[], flags).contains("metrics.listen"));
+        let flags = Flags {
+            roles: vec!["bootstrap".into()],
+            ..Default::default()
+        };
+        let e = err(None, &[], flags);
+        assert!(e.contains("roles") && e.contains("bootstrap"), "{e}");
+        let e = err(Some("not toml ["), &[], Flags::default());
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off() {
+        let c = load(sources(
+            Some("[metrics]\nlisten = \"off\"\n"),
+            &[],
+            Flags::default(),
+        ))
+        .unwrap();
+        assert!(c.metrics.is_none());
+        let c = load(sources(
+            None,
+            &[("PYLON_METRICS__LISTEN", "")],
+            Flags::default(),
+        ))
+        .unwrap();
+        assert!(c.metrics.is_none());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("k", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("k", "2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "s", "10", "0s", "-1s", "1y", "99999999999999999999s"] {
+            assert!(duration("k", bad).is_err(), "{bad}");
+        }
+    }
+}

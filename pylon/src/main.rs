@@ -1,0 +1,214 @@
+//! `pylon`: the Pylon node binary. `run` starts the node in the foreground, `id` prints
+//! its PeerId, `init` prepares a data directory and a config file, `config` prints the
+//! effective configuration.
+
+mod config;
+mod metrics_server;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use prometheus_client::registry::Registry;
+
+#[derive(Parser)]
+#[command(name = "pylon", version, about = "Pylon: a libp2p infrastructure node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node in the foreground until SIGINT or SIGTERM.
+    Run(Common),
+    /// Print the node's PeerId (creating its key on first use).
+    Id(Common),
+    /// Create the data directory, the node key and a config file to edit.
+    Init {
+        #[command(flatten)]
+        common: Common,
+        /// Where to write the config file (default: DATA_DIR/pylon.toml).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Print the effective configuration (defaults, file, environment and flags merged).
+    Config(Common),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// TOML config file (also PYLON_CONFIG).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Data directory for the key and database.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen multiaddr, repeatable; replaces the configured list.
+    #[arg(long = "listen", short = 'l')]
+    listen: Vec<String>,
+    /// Turn a role on with its defaults, repeatable.
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// Metrics listener address (host:port), or "off".
+    #[arg(long)]
+    metrics: Option<String>,
+}
+
+fn load_config(common: &Common) -> anyhow::Result<config::Config> {
+    let (_, config) = load_with_tree(common)?;
+    Ok(config)
+}
+
+fn load_with_tree(common: &Common) -> anyhow::Result<(toml::Table, config::Config)> {
+    let path = common
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("PYLON_CONFIG").map(PathBuf::from));
+    let file = match &path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            Some((p.display().to_string(), text))
+        }
+        None => None,
+    };
+    let shown = file.as_ref().map(|(p, _)| p.clone());
+    let sources = config::Sources {
+        file: file
+            .as_ref()
+            .map(|(_, text)| (shown.as_deref().unwrap_or(""), text.clone())),
+        env: std::env::vars()
+            .filter(|(k, _)| k.starts_with("PYLON_"))
+            .collect(),
+        flags: config::Flags {
+            data_dir: common.data_dir.clone(),
+            listen: common.listen.clone(),
+            metrics: common.metrics.clone(),
+            roles: common.roles.clone(),
+        },
+        xdg_data_home: std::env::var("XDG_DATA_HOME").ok(),
+        home: std::env::var("HOME").ok(),
+    };
+    let tree = config::merge_sources(&sources)?;
+    let config = config::load(sources)?;
+    Ok((tree, config))
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(common) => run(common),
+        Command::Id(common) => id(&common),
+        Command::Init { common, output } => init(&common, output),
+        Command::Config(common) => print_config(&common),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pylon: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn id(common: &Common) -> anyhow::Result<()> {
+    let config = load_config(common)?;
+    let key = pylon_node::identity::load_or_generate(&config.data_dir)?;
+    println!("{}", key.public().to_peer_id());
+    Ok(())
+}
+
+fn init(common: &Common, output: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(common)?;
+    let key = pylon_node::identity::load_or_generate(&config.data_dir)?;
+    let path = output.unwrap_or_else(|| config.data_dir.join("pylon.toml"));
+    if path.exists() {
+        println!(
+            "config file {} already exists; left as it is",
+            path.display()
+        );
+    } else {
+        let text = config::DEFAULT_TOML
+            .replace("VERSION", env!("CARGO_PKG_VERSION"))
+            .replace(
+                "data_dir = \"\"",
+                &format!("data_dir = {:?}", config.data_dir.display().to_string()),
+            );
+        write_new(&path, &text)?;
+        println!("wrote {}", path.display());
+    }
+    println!("data directory: {}", config.data_dir.display());
+    println!("peer id: {}", key.public().to_peer_id());
+    println!("start with: pylon run --config {}", path.display());
+    Ok(())
+}
+
+fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_config(common: &Common) -> anyhow::Result<()> {
+    let (tree, _) = load_with_tree(common)?;
+    print!("{}", toml::to_string(&tree)?);
+    Ok(())
+}
+
+fn run(common: Common) -> anyhow::Result<()> {
+    let config = load_config(&common)?;
+    init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: config::Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+    let mut registry = Registry::default();
+    let metrics = pylon_node::metrics::Metrics::new(&mut registry);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let node =
+        pylon_node::node::Node::start_in(&config.data_dir, config.node.clone(), metrics).await?;
+    let metrics_task = match config.metrics {
+        Some(addr) => Some(metrics_server::start(addr, registry).await?),
+        None => None,
+    };
+    tracing::info!(peer_id = %node.peer_id(), data_dir = %config.data_dir.display(), "pylon started");
+    for addr in node.listen_multiaddrs() {
+        tracing::info!("listening on {addr}");
+    }
+    if let Some((addr, _)) = &metrics_task {
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    node.shutdown(config.shutdown_grace).await;
+    if let Some((_, handle)) = metrics_task {
+        handle.abort();
+    }
+    tracing::info!("stopped; storage flushed");
+    Ok(())
+}
