@@ -99,7 +99,10 @@ pub enum DialError {
     #[error("timed out")]
     Timeout,
     #[error("wrong peer: expected {expected}, got {got}")]
-    WrongPeer { expected: Box<PeerId>, got: Box<PeerId> },
+    WrongPeer {
+        expected: Box<PeerId>,
+        got: Box<PeerId>,
+    },
     #[error("no common protocol ({0})")]
     NoCommonProtocol(&'static str),
     #[error("handshake failed: {0}")]

@@ -1,0 +1,253 @@
+//! Shared pieces of the interop tests: a Pylon node and a real rust-libp2p peer.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use pylon_node::metrics::Metrics;
+use pylon_node::node::{self, Node};
+use pylon_node::peerstore::MemoryStore;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub const T: Duration = Duration::from_secs(20);
+pub const RUST_AGENT: &str = "rust-libp2p-interop";
+
+/// A Pylon node listening on loopback TCP.
+pub async fn pylon() -> Node {
+    let config = node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..Default::default()
+    };
+    Node::start(
+        pylon_node::Keypair::generate_ed25519(),
+        config,
+        Arc::new(MemoryStore::default()),
+        Metrics::unregistered(),
+    )
+    .await
+    .unwrap()
+}
+
+pub fn pylon_addr(node: &Node) -> Multiaddr {
+    node.listen_multiaddrs()
+        .into_iter()
+        .find(|a| a.to_string().starts_with("/ip4/127.0.0.1/"))
+        .unwrap()
+}
+
+/// Waits for pylon's identify result about `peer`.
+pub async fn pylon_identified(
+    events: &mut broadcast::Receiver<pylon_node::protocols::identify::Event>,
+    peer: PeerId,
+) -> pylon_node::protocols::identify::Info {
+    use pylon_node::protocols::identify::Event;
+    tokio::time::timeout(T, async {
+        loop {
+            match events.recv().await.unwrap() {
+                Event::Identified(info) if info.peer == peer => return *info,
+                Event::Failed { peer: p, error } if p == peer => {
+                    panic!("pylon failed to identify {p}: {error}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("pylon identified the peer in time")
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// What the rust-libp2p peer reports.
+#[derive(Debug)]
+pub enum RustEvent {
+    Identified {
+        peer: PeerId,
+        info: Box<identify::Info>,
+    },
+    IdentifyError {
+        peer: PeerId,
+        error: String,
+    },
+    Ping {
+        peer: PeerId,
+        result: Result<Duration, String>,
+    },
+    Connected {
+        peer: PeerId,
+        endpoint: libp2p::core::ConnectedPoint,
+    },
+    Closed {
+        peer: PeerId,
+    },
+}
+
+enum Command {
+    Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
+}
+
+/// A rust-libp2p 0.57 node (TCP + Noise + yamux, identify with signed records, ping, raw
+/// streams) running in its own task.
+pub struct RustPeer {
+    pub peer_id: PeerId,
+    /// Listen address with `/p2p/`.
+    pub addr: Multiaddr,
+    pub events: mpsc::UnboundedReceiver<RustEvent>,
+    pub control: libp2p_stream::Control,
+    commands: mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RustPeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RustPeer {
+    pub async fn start() -> RustPeer {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|key| Behaviour {
+                identify: identify::Behaviour::new(
+                    identify::Config::new_with_signed_peer_record("ipfs/0.1.0".into(), key)
+                        .with_agent_version(RUST_AGENT.into()),
+                ),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(1)),
+                ),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let listen = tokio::time::timeout(T, async {
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    return address;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        // rust-libp2p's identify advertises only confirmed external addresses.
+        swarm.add_external_address(listen.clone());
+        let peer_id = *swarm.local_peer_id();
+        let control = swarm.behaviour().stream.new_control();
+        let (ev_tx, events) = mpsc::unbounded_channel();
+        let (commands, mut cmd_rx) = mpsc::channel(16);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    cmd = cmd_rx.recv() => match cmd {
+                        Some(Command::Dial(addr, reply)) => {
+                            let _ = reply.send(swarm.dial(addr).map_err(|e| e.to_string()));
+                        }
+                        None => break,
+                    },
+                    event = swarm.select_next_some() => {
+                        let out = match event {
+                            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                                Some(RustEvent::Identified { peer: peer_id, info: Box::new(info) })
+                            }
+                            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Error { peer_id, error, .. })) => {
+                                Some(RustEvent::IdentifyError { peer: peer_id, error: error.to_string() })
+                            }
+                            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => {
+                                Some(RustEvent::Ping { peer, result: result.map_err(|e| e.to_string()) })
+                            }
+                            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                                Some(RustEvent::Connected { peer: peer_id, endpoint })
+                            }
+                            SwarmEvent::ConnectionClosed { peer_id, .. } => Some(RustEvent::Closed { peer: peer_id }),
+                            _ => None,
+                        };
+                        if let Some(e) = out {
+                            let _ = ev_tx.send(e);
+                        }
+                    }
+                }
+            }
+        });
+        let addr = listen.with(libp2p::multiaddr::Protocol::P2p(peer_id));
+        RustPeer {
+            peer_id,
+            addr,
+            events,
+            control,
+            commands,
+            task,
+        }
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Dial(addr, tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    /// Waits for an event matching `pick`, failing on identify errors from `peer`.
+    pub async fn wait<R>(&mut self, what: &str, mut pick: impl FnMut(RustEvent) -> Option<R>) -> R {
+        let events = &mut self.events;
+        tokio::time::timeout(T, async {
+            loop {
+                let e = events.recv().await.expect("rust peer task ended");
+                if let RustEvent::IdentifyError { peer, error } = &e {
+                    panic!("rust-libp2p identify of {peer} failed: {error}");
+                }
+                if let Some(r) = pick(e) {
+                    return r;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("rust-libp2p peer: no {what} within {T:?}"))
+    }
+
+    pub async fn identified(&mut self, peer: PeerId) -> identify::Info {
+        self.wait("identify", |e| match e {
+            RustEvent::Identified { peer: p, info } if p == peer => Some(*info),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn pinged(&mut self, peer: PeerId) -> Duration {
+        self.wait("ping", |e| match e {
+            RustEvent::Ping { peer: p, result } if p == peer => {
+                Some(result.expect("ping answered"))
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// Opens a raw stream for `protocol` to a connected peer.
+    pub async fn raw_stream(&mut self, peer: PeerId, protocol: &'static str) -> libp2p::Stream {
+        tokio::time::timeout(
+            T,
+            self.control
+                .open_stream(peer, StreamProtocol::new(protocol)),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    }
+}
