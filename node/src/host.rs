@@ -31,6 +31,8 @@ use crate::transport::{self, RawStream, Target};
 use crate::{multistream, noise};
 
 pub const YAMUX_PROTOCOL: &str = "/yamux/1.0.0";
+/// Outbound stream requests one connection queues while yamux cannot open more.
+const MAX_PENDING_OPENS: usize = 64;
 
 /// Limits and timeouts of the host.
 #[derive(Debug, Clone)]
@@ -254,17 +256,19 @@ impl Connection {
     /// Opens a stream and negotiates the first of `protocols` the remote supports.
     pub async fn open_stream<P: AsRef<str>>(&self, protocols: &[P]) -> Result<Stream, StreamError> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .cmd
-            .send(Command::Open(tx))
-            .await
-            .map_err(|_| StreamError::Closed)?;
         let timeout = self.inner.negotiation_timeout;
-        let raw = tokio::time::timeout(timeout, rx)
-            .await
-            .map_err(|_| StreamError::Timeout)?
-            .map_err(|_| StreamError::Closed)?
-            .map_err(StreamError::Muxer)?;
+        let raw = tokio::time::timeout(timeout, async {
+            self.inner
+                .cmd
+                .send(Command::Open(tx))
+                .await
+                .map_err(|_| StreamError::Closed)?;
+            rx.await
+                .map_err(|_| StreamError::Closed)?
+                .map_err(StreamError::Muxer)
+        })
+        .await
+        .map_err(|_| StreamError::Timeout)??;
         let mut io = raw.compat();
         let protocol =
             match tokio::time::timeout(timeout, multistream::dialer_select(&mut io, protocols))
@@ -926,7 +930,10 @@ impl Host {
             if !closing && shutdown_wait.as_mut().poll(cx).is_ready() {
                 closing = true;
             }
-            while !closing {
+            // Requests whose caller gave up (timed out) are dropped; the queue is bounded,
+            // so a remote that never acknowledges streams cannot make it grow.
+            opening.retain(|tx| !tx.is_closed());
+            while !closing && opening.len() < MAX_PENDING_OPENS {
                 match cmds.poll_recv(cx) {
                     Poll::Ready(Some(Command::Open(tx))) => opening.push_back(tx),
                     Poll::Ready(Some(Command::Close)) | Poll::Ready(None) => closing = true,

@@ -65,7 +65,8 @@ pub struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RecordLabels {
     pub outcome: &'static str,
-    pub format: &'static str,
+    /// The record format when accepted or unchanged, the reason when rejected.
+    pub kind: &'static str,
 }
 
 fn latency_histogram() -> Histogram {

@@ -36,6 +36,12 @@ pub enum Error {
     },
 }
 
+fn family_unavailable(e: &std::io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    const EADDRNOTAVAIL: i32 = 99;
+    matches!(e.raw_os_error(), Some(EAFNOSUPPORT) | Some(EADDRNOTAVAIL))
+}
+
 /// A started node.
 #[derive(Clone)]
 pub struct Node {
@@ -77,11 +83,29 @@ impl Node {
         ping::install(&host);
         let identify =
             identify::Identify::install(&host, peerstore.clone(), config.identify.clone());
+        // An address family this machine lacks (no IPv6 in a container, say) is skipped
+        // with a warning as long as another address binds; every other failure is fatal.
+        let mut skipped = None;
         for addr in &config.listen {
-            host.listen(addr).await.map_err(|source| Error::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
+            match host.listen(addr).await {
+                Ok(_) => {}
+                Err(crate::transport::Error::Io(e)) if family_unavailable(&e) => {
+                    tracing::warn!("not listening on {addr}: {e}");
+                    skipped = Some(Error::Listen {
+                        addr: addr.clone(),
+                        source: crate::transport::Error::Io(e),
+                    });
+                }
+                Err(source) => {
+                    return Err(Error::Listen {
+                        addr: addr.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        if let (Some(e), true) = (skipped, host.listen_addrs().is_empty()) {
+            return Err(e);
         }
         Ok(Node {
             host,

@@ -391,6 +391,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_key_type_authenticates() {
+        let rsa_hex = include_str!("../tests/data/rsa-private-vector.hex").trim();
+        let rsa: Vec<u8> = (0..rsa_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&rsa_hex[i..i + 2], 16).unwrap())
+            .collect();
+        let keys = [
+            Keypair::generate_ed25519(),
+            Keypair::generate_secp256k1(),
+            Keypair::generate_ecdsa(),
+            Keypair::from_protobuf_encoding(&rsa).unwrap(),
+        ];
+        let responder = Keypair::generate_ed25519();
+        let rc = Config::new(&responder).unwrap();
+        for key in keys {
+            let (a, b) = tokio::io::duplex(1 << 16);
+            let ca = Config::new(&key).unwrap();
+            let expected = Some(responder.public().to_peer_id());
+            let (ra, rb) = tokio::join!(
+                handshake(a, &ca, true, expected),
+                handshake(b, &rc, false, None)
+            );
+            assert_eq!(
+                rb.unwrap().remote_peer,
+                key.public().to_peer_id(),
+                "{:?}",
+                key.key_type()
+            );
+            assert_eq!(ra.unwrap().remote_peer, responder.public().to_peer_id());
+        }
+    }
+
+    #[tokio::test]
     async fn wrong_peer_is_refused() {
         let other = Keypair::generate_ed25519().public().to_peer_id();
         let (a, _b, _, pb) = pair(Some(other)).await;

@@ -323,3 +323,40 @@ async fn restart_keeps_peer_id_and_peerstore() {
     ping::ping(&a.host, &other.peer_id()).await.unwrap();
     a.shutdown(T).await;
 }
+
+#[tokio::test]
+async fn identify_push_announces_new_listen_addresses() {
+    let a = start("/memory/0").await;
+    let b = start("/memory/0").await;
+    let mut b_events = b.identify.subscribe();
+    b.host.dial(&addr_of(&a)).await.unwrap();
+    wait_identified(&mut b_events, a.peer_id()).await;
+    // a must know b supports push before it pushes: wait until a identified b.
+    tokio::time::timeout(T, async {
+        while a
+            .peerstore
+            .get(&b.peer_id())
+            .is_none_or(|p| p.protocols.is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let new_addr = a.host.listen(&"/memory/0".parse().unwrap()).await.unwrap();
+    let info = tokio::time::timeout(T, async {
+        loop {
+            if let identify::Event::Identified(info) = b_events.recv().await.unwrap() {
+                if info.push && info.peer == a.peer_id() && info.listen_addrs.contains(&new_addr) {
+                    return info;
+                }
+            }
+        }
+    })
+    .await
+    .expect("push with the new address");
+    // The pushed record is newer and certifies the new address too.
+    let record = info.record.expect("pushed record accepted");
+    assert!(record.addrs().contains(&new_addr));
+    assert!(b.peerstore.addrs(&a.peer_id(), 0).contains(&new_addr));
+}

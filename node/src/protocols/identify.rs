@@ -389,11 +389,11 @@ impl Identify {
         })
     }
 
-    fn count_record(&self, outcome: &'static str, format: &'static str) {
+    fn count_record(&self, outcome: &'static str, kind: &'static str) {
         self.host
             .metrics()
             .signed_records
-            .get_or_create(&RecordLabels { outcome, format })
+            .get_or_create(&RecordLabels { outcome, kind })
             .inc();
     }
 }

@@ -1,0 +1,161 @@
+//! Connection establishment on loopback TCP, dial → first ping answered, Pylon↔Pylon
+//! against rust-libp2p↔rust-libp2p in the same run (alternating rounds), as the
+//! test-plans `handshakePlusOneRTT` measure. Prints a markdown table.
+//!
+//! `cargo run --release -p pylon-interop --example connect_latency -- [connections per round] [rounds]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, ping, tcp, yamux, Multiaddr, Swarm};
+use pylon_node::metrics::Metrics;
+use pylon_node::node::{self, Node};
+use pylon_node::peerstore::MemoryStore;
+use pylon_node::protocols::ping as pylon_ping;
+
+async fn pylon_node() -> anyhow::Result<Node> {
+    let config = node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        ..Default::default()
+    };
+    Ok(Node::start(
+        pylon_node::Keypair::generate_ed25519(),
+        config,
+        Arc::new(MemoryStore::default()),
+        Metrics::unregistered(),
+    )
+    .await?)
+}
+
+async fn pylon_round(n: usize) -> anyhow::Result<Vec<Duration>> {
+    let server = pylon_node().await?;
+    let client = pylon_node().await?;
+    let addr = server
+        .listen_multiaddrs()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no listen addr"))?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let conn = client.host.dial(&addr).await?;
+        let mut stream = conn.open_stream(&[pylon_ping::PROTOCOL]).await?;
+        pylon_ping::ping_on(&mut stream).await?;
+        out.push(started.elapsed());
+        drop(stream);
+        conn.close();
+        conn.closed().await;
+    }
+    client.shutdown(Duration::from_secs(5)).await;
+    server.shutdown(Duration::from_secs(5)).await;
+    Ok(out)
+}
+
+fn rust_swarm() -> anyhow::Result<Swarm<ping::Behaviour>> {
+    Ok(libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|_| {
+            ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(3600)))
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+async fn rust_round(n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut server = rust_swarm()?;
+    server.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let addr: Multiaddr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_id = *server.local_peer_id();
+    let server_task = tokio::spawn(async move {
+        loop {
+            server.select_next_some().await;
+        }
+    });
+    let mut client = rust_swarm()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        client.dial(
+            addr.clone()
+                .with(libp2p::multiaddr::Protocol::P2p(server_id)),
+        )?;
+        loop {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(ping::Event { result: Ok(_), .. }) => break,
+                SwarmEvent::Behaviour(ping::Event { result: Err(e), .. }) => {
+                    anyhow::bail!("ping failed: {e}")
+                }
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    anyhow::bail!("dial failed: {error}")
+                }
+                _ => {}
+            }
+        }
+        out.push(started.elapsed());
+        let _ = client.disconnect_peer_id(server_id);
+        loop {
+            if let SwarmEvent::ConnectionClosed { .. } = client.select_next_some().await {
+                break;
+            }
+        }
+    }
+    server_task.abort();
+    Ok(out)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let n = args.first().copied().unwrap_or(200);
+    let rounds = args.get(1).copied().unwrap_or(3);
+    let (mut pylon, mut rust) = (Vec::new(), Vec::new());
+    // Warm-up, then alternate so drift on this noisy machine hits both alike.
+    pylon_round(20).await?;
+    rust_round(20).await?;
+    for _ in 0..rounds {
+        pylon.extend(pylon_round(n).await?);
+        rust.extend(rust_round(n).await?);
+    }
+    pylon.sort();
+    rust.sort();
+    println!("| loopback TCP+Noise+yamux, dial → ping answered | n | p50 ms | p90 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    for (name, v) in [
+        ("Pylon ↔ Pylon", &pylon),
+        ("rust-libp2p ↔ rust-libp2p", &rust),
+    ] {
+        println!(
+            "| {name} | {} | {:.3} | {:.3} | {:.3} |",
+            v.len(),
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 0.99)
+        );
+    }
+    println!(
+        "| ratio Pylon / rust-libp2p | | {:.2} | {:.2} | {:.2} |",
+        pct(&pylon, 0.5) / pct(&rust, 0.5),
+        pct(&pylon, 0.9) / pct(&rust, 0.9),
+        pct(&pylon, 0.99) / pct(&rust, 0.99)
+    );
+    Ok(())
+}
