@@ -1,6 +1,7 @@
 //! Connection establishment on loopback TCP, dial → first ping answered, Pylon↔Pylon
 //! against rust-libp2p↔rust-libp2p in the same run (alternating rounds), as the
-//! test-plans `handshakePlusOneRTT` measure. Prints a markdown table.
+//! test-plans `handshakePlusOneRTT` measure. Both sides run what a real node runs on a
+//! new connection: identify (with signed records) and ping. Prints a markdown table.
 //!
 //! `cargo run --release -p pylon-interop --example connect_latency -- [connections per round] [rounds]`
 
@@ -8,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, ping, tcp, yamux, Multiaddr, Swarm};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, Swarm};
 use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
 use pylon_node::peerstore::MemoryStore;
@@ -41,7 +42,7 @@ async fn pylon_round(n: usize) -> anyhow::Result<Vec<Duration>> {
     for _ in 0..n {
         let started = Instant::now();
         let conn = client.host.dial(&addr).await?;
-        let mut stream = conn.open_stream(&[pylon_ping::PROTOCOL]).await?;
+        let mut stream = conn.open_stream_lazy(pylon_ping::PROTOCOL).await?;
         pylon_ping::ping_on(&mut stream).await?;
         out.push(started.elapsed());
         drop(stream);

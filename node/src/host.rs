@@ -27,8 +27,9 @@ use crate::identity::{key_type_label, Keypair, PeerId, PublicKey};
 use crate::metrics::{
     ConnLabels, DialErrorLabels, DirLabels, HandshakeLabels, KeyTypeLabels, Metrics, StreamLabels,
 };
+use crate::multistream::{self, Negotiated};
+use crate::noise;
 use crate::transport::{self, RawStream, Target};
-use crate::{multistream, noise};
 
 pub const YAMUX_PROTOCOL: &str = "/yamux/1.0.0";
 /// Outbound stream requests one connection queues while yamux cannot open more.
@@ -255,21 +256,8 @@ impl Connection {
 
     /// Opens a stream and negotiates the first of `protocols` the remote supports.
     pub async fn open_stream<P: AsRef<str>>(&self, protocols: &[P]) -> Result<Stream, StreamError> {
-        let (tx, rx) = oneshot::channel();
+        let mut io = self.open_raw().await?.compat();
         let timeout = self.inner.negotiation_timeout;
-        let raw = tokio::time::timeout(timeout, async {
-            self.inner
-                .cmd
-                .send(Command::Open(tx))
-                .await
-                .map_err(|_| StreamError::Closed)?;
-            rx.await
-                .map_err(|_| StreamError::Closed)?
-                .map_err(StreamError::Muxer)
-        })
-        .await
-        .map_err(|_| StreamError::Timeout)??;
-        let mut io = raw.compat();
         let protocol =
             match tokio::time::timeout(timeout, multistream::dialer_select(&mut io, protocols))
                 .await
@@ -281,7 +269,43 @@ impl Connection {
                 Ok(Err(e)) => return Err(StreamError::Negotiation(e.to_string())),
                 Ok(Ok(p)) => p,
             };
-        Ok(Stream::new(io, protocol, self, Direction::Outbound, None))
+        Ok(Stream::new(
+            Negotiated::done(io),
+            protocol,
+            self,
+            Direction::Outbound,
+            None,
+        ))
+    }
+
+    /// Opens a stream proposing `protocol` lazily: the proposal leaves with the first
+    /// payload and the answer is checked before the first read, saving a round trip. If
+    /// the remote refuses, that first read fails with [`multistream::NotSupported`].
+    pub async fn open_stream_lazy(&self, protocol: &str) -> Result<Stream, StreamError> {
+        let io = self.open_raw().await?.compat();
+        Ok(Stream::new(
+            Negotiated::lazy(io, protocol),
+            protocol.to_string(),
+            self,
+            Direction::Outbound,
+            None,
+        ))
+    }
+
+    async fn open_raw(&self) -> Result<yamux::Stream, StreamError> {
+        let (tx, rx) = oneshot::channel();
+        tokio::time::timeout(self.inner.negotiation_timeout, async {
+            self.inner
+                .cmd
+                .send(Command::Open(tx))
+                .await
+                .map_err(|_| StreamError::Closed)?;
+            rx.await
+                .map_err(|_| StreamError::Closed)?
+                .map_err(StreamError::Muxer)
+        })
+        .await
+        .map_err(|_| StreamError::Timeout)?
     }
 
     /// Asks the connection to close politely (yamux GoAway, then the socket).
@@ -292,7 +316,7 @@ impl Connection {
 
 /// A negotiated stream. Reads and writes go straight to the yamux stream.
 pub struct Stream {
-    io: Compat<yamux::Stream>,
+    io: Negotiated<Compat<yamux::Stream>>,
     protocol: String,
     peer: PeerId,
     connection: Connection,
@@ -302,7 +326,7 @@ pub struct Stream {
 
 impl Stream {
     fn new(
-        io: Compat<yamux::Stream>,
+        io: Negotiated<Compat<yamux::Stream>>,
         protocol: String,
         conn: &Connection,
         direction: Direction,
@@ -416,7 +440,7 @@ struct HostInner {
     shutdown: CancellationToken,
 }
 
-type Muxer = yamux::Connection<Compat<noise::Stream<RawStream>>>;
+type Muxer = yamux::Connection<Compat<Negotiated<noise::Stream<Negotiated<RawStream>>>>>;
 
 impl Host {
     pub fn new(key: Keypair, config: Config, metrics: Arc<Metrics>) -> Result<Self, noise::Error> {
@@ -676,31 +700,34 @@ impl Host {
             }
             other => DialError::Handshake(format!("{what} negotiation: {other}")),
         };
-        if dialer {
-            multistream::dialer_select(&mut raw, &[noise::PROTOCOL])
-                .await
-                .map_err(|e| nego(e, "security"))?;
+        // The dialer proposes lazily: `/noise` goes out with the first handshake message
+        // and `/yamux/1.0.0` with the first yamux frame, saving two round trips.
+        let raw = if dialer {
+            Negotiated::lazy(raw, noise::PROTOCOL)
         } else {
             multistream::listener_select(&mut raw, |p| p == noise::PROTOCOL)
                 .await
                 .map_err(|e| nego(e, "security"))?;
-        }
+            Negotiated::done(raw)
+        };
         let out = noise::handshake(raw, &self.inner.noise, dialer, expected)
             .await
             .map_err(|e| match e {
                 noise::Error::WrongPeer { expected, got } => DialError::WrongPeer { expected, got },
+                noise::Error::Io(e) if is_not_supported(&e) => {
+                    DialError::NoCommonProtocol("security")
+                }
                 other => DialError::Handshake(other.to_string()),
             })?;
         let mut secured = out.stream;
-        if dialer {
-            multistream::dialer_select(&mut secured, &[YAMUX_PROTOCOL])
-                .await
-                .map_err(|e| nego(e, "muxer"))?;
+        let secured = if dialer {
+            Negotiated::lazy(secured, YAMUX_PROTOCOL)
         } else {
             multistream::listener_select(&mut secured, |p| p == YAMUX_PROTOCOL)
                 .await
                 .map_err(|e| nego(e, "muxer"))?;
-        }
+            Negotiated::done(secured)
+        };
         let mut cfg = yamux::Config::default();
         let streams = self.inner.config.max_streams_per_connection.clamp(1, 4096);
         cfg.set_max_num_streams(streams);
@@ -1013,7 +1040,13 @@ impl Host {
                 direction: Direction::Inbound,
                 protocol: protocol.clone(),
             });
-            let stream = Stream::new(io, protocol, &conn, Direction::Inbound, None);
+            let stream = Stream::new(
+                Negotiated::done(io),
+                protocol,
+                &conn,
+                Direction::Inbound,
+                None,
+            );
             handler(stream).await;
         });
     }
@@ -1080,6 +1113,11 @@ impl Host {
         // Handlers often hold services that hold the host: drop them to break the cycle.
         write(&self.inner.handlers).clear();
     }
+}
+
+fn is_not_supported(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<multistream::NotSupported>())
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {

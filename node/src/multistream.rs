@@ -3,10 +3,17 @@
 //! Both roles over any tokio byte stream. The dialer pipelines the header with its first
 //! proposal; the listener sends its header at once. Neither reads past the last
 //! negotiation message, so bytes that follow belong to the negotiated protocol.
+//! A dialer with a single protocol to propose can negotiate lazily ([`Negotiated::lazy`]):
+//! the proposal goes out with the first payload bytes and the listener's answer is
+//! checked before the first payload byte is read, saving a round trip.
 //! Limits: messages are at most [`MAX_MESSAGE_LEN`] bytes and a listener answers at most
 //! [`MAX_PROPOSALS`] proposals before giving up on the stream.
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::varint::{self, FrameError};
 
@@ -119,6 +126,189 @@ where
     Err(Error::TooManyProposals)
 }
 
+/// The remote answered `na` to a lazily proposed protocol (carried inside an `io::Error`).
+#[derive(Debug, thiserror::Error)]
+#[error("remote does not support {0}")]
+pub struct NotSupported(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// Expecting the listener's header, then the echo.
+    Header,
+    Echo,
+    Done,
+}
+
+/// A stream after negotiation. For a lazy dialer it still owes the proposal (sent with the
+/// first write, or before the first read) and still has to check the answer (before the
+/// first read). Once settled it passes reads and writes straight through.
+pub struct Negotiated<S> {
+    io: S,
+    state: Pending,
+    protocol: String,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    rbuf: Vec<u8>,
+}
+
+impl<S> Negotiated<S> {
+    /// A stream whose negotiation is complete.
+    pub fn done(io: S) -> Self {
+        Negotiated {
+            io,
+            state: Pending::Done,
+            protocol: String::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            rbuf: Vec::new(),
+        }
+    }
+
+    /// A dialer stream that proposes `protocol` without waiting for the answer.
+    pub fn lazy(io: S, protocol: &str) -> Self {
+        let mut wbuf = Vec::with_capacity(64);
+        encode_msg(&mut wbuf, PROTOCOL);
+        encode_msg(&mut wbuf, protocol);
+        Negotiated {
+            io,
+            state: Pending::Header,
+            protocol: protocol.to_string(),
+            wbuf,
+            wpos: 0,
+            rbuf: Vec::new(),
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+}
+
+fn bad_data(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Negotiated<S> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wpos += n;
+        }
+        if !self.wbuf.is_empty() {
+            self.wbuf = Vec::new();
+            self.wpos = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads one negotiation message without reading past it.
+    fn poll_msg(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<String>> {
+        loop {
+            let need = match varint::decode(&self.rbuf) {
+                Ok((len, used)) => {
+                    if len > MAX_MESSAGE_LEN as u64 {
+                        return Poll::Ready(Err(bad_data(format!(
+                            "multistream message of {len} bytes"
+                        ))));
+                    }
+                    let total = used + len as usize;
+                    if self.rbuf.len() == total {
+                        let body = &self.rbuf[used..];
+                        let Some((&b'\n', text)) = body.split_last() else {
+                            return Poll::Ready(Err(bad_data(
+                                "multistream message without newline".into(),
+                            )));
+                        };
+                        let text = String::from_utf8(text.to_vec())
+                            .map_err(|_| bad_data("multistream message is not UTF-8".into()))?;
+                        self.rbuf.clear();
+                        return Poll::Ready(Ok(text));
+                    }
+                    total - self.rbuf.len()
+                }
+                Err(varint::DecodeError::Truncated) => 1,
+                Err(e) => return Poll::Ready(Err(bad_data(e.to_string()))),
+            };
+            let mut tmp = [0u8; MAX_MESSAGE_LEN];
+            let mut rb = ReadBuf::new(&mut tmp[..need.min(MAX_MESSAGE_LEN)]);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.rbuf.extend_from_slice(rb.filled());
+        }
+    }
+
+    fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.state != Pending::Done {
+            ready!(self.poll_drain(cx))?;
+            let msg = ready!(self.poll_msg(cx))?;
+            self.state = match self.state {
+                Pending::Header if msg == PROTOCOL => Pending::Echo,
+                Pending::Header => {
+                    return Poll::Ready(Err(bad_data(format!("remote does not speak {PROTOCOL}"))))
+                }
+                Pending::Echo if msg == self.protocol => Pending::Done,
+                Pending::Echo if msg == NA => {
+                    return Poll::Ready(Err(io::Error::other(NotSupported(self.protocol.clone()))));
+                }
+                _ => return Poll::Ready(Err(bad_data(format!("unexpected answer {msg:?}")))),
+            };
+        }
+        self.rbuf = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Negotiated<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.state != Pending::Done {
+            ready!(this.poll_settle(cx))?;
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Negotiated<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.wpos == 0 && !this.wbuf.is_empty() {
+            // First write: the proposal and the payload leave together.
+            this.wbuf.extend_from_slice(buf);
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(buf.len()));
+        }
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +384,51 @@ mod tests {
             listener_select(&mut io, |_| false).await,
             Err(Error::TooManyProposals)
         ));
+    }
+
+    #[tokio::test]
+    async fn lazy_dialer_sends_with_payload_and_checks_answer() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut lazy = Negotiated::lazy(a, "/echo");
+        let listener = async move {
+            let p = listener_select(&mut b, |p| p == "/echo").await.unwrap();
+            let mut buf = [0u8; 4];
+            b.read_exact(&mut buf).await.unwrap();
+            b.write_all(&buf).await.unwrap();
+            p
+        };
+        let dialer = async move {
+            lazy.write_all(b"ping").await.unwrap();
+            lazy.flush().await.unwrap();
+            let mut buf = [0u8; 4];
+            lazy.read_exact(&mut buf).await.unwrap();
+            buf
+        };
+        let (p, echoed) = tokio::join!(listener, dialer);
+        assert_eq!(p, "/echo");
+        assert_eq!(&echoed, b"ping");
+    }
+
+    #[tokio::test]
+    async fn lazy_dialer_surfaces_na_on_read() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut lazy = Negotiated::lazy(a, "/missing");
+        tokio::spawn(async move {
+            let _ = listener_select(&mut b, |_| false).await;
+        });
+        lazy.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 1];
+        let err = lazy.read_exact(&mut buf).await.unwrap_err();
+        assert!(
+            err.get_ref().is_some_and(|e| e.is::<NotSupported>()),
+            "{err}"
+        );
+        // Garbage instead of a header.
+        let mut lazy = Negotiated::lazy(tokio_test_io(&[3, b'a', b'b', b'\n']), "/x");
+        assert_eq!(
+            lazy.read(&mut buf).await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 
     /// A duplex whose read half yields `input` then EOF; writes are discarded.

@@ -221,6 +221,13 @@ async fn unsupported_protocol_and_custom_handler() {
         b.host.open_stream(&other, &["/echo/1"]).await,
         Err(StreamError::NotConnected(_))
     ));
+    // A lazily negotiated ping to a peer that stopped serving ping fails on the read.
+    a.host.remove_handler(ping::PROTOCOL);
+    match ping::ping(&b.host, &a.peer_id()).await {
+        Err(ping::Error::Io(e)) => assert!(e.to_string().contains("does not support"), "{e}"),
+        other => panic!("expected a not-supported error, got {other:?}"),
+    }
+    ping::ping(&a.host, &b.peer_id()).await.unwrap();
 }
 
 #[tokio::test]

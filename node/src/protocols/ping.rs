@@ -82,9 +82,13 @@ pub async fn ping_on(stream: &mut Stream) -> Result<Duration, Error> {
     Ok(started.elapsed())
 }
 
-/// Pings a connected peer once on a fresh stream.
+/// Pings a connected peer once on a fresh stream (negotiated lazily: the proposal travels
+/// with the payload).
 pub async fn ping(host: &Host, peer: &PeerId) -> Result<Duration, Error> {
-    let mut stream = host.open_stream(peer, &[PROTOCOL]).await?;
+    let conn = host
+        .connection(peer)
+        .ok_or(StreamError::NotConnected(*peer))?;
+    let mut stream = conn.open_stream_lazy(PROTOCOL).await?;
     let rtt = ping_on(&mut stream).await?;
     host.metrics().ping_rtt.observe(rtt.as_secs_f64());
     let _ = stream.shutdown().await;
