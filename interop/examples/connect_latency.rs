@@ -54,7 +54,13 @@ async fn pylon_round(n: usize) -> anyhow::Result<Vec<Duration>> {
     Ok(out)
 }
 
-fn rust_swarm() -> anyhow::Result<Swarm<ping::Behaviour>> {
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+fn rust_swarm() -> anyhow::Result<Swarm<Behaviour>> {
     Ok(libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -62,8 +68,14 @@ fn rust_swarm() -> anyhow::Result<Swarm<ping::Behaviour>> {
             noise::Config::new,
             yamux::Config::default,
         )?
-        .with_behaviour(|_| {
-            ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(3600)))
+        .with_behaviour(|key| Behaviour {
+            identify: identify::Behaviour::new(identify::Config::new_with_signed_peer_record(
+                "ipfs/0.1.0".into(),
+                key,
+            )),
+            ping: ping::Behaviour::new(
+                ping::Config::new().with_interval(Duration::from_secs(3600)),
+            ),
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build())
@@ -93,8 +105,12 @@ async fn rust_round(n: usize) -> anyhow::Result<Vec<Duration>> {
         )?;
         loop {
             match client.select_next_some().await {
-                SwarmEvent::Behaviour(ping::Event { result: Ok(_), .. }) => break,
-                SwarmEvent::Behaviour(ping::Event { result: Err(e), .. }) => {
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                    result: Ok(_), ..
+                })) => break,
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                    result: Err(e), ..
+                })) => {
                     anyhow::bail!("ping failed: {e}")
                 }
                 SwarmEvent::OutgoingConnectionError { error, .. } => {
