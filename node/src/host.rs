@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -34,6 +34,10 @@ use crate::transport::{self, RawStream, Target};
 pub const YAMUX_PROTOCOL: &str = "/yamux/1.0.0";
 /// Outbound stream requests one connection queues while yamux cannot open more.
 const MAX_PENDING_OPENS: usize = 64;
+/// Streams yamux accepts beyond our own limit before it treats the remote as abusive.
+const YAMUX_STREAM_HEADROOM: usize = 16;
+/// How long a polite close (yamux GoAway and flush) may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Limits and timeouts of the host.
 #[derive(Debug, Clone)]
@@ -48,7 +52,9 @@ pub struct Config {
     pub max_connections_per_peer: usize,
     /// Inbound connections in their handshake at once.
     pub max_pending_incoming: usize,
-    /// Yamux streams per connection (further inbound streams are reset).
+    /// Streams per connection, both directions together. Past it, new inbound streams
+    /// are reset and opens fail with [`StreamError::Limit`]; yamux itself allows a little
+    /// headroom above it, so reaching the limit never tears the connection down.
     pub max_streams_per_connection: usize,
 }
 
@@ -163,6 +169,8 @@ pub enum StreamError {
     Negotiation(String),
     #[error("muxer: {0}")]
     Muxer(String),
+    #[error("stream limit of the connection reached")]
+    Limit,
 }
 
 /// What the host tells subscribers. Lagging subscribers lose the oldest events.
@@ -190,7 +198,6 @@ pub enum Event {
 
 enum Command {
     Open(oneshot::Sender<Result<yamux::Stream, String>>),
-    Close,
 }
 
 /// A handle on an established connection. Cheap to clone.
@@ -209,8 +216,43 @@ struct ConnInner {
     established: Instant,
     negotiation_timeout: Duration,
     cmd: mpsc::Sender<Command>,
+    close_requested: CancellationToken,
     closed: CancellationToken,
+    live_streams: AtomicUsize,
+    max_streams: usize,
     metrics: Arc<Metrics>,
+}
+
+/// One of a connection's stream slots, held from accept/open until the stream is dropped.
+struct StreamSlot {
+    conn: Connection,
+}
+
+impl StreamSlot {
+    fn try_take(conn: &Connection) -> Option<StreamSlot> {
+        let inner = &conn.inner;
+        let mut n = inner.live_streams.load(Ordering::Relaxed);
+        loop {
+            if n >= inner.max_streams {
+                return None;
+            }
+            match inner.live_streams.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(StreamSlot { conn: conn.clone() }),
+                Err(actual) => n = actual,
+            }
+        }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.conn.inner.live_streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -256,7 +298,8 @@ impl Connection {
 
     /// Opens a stream and negotiates the first of `protocols` the remote supports.
     pub async fn open_stream<P: AsRef<str>>(&self, protocols: &[P]) -> Result<Stream, StreamError> {
-        let mut io = self.open_raw().await?.compat();
+        let (raw, slot) = self.open_raw().await?;
+        let mut io = raw.compat();
         let timeout = self.inner.negotiation_timeout;
         let protocol =
             match tokio::time::timeout(timeout, multistream::dialer_select(&mut io, protocols))
@@ -272,9 +315,8 @@ impl Connection {
         Ok(Stream::new(
             Negotiated::done(io),
             protocol,
-            self,
+            slot,
             Direction::Outbound,
-            None,
         ))
     }
 
@@ -282,19 +324,19 @@ impl Connection {
     /// payload and the answer is checked before the first read, saving a round trip. If
     /// the remote refuses, that first read fails with [`multistream::NotSupported`].
     pub async fn open_stream_lazy(&self, protocol: &str) -> Result<Stream, StreamError> {
-        let io = self.open_raw().await?.compat();
+        let (raw, slot) = self.open_raw().await?;
         Ok(Stream::new(
-            Negotiated::lazy(io, protocol),
+            Negotiated::lazy(raw.compat(), protocol),
             protocol.to_string(),
-            self,
+            slot,
             Direction::Outbound,
-            None,
         ))
     }
 
-    async fn open_raw(&self) -> Result<yamux::Stream, StreamError> {
+    async fn open_raw(&self) -> Result<(yamux::Stream, StreamSlot), StreamError> {
+        let slot = StreamSlot::try_take(self).ok_or(StreamError::Limit)?;
         let (tx, rx) = oneshot::channel();
-        tokio::time::timeout(self.inner.negotiation_timeout, async {
+        let raw = tokio::time::timeout(self.inner.negotiation_timeout, async {
             self.inner
                 .cmd
                 .send(Command::Open(tx))
@@ -305,12 +347,18 @@ impl Connection {
                 .map_err(StreamError::Muxer)
         })
         .await
-        .map_err(|_| StreamError::Timeout)?
+        .map_err(|_| StreamError::Timeout)??;
+        Ok((raw, slot))
     }
 
     /// Asks the connection to close politely (yamux GoAway, then the socket).
     pub fn close(&self) {
-        let _ = self.inner.cmd.try_send(Command::Close);
+        self.inner.close_requested.cancel();
+    }
+
+    /// Streams open on this connection now.
+    pub fn stream_count(&self) -> usize {
+        self.inner.live_streams.load(Ordering::Relaxed)
     }
 }
 
@@ -319,25 +367,25 @@ pub struct Stream {
     io: Negotiated<Compat<yamux::Stream>>,
     protocol: String,
     peer: PeerId,
-    connection: Connection,
+    slot: StreamSlot,
     direction: Direction,
     metrics: Arc<Metrics>,
 }
 
 impl Stream {
+    /// `protocol` is always one we proposed or registered, so the label stays bounded.
     fn new(
         io: Negotiated<Compat<yamux::Stream>>,
         protocol: String,
-        conn: &Connection,
+        slot: StreamSlot,
         direction: Direction,
-        label: Option<String>,
     ) -> Self {
-        let metrics = conn.inner.metrics.clone();
+        let metrics = slot.conn.inner.metrics.clone();
         metrics
             .streams_opened
             .get_or_create(&StreamLabels {
                 dir: direction.as_str(),
-                protocol: label.unwrap_or_else(|| protocol.clone()),
+                protocol: protocol.clone(),
             })
             .inc();
         metrics
@@ -349,8 +397,8 @@ impl Stream {
         Stream {
             io,
             protocol,
-            peer: conn.peer(),
-            connection: conn.clone(),
+            peer: slot.conn.peer(),
+            slot,
             direction,
             metrics,
         }
@@ -362,7 +410,7 @@ impl Stream {
         self.peer
     }
     pub fn connection(&self) -> &Connection {
-        &self.connection
+        &self.slot.conn
     }
     pub fn direction(&self) -> Direction {
         self.direction
@@ -644,7 +692,7 @@ impl Host {
             return; // dropping `mux` closes the socket
         }
         self.observe_handshake(started, transport, ip_version);
-        self.establish(
+        if let Err(e) = self.establish(
             mux,
             peer,
             key,
@@ -653,7 +701,9 @@ impl Host {
             Direction::Inbound,
             transport,
             ip_version,
-        );
+        ) {
+            self.count_handshake_error(transport, e.label(), ip_version);
+        }
     }
 
     fn admit(&self, peer: &PeerId) -> Result<(), DialError> {
@@ -729,7 +779,8 @@ impl Host {
             Negotiated::done(secured)
         };
         let mut cfg = yamux::Config::default();
-        let streams = self.inner.config.max_streams_per_connection.clamp(1, 4096);
+        let streams =
+            self.inner.config.max_streams_per_connection.clamp(1, 4096) + YAMUX_STREAM_HEADROOM;
         cfg.set_max_num_streams(streams);
         cfg.set_max_connection_receive_window(Some(streams * 256 * 1024));
         let mode = if dialer {
@@ -811,7 +862,7 @@ impl Host {
         let ip_version = target.ip_version();
         self.observe_handshake(started, transport_label, ip_version);
         let remote = strip_p2p(addr);
-        Ok(self.establish(
+        self.establish(
             mux,
             peer,
             key,
@@ -820,7 +871,7 @@ impl Host {
             Direction::Outbound,
             transport_label,
             ip_version,
-        ))
+        )
     }
 
     /// Returns an open connection to `peer`, or dials `addrs` in order until one works.
@@ -857,7 +908,7 @@ impl Host {
         direction: Direction,
         transport: &'static str,
         ip_version: &'static str,
-    ) -> Connection {
+    ) -> Result<Connection, DialError> {
         let (cmd_tx, cmd_rx) = mpsc::channel(32);
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let conn = Connection {
@@ -871,10 +922,25 @@ impl Host {
                 established: Instant::now(),
                 negotiation_timeout: self.inner.config.negotiation_timeout,
                 cmd: cmd_tx,
+                close_requested: CancellationToken::new(),
                 closed: CancellationToken::new(),
+                live_streams: AtomicUsize::new(0),
+                max_streams: self.inner.config.max_streams_per_connection.max(1),
                 metrics: self.inner.metrics.clone(),
             }),
         };
+        {
+            // Check and insert under one lock, so concurrent handshakes cannot overshoot.
+            let mut conns = lock(&self.inner.connections);
+            let total: usize = conns.values().map(Vec::len).sum();
+            let per_peer = conns.get(&peer).map_or(0, Vec::len);
+            if total >= self.inner.config.max_connections
+                || per_peer >= self.inner.config.max_connections_per_peer
+            {
+                return Err(DialError::Limit); // dropping `mux` closes the socket
+            }
+            conns.entry(peer).or_default().push(conn.clone());
+        }
         let labels = ConnLabels {
             dir: direction.as_str(),
             transport,
@@ -896,10 +962,6 @@ impl Host {
                 key_type: key_type_label(conn.remote_key()),
             })
             .inc();
-        lock(&self.inner.connections)
-            .entry(peer)
-            .or_default()
-            .push(conn.clone());
         tracing::debug!(%peer, %id, dir = direction.as_str(), "connection established");
         self.emit(Event::ConnectionEstablished(conn.clone()));
         let host = self.clone();
@@ -909,7 +971,7 @@ impl Host {
             let reason = host.drive(mux, cmd_rx, conn2.clone()).await;
             host.remove_connection(&conn2, labels, reason);
         });
-        conn
+        Ok(conn)
     }
 
     fn remove_connection(&self, conn: &Connection, labels: ConnLabels, reason: String) {
@@ -951,10 +1013,14 @@ impl Host {
     ) -> String {
         let mut opening: VecDeque<oneshot::Sender<Result<yamux::Stream, String>>> = VecDeque::new();
         let mut closing = false;
-        let shutdown = self.inner.shutdown.clone();
-        let mut shutdown_wait = std::pin::pin!(shutdown.cancelled_owned());
+        let mut close_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut shutdown_wait = std::pin::pin!(self.inner.shutdown.clone().cancelled_owned());
+        let mut close_wait = std::pin::pin!(conn.inner.close_requested.clone().cancelled_owned());
         poll_fn(|cx| loop {
-            if !closing && shutdown_wait.as_mut().poll(cx).is_ready() {
+            if !closing
+                && (shutdown_wait.as_mut().poll(cx).is_ready()
+                    || close_wait.as_mut().poll(cx).is_ready())
+            {
                 closing = true;
             }
             // Requests whose caller gave up (timed out) are dropped; the queue is bounded,
@@ -963,13 +1029,20 @@ impl Host {
             while !closing && opening.len() < MAX_PENDING_OPENS {
                 match cmds.poll_recv(cx) {
                     Poll::Ready(Some(Command::Open(tx))) => opening.push_back(tx),
-                    Poll::Ready(Some(Command::Close)) | Poll::Ready(None) => closing = true,
+                    Poll::Ready(None) => closing = true,
                     Poll::Pending => break,
                 }
             }
+            let queue_was_full = opening.len() >= MAX_PENDING_OPENS;
             if closing {
                 for tx in opening.drain(..) {
                     let _ = tx.send(Err("connection closing".into()));
+                }
+                // A remote that stops reading cannot hold the close open forever.
+                let deadline = close_deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_TIMEOUT)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready("close timed out".to_string());
                 }
                 return match mux.poll_close(cx) {
                     Poll::Ready(Ok(())) => Poll::Ready("closed locally".to_string()),
@@ -997,6 +1070,9 @@ impl Host {
                 Poll::Ready(Some(Ok(stream))) => self.handle_inbound_stream(stream, &conn),
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(format!("muxer error: {e}")),
                 Poll::Ready(None) => return Poll::Ready("closed by remote".to_string()),
+                // The command queue was not polled while full: poll it again now that
+                // requests left it, or their wake-up would be lost.
+                Poll::Pending if queue_was_full && opening.len() < MAX_PENDING_OPENS => continue,
                 Poll::Pending => return Poll::Pending,
             }
         })
@@ -1004,9 +1080,14 @@ impl Host {
     }
 
     fn handle_inbound_stream(&self, stream: yamux::Stream, conn: &Connection) {
+        let Some(slot) = StreamSlot::try_take(conn) else {
+            // Over our limit: dropping the stream resets it; the connection lives on.
+            self.inner.metrics.protocol_error("yamux", "stream_limit");
+            return;
+        };
         let host = self.clone();
-        let conn = conn.clone();
         self.spawn(async move {
+            let conn = slot.conn.clone();
             let mut io = stream.compat();
             let timeout = host.inner.config.negotiation_timeout;
             let handlers = &host.inner.handlers;
@@ -1040,13 +1121,7 @@ impl Host {
                 direction: Direction::Inbound,
                 protocol: protocol.clone(),
             });
-            let stream = Stream::new(
-                Negotiated::done(io),
-                protocol,
-                &conn,
-                Direction::Inbound,
-                None,
-            );
+            let stream = Stream::new(Negotiated::done(io), protocol, slot, Direction::Inbound);
             handler(stream).await;
         });
     }

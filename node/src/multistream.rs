@@ -23,6 +23,8 @@ const NA: &str = "na";
 pub const MAX_MESSAGE_LEN: usize = 1024;
 /// Proposals a listener answers with `na` before it gives up.
 pub const MAX_PROPOSALS: usize = 32;
+/// Most payload a lazy dialer buffers behind its proposal.
+const MAX_COALESCED: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -148,6 +150,9 @@ pub struct Negotiated<S> {
     protocol: String,
     wbuf: Vec<u8>,
     wpos: usize,
+    /// The first payload was appended to the proposal (once only, so the buffer stays
+    /// bounded by one capped write).
+    coalesced: bool,
     rbuf: Vec<u8>,
 }
 
@@ -160,6 +165,7 @@ impl<S> Negotiated<S> {
             protocol: String::new(),
             wbuf: Vec::new(),
             wpos: 0,
+            coalesced: true,
             rbuf: Vec::new(),
         }
     }
@@ -175,6 +181,7 @@ impl<S> Negotiated<S> {
             protocol: protocol.to_string(),
             wbuf,
             wpos: 0,
+            coalesced: false,
             rbuf: Vec::new(),
         }
     }
@@ -284,13 +291,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Negotiated<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.wpos == 0 && !this.wbuf.is_empty() {
-            // First write: the proposal and the payload leave together.
-            this.wbuf.extend_from_slice(buf);
+        if !this.coalesced {
+            // First write: the proposal and (up to a frame of) the payload leave together.
+            this.coalesced = true;
+            let n = buf.len().min(MAX_COALESCED);
+            this.wbuf.extend_from_slice(&buf[..n]);
             if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                 return Poll::Ready(Err(e));
             }
-            return Poll::Ready(Ok(buf.len()));
+            return Poll::Ready(Ok(n));
         }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.io).poll_write(cx, buf)

@@ -107,7 +107,25 @@ where
     };
     let mut buf = vec![0u8; MAX_FRAME_LEN];
     let mut payload = vec![0u8; MAX_FRAME_LEN];
-    let remote_payload;
+    // The remote's identity is checked as soon as its payload arrives: a dialer rejects a
+    // wrong or unauthenticated responder before revealing its own identity in message 3.
+    let check = |state: &snow::HandshakeState,
+                 remote_payload: &[u8]|
+     -> Result<(PublicKey, PeerId), Error> {
+        let remote_static = state
+            .get_remote_static()
+            .ok_or_else(|| Error::BadPayload("no remote static key".into()))?;
+        let remote_key = verify_payload(remote_payload, remote_static)?;
+        let remote_peer = remote_key.to_peer_id();
+        match expected {
+            Some(expected) if expected != remote_peer => Err(Error::WrongPeer {
+                expected: Box::new(expected),
+                got: Box::new(remote_peer),
+            }),
+            _ => Ok((remote_key, remote_peer)),
+        }
+    };
+    let (remote_key, remote_peer);
     if dialer {
         // -> e
         let n = state.write_message(&[], &mut buf)?;
@@ -115,7 +133,7 @@ where
         // <- e, ee, s, es  (responder's identity)
         let frame = read_frame(&mut io).await?;
         let n = state.read_message(&frame, &mut payload)?;
-        remote_payload = payload[..n].to_vec();
+        (remote_key, remote_peer) = check(&state, &payload[..n])?;
         // -> s, se  (our identity)
         let n = state.write_message(&config.payload, &mut buf)?;
         write_frame(&mut io, &buf[..n]).await?;
@@ -126,21 +144,7 @@ where
         write_frame(&mut io, &buf[..n]).await?;
         let frame = read_frame(&mut io).await?;
         let n = state.read_message(&frame, &mut payload)?;
-        remote_payload = payload[..n].to_vec();
-    }
-    let remote_static = state
-        .get_remote_static()
-        .ok_or_else(|| Error::BadPayload("no remote static key".into()))?
-        .to_vec();
-    let remote_key = verify_payload(&remote_payload, &remote_static)?;
-    let remote_peer = remote_key.to_peer_id();
-    if let Some(expected) = expected {
-        if expected != remote_peer {
-            return Err(Error::WrongPeer {
-                expected: Box::new(expected),
-                got: Box::new(remote_peer),
-            });
-        }
+        (remote_key, remote_peer) = check(&state, &payload[..n])?;
     }
     let transport = state.into_transport_mode()?;
     Ok(Output {

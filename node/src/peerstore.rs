@@ -169,6 +169,11 @@ struct StoredPeer {
     last_seen_ms: u64,
 }
 
+fn durable_form(mut stored: StoredPeer) -> Vec<u8> {
+    stored.last_seen_ms = 0;
+    stored.encode_to_vec()
+}
+
 /// An address we hold for a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddrEntry {
@@ -378,8 +383,11 @@ impl Peerstore {
     /// passed [`Peerstore::check_record`]; a stale one is ignored here.
     pub async fn apply(&self, peer: PeerId, update: Update, now_ms: u64) -> Result<(), Error> {
         let cfg = &self.inner.config;
-        let (encoded, evicted) = {
+        let dirty = {
             let mut peers = self.peers();
+            // What is durable now, ignoring `last_seen` (refreshing it alone is not worth a
+            // disk write; it only orders evictions).
+            let before = peers.get(&peer).map(|p| durable_form(p.to_stored()));
             let mut evicted = None;
             if !peers.contains_key(&peer) && peers.len() >= cfg.max_peers {
                 evicted = peers
@@ -454,21 +462,33 @@ impl Peerstore {
                     info.public_key = Some(k);
                 }
             }
-            let encoded = info.to_stored().encode_to_vec();
+            let stored = info.to_stored();
+            let changed = before.as_deref() != Some(durable_form(stored.clone()).as_slice());
             self.inner.metrics.peerstore_peers.set(peers.len() as i64);
-            (encoded, evicted)
+            // Written under the lock so concurrent updates reach the engine in order.
+            if let Some(id) = evicted {
+                self.inner.store.delete(&id.to_bytes())?;
+            }
+            if changed {
+                self.inner
+                    .store
+                    .put(&peer.to_bytes(), &stored.encode_to_vec())?;
+            }
+            changed || evicted.is_some()
         };
-        if let Some(id) = evicted {
-            self.inner.store.delete(&id.to_bytes())?;
+        if dirty {
+            self.inner.store.flush().await?;
         }
-        self.inner.store.put(&peer.to_bytes(), &encoded)?;
-        self.inner.store.flush().await
+        Ok(())
     }
 
     /// Forgets a peer entirely.
     pub async fn remove(&self, peer: &PeerId) -> Result<(), Error> {
-        self.peers().remove(peer);
-        self.inner.store.delete(&peer.to_bytes())?;
+        {
+            let mut peers = self.peers();
+            peers.remove(peer);
+            self.inner.store.delete(&peer.to_bytes())?;
+        }
         self.inner.store.flush().await
     }
 

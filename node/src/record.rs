@@ -1,7 +1,7 @@
 //! Signed envelopes (RFC 0002) and peer records (RFC 0003).
 //!
-//! We seal our own records in the RFC 0003 format (domain `libp2p-peer-record`, payload
-//! type `0x0301`), which go-libp2p and js-libp2p use. On receipt we also accept the
+//! We seal our own records the way go-libp2p and js-libp2p do (domain `libp2p-peer-record`,
+//! payload type multicodec `0x0301`), called "RFC 0003" in this code base. On receipt we also accept the
 //! legacy format rust-libp2p 0.57 still signs (domain `libp2p-routing-state`, payload type
 //! `/libp2p/routing-state-record`), and remember which one a record came in.
 //!
@@ -15,8 +15,11 @@ use crate::identity::{decode_public_key, Keypair, PeerId, PublicKey};
 use crate::proto;
 use crate::varint;
 
-//= specs/RFC/0003-routing-records.md#signed-envelope-domain
-//# the domain string MUST be `libp2p-peer-record`.
+// Deliberate deviation: the RFC 0003 text (specs/RFC/0003-routing-records.md, "Signed
+// Envelope Domain") names `libp2p-routing-state` and a string payload type, which is what
+// rust-libp2p still signs. go-libp2p and js-libp2p — most of the network — settled on the
+// domain below with the multicodec payload type, and js-libp2p rejects the RFC text's form.
+// We sign what go/js accept and verify both.
 pub const PEER_RECORD_DOMAIN: &str = "libp2p-peer-record";
 /// Multicodec `libp2p-peer-record` (0x0301), as the two bytes go-libp2p and js-libp2p send.
 pub const PEER_RECORD_PAYLOAD_TYPE: &[u8] = &[0x03, 0x01];

@@ -90,6 +90,16 @@ pub fn tcp_multiaddr(addr: SocketAddr) -> Multiaddr {
     Multiaddr::empty().with(ip).with(Protocol::Tcp(addr.port()))
 }
 
+/// Per-socket options: no Nagle delay, and TCP keepalive so a peer that vanished without a
+/// FIN is noticed and its connection slot freed.
+fn tune(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(60))
+        .with_interval(std::time::Duration::from_secs(15));
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
 /// A connected byte stream of any transport.
 pub enum RawStream {
     Tcp(TcpStream),
@@ -225,7 +235,7 @@ impl Listener {
         match self {
             Listener::Tcp(l) => {
                 let (stream, remote) = l.accept().await?;
-                stream.set_nodelay(true)?;
+                tune(&stream)?;
                 Ok((RawStream::Tcp(stream), tcp_multiaddr(remote)))
             }
             Listener::Memory { rx, .. } => match rx.recv().await {
@@ -255,7 +265,7 @@ pub async fn dial(target: &Target) -> Result<(RawStream, Multiaddr), Error> {
                 io::ErrorKind::ConnectionRefused => Error::Refused,
                 _ => Error::Io(e),
             })?;
-            stream.set_nodelay(true)?;
+            tune(&stream)?;
             let local = tcp_multiaddr(stream.local_addr()?);
             Ok((RawStream::Tcp(stream), local))
         }

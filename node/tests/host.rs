@@ -367,3 +367,89 @@ async fn identify_push_announces_new_listen_addresses() {
     assert!(record.addrs().contains(&new_addr));
     assert!(b.peerstore.addrs(&a.peer_id(), 0).contains(&new_addr));
 }
+
+#[tokio::test]
+async fn stream_limits_refuse_streams_not_connections() {
+    let mut small = node::Config::default();
+    small.host.max_streams_per_connection = 4;
+    let mut large = node::Config::default();
+    large.host.max_streams_per_connection = 16;
+    let a = start_with("/memory/0", small.clone()).await;
+    let b = start_with("/memory/0", large).await;
+    let c = start_with("/memory/0", small).await;
+    for n in [&a, &b, &c] {
+        n.host.set_handler(
+            "/hold/1",
+            host::handler(|mut s| async move {
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf).await;
+            }),
+        );
+    }
+    // Let each connection's identify streams finish so only ours count.
+    let settle = |conn: host::Connection| async move {
+        tokio::time::timeout(T, async {
+            while conn.stream_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+    };
+
+    // Our own limit: c may hold 4 streams to a; the fifth open fails locally.
+    let conn = c.host.dial(&addr_of(&a)).await.unwrap();
+    settle(conn.clone()).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(conn.open_stream(&["/hold/1"]).await.unwrap());
+    }
+    assert!(matches!(
+        conn.open_stream(&["/hold/1"]).await,
+        Err(StreamError::Limit)
+    ));
+    held.pop();
+    held.push(conn.open_stream(&["/hold/1"]).await.unwrap());
+    drop(held);
+
+    // The remote's limit: b allows 16, a only 4 — a resets the fifth, the connection lives.
+    let conn = b.host.dial(&addr_of(&a)).await.unwrap();
+    settle(conn.clone()).await;
+    // With lazy muxer negotiation the dialer is ready before the listener: wait for it.
+    let a_side = tokio::time::timeout(T, async {
+        loop {
+            match a.host.connection(&b.peer_id()) {
+                Some(c) => return c,
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    settle(a_side.clone()).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(conn.open_stream(&["/hold/1"]).await.unwrap());
+    }
+    assert!(conn.open_stream(&["/hold/1"]).await.is_err());
+    assert!(!conn.is_closed());
+    drop(held);
+    settle(a_side).await;
+    ping::ping(&b.host, &a.peer_id()).await.unwrap();
+
+    // close() ends the connection on both sides.
+    let mut events = a.host.subscribe();
+    conn.close();
+    tokio::time::timeout(T, conn.closed()).await.unwrap();
+    tokio::time::timeout(T, async {
+        loop {
+            if let Event::ConnectionClosed { peer, .. } = events.recv().await.unwrap() {
+                if peer == b.peer_id() {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+}

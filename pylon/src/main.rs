@@ -79,9 +79,7 @@ fn load_with_tree(common: &Common) -> anyhow::Result<(toml::Table, config::Confi
         file: file
             .as_ref()
             .map(|(_, text)| (shown.as_deref().unwrap_or(""), text.clone())),
-        env: std::env::vars()
-            .filter(|(k, _)| k.starts_with("PYLON_"))
-            .collect(),
+        env: pylon_env()?,
         flags: config::Flags {
             data_dir: common.data_dir.clone(),
             listen: common.listen.clone(),
@@ -94,6 +92,21 @@ fn load_with_tree(common: &Common) -> anyhow::Result<(toml::Table, config::Confi
     let tree = config::merge_sources(&sources)?;
     let config = config::load(sources)?;
     Ok((tree, config))
+}
+
+/// The `PYLON_*` environment variables; a non-UTF-8 value is an error naming the variable.
+fn pylon_env() -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        let Some(key) = key.to_str().filter(|k| k.starts_with("PYLON_")) else {
+            continue;
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("environment variable {key} is not valid UTF-8"))?;
+        out.push((key.to_string(), value));
+    }
+    Ok(out)
 }
 
 fn init_logging(filter: &str) {

@@ -364,7 +364,7 @@ impl Identify {
         };
         let update = peerstore::Update {
             addrs: listen_addrs.clone(),
-            addr_ttl_ms: self.config.addr_ttl.as_millis() as u64,
+            addr_ttl_ms: u64::try_from(self.config.addr_ttl.as_millis()).unwrap_or(u64::MAX),
             // A push may leave fields out; only replace what was sent.
             protocols: (!push || !msg.protocols.is_empty()).then(|| protocols.clone()),
             agent_version: msg.agent_version.clone(),

@@ -52,11 +52,16 @@ pub fn install(host: &Host) {
                         }
                         Ok(Ok(_)) => {}
                     }
-                    if stream.write_all(&buf).await.is_err() || stream.flush().await.is_err() {
+                    // A peer that pings but never reads the echoes is dropped, not waited on.
+                    let echo = async {
+                        stream.write_all(&buf).await?;
+                        stream.flush().await
+                    };
+                    if !matches!(tokio::time::timeout(PING_TIMEOUT, echo).await, Ok(Ok(()))) {
                         break;
                     }
                 }
-                let _ = stream.shutdown().await;
+                let _ = tokio::time::timeout(PING_TIMEOUT, stream.shutdown()).await;
             }
         }),
     );
