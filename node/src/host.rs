@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use multiaddr::{Multiaddr, Protocol};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
@@ -622,7 +624,12 @@ impl Host {
                     }
                 };
                 let Ok(permit) = host.inner.pending_incoming.clone().try_acquire_owned() else {
-                    host.count_handshake_error(transport_label, "pending_limit", ip_version);
+                    count_error(
+                        &host.inner.metrics.handshake_errors,
+                        transport_label,
+                        "pending_limit",
+                        ip_version,
+                    );
                     continue;
                 };
                 let host2 = host.clone();
@@ -636,23 +643,6 @@ impl Host {
             }
         });
         Ok(bound)
-    }
-
-    fn count_handshake_error(
-        &self,
-        transport: &'static str,
-        error: &'static str,
-        ip_version: &'static str,
-    ) {
-        self.inner
-            .metrics
-            .handshake_errors
-            .get_or_create(&DialErrorLabels {
-                transport,
-                error,
-                ip_version,
-            })
-            .inc();
     }
 
     async fn handle_incoming(
@@ -671,14 +661,24 @@ impl Host {
         .await;
         let (mux, peer, key) = match upgraded {
             Err(_) => {
-                self.count_handshake_error(transport, "deadline", ip_version);
+                count_error(
+                    &self.inner.metrics.handshake_errors,
+                    transport,
+                    "deadline",
+                    ip_version,
+                );
                 self.emit(Event::IncomingConnectionError {
                     error: "handshake timed out".into(),
                 });
                 return;
             }
             Ok(Err(e)) => {
-                self.count_handshake_error(transport, e.label(), ip_version);
+                count_error(
+                    &self.inner.metrics.handshake_errors,
+                    transport,
+                    e.label(),
+                    ip_version,
+                );
                 tracing::debug!("inbound handshake failed: {e}");
                 self.emit(Event::IncomingConnectionError {
                     error: e.to_string(),
@@ -688,7 +688,12 @@ impl Host {
             Ok(Ok(u)) => u,
         };
         if let Err(e) = self.admit(&peer) {
-            self.count_handshake_error(transport, e.label(), ip_version);
+            count_error(
+                &self.inner.metrics.handshake_errors,
+                transport,
+                e.label(),
+                ip_version,
+            );
             return; // dropping `mux` closes the socket
         }
         self.observe_handshake(started, transport, ip_version);
@@ -702,7 +707,12 @@ impl Host {
             transport,
             ip_version,
         ) {
-            self.count_handshake_error(transport, e.label(), ip_version);
+            count_error(
+                &self.inner.metrics.handshake_errors,
+                transport,
+                e.label(),
+                ip_version,
+            );
         }
     }
 
@@ -800,7 +810,7 @@ impl Host {
         let (target, expected) = match transport::parse(addr) {
             Ok(t) => t,
             Err(e) => {
-                self.count_dial_error("other", "unsupported", "");
+                count_error(&self.inner.metrics.dial_errors, "other", "unsupported", "");
                 return Err(e.into());
             }
         };
@@ -811,26 +821,14 @@ impl Host {
         let ip_version = target.ip_version();
         let result = self.dial_target(&target, addr, expected).await;
         if let Err(e) = &result {
-            self.count_dial_error(transport, e.label(), ip_version);
+            count_error(
+                &self.inner.metrics.dial_errors,
+                transport,
+                e.label(),
+                ip_version,
+            );
         }
         result
-    }
-
-    fn count_dial_error(
-        &self,
-        transport: &'static str,
-        error: &'static str,
-        ip_version: &'static str,
-    ) {
-        self.inner
-            .metrics
-            .dial_errors
-            .get_or_create(&DialErrorLabels {
-                transport,
-                error,
-                ip_version,
-            })
-            .inc();
     }
 
     async fn dial_target(
@@ -1188,6 +1186,21 @@ impl Host {
         // Handlers often hold services that hold the host: drop them to break the cycle.
         write(&self.inner.handlers).clear();
     }
+}
+
+fn count_error(
+    family: &Family<DialErrorLabels, Counter>,
+    transport: &'static str,
+    error: &'static str,
+    ip_version: &'static str,
+) {
+    family
+        .get_or_create(&DialErrorLabels {
+            transport,
+            error,
+            ip_version,
+        })
+        .inc();
 }
 
 fn is_not_supported(e: &io::Error) -> bool {

@@ -4,6 +4,7 @@
 
 pub mod host;
 pub mod identity;
+mod io_util;
 pub mod metrics;
 pub mod multistream;
 pub mod node;

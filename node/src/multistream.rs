@@ -197,13 +197,12 @@ fn bad_data(msg: String) -> io::Error {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Negotiated<S> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.wpos < self.wbuf.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.wpos += n;
-        }
+        ready!(crate::io_util::poll_write_from(
+            &mut self.io,
+            cx,
+            &self.wbuf,
+            &mut self.wpos
+        ))?;
         if !self.wbuf.is_empty() {
             self.wbuf = Vec::new();
             self.wpos = 0;

@@ -248,14 +248,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Stream<T> {
 
     /// Writes sealed bytes out until none are left.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.wout_pos < self.wout.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wout[self.wout_pos..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.wout_pos += n;
-        }
-        Poll::Ready(Ok(()))
+        crate::io_util::poll_write_from(&mut self.io, cx, &self.wout, &mut self.wout_pos)
     }
 }
 
