@@ -192,3 +192,51 @@ async fn lies_and_garbage_are_refused_with_reasons() {
     }
     tokio::time::timeout(T, node.shutdown(T)).await.unwrap();
 }
+
+#[tokio::test]
+async fn push_floods_are_rate_limited() {
+    let key = Keypair::generate_ed25519();
+    let reply = Arc::new(Mutex::new(framed(&message(&key, None))));
+    let liar = liar(key.clone(), reply).await;
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let node = Node::start(
+        Keypair::generate_ed25519(),
+        node::Config::default(),
+        Arc::new(MemoryStore::default()),
+        metrics,
+    )
+    .await
+    .unwrap();
+    let mut events = node.identify.subscribe();
+    let addr = liar.listen_addrs()[0]
+        .clone()
+        .with(multiaddr::Protocol::P2p(liar.peer_id()));
+    node.host.dial(&addr).await.unwrap();
+    tokio::time::timeout(T, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..12 {
+        let mut s = liar
+            .open_stream(&node.peer_id(), &[identify::PUSH_PROTOCOL])
+            .await
+            .unwrap();
+        let _ = s.write_all(&framed(&message(&key, None))).await;
+        let _ = s.shutdown().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut accepted = 0;
+    while let Ok(identify::Event::Identified(info)) = events.try_recv() {
+        assert!(info.push);
+        accepted += 1;
+    }
+    // A burst of 5 (plus what refilled meanwhile) gets through; the rest is refused.
+    assert!((5..=7).contains(&accepted), "{accepted} pushes accepted");
+    let text = metric_text(&registry);
+    assert!(
+        text.contains("libp2p_protocol_errors_total{protocol=\"identify\",reason=\"push_rate\"}"),
+        "{text}"
+    );
+    node.shutdown(T).await;
+}

@@ -9,8 +9,10 @@
 //! PeerId, `seq` newer than the one held) and stored in the peerstore; a record that fails
 //! is dropped with a counted reason, and the rest of the message is still used.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use multiaddr::{Multiaddr, Protocol};
 use prost::Message;
@@ -32,6 +34,13 @@ pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 pub const MAX_LISTEN_ADDRS: usize = 64;
 /// Most protocols we take from one message.
 pub const MAX_PROTOCOLS: usize = 256;
+/// A peer may push this many times in a burst, then once per [`MIN_PUSH_INTERVAL`].
+pub const PUSH_BURST: f64 = 5.0;
+pub const MIN_PUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long we wait after a change before pushing, so a burst of changes is one push.
+const PUSH_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Peers pushed to at once.
+const PUSH_CONCURRENCY: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -122,6 +131,13 @@ pub struct Identify {
     config: Config,
     own: Mutex<Option<OwnRecord>>,
     events: broadcast::Sender<Event>,
+    /// Push rate budget of each connected peer (entries leave with the peer).
+    last_push: Mutex<HashMap<PeerId, (f64, Instant)>>,
+    push_scheduled: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_ms() -> u64 {
@@ -140,6 +156,8 @@ impl Identify {
             peerstore,
             config,
             own: Mutex::new(None),
+            last_push: Mutex::new(HashMap::new()),
+            push_scheduled: AtomicBool::new(false),
             events,
         });
         let me = this.clone();
@@ -170,12 +188,39 @@ impl Identify {
                         });
                     }
                     Ok(HostEvent::ListenAddrsChanged) | Ok(HostEvent::ProtocolsChanged) => {
-                        let me2 = me.clone();
-                        me.host.spawn(async move { me2.push_all().await });
+                        // Changes come in bursts (a node registering its protocols): push
+                        // once, shortly after the burst.
+                        if !me.push_scheduled.swap(true, Ordering::AcqRel) {
+                            let me2 = me.clone();
+                            me.host.spawn(async move {
+                                tokio::time::sleep(PUSH_DEBOUNCE).await;
+                                me2.push_scheduled.store(false, Ordering::Release);
+                                me2.push_all().await
+                            });
+                        }
+                    }
+                    Ok(HostEvent::ConnectionClosed { peer, .. }) => {
+                        if me.host.connection(&peer).is_none() {
+                            lock(&me.last_push).remove(&peer);
+                        }
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!("identify missed {n} host events");
+                        // Missed events may include new connections: identify every
+                        // connected peer we know nothing about yet.
+                        tracing::warn!("identify missed {n} host events; sweeping connections");
+                        for conn in me.host.connections() {
+                            let known = me
+                                .peerstore
+                                .get(&conn.peer())
+                                .is_some_and(|p| !p.protocols.is_empty());
+                            if !known {
+                                let me2 = me.clone();
+                                me.host.spawn(async move {
+                                    let _ = me2.identify(&conn).await;
+                                });
+                            }
+                        }
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
@@ -196,7 +241,7 @@ impl Identify {
     /// Our current signed peer record envelope (re-sealed when our addresses change).
     pub fn own_record(&self) -> Option<Vec<u8>> {
         let addrs = self.advertised_addrs();
-        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        let mut own = lock(&self.own);
         if let Some(o) = own.as_ref() {
             if o.addrs == addrs {
                 return Some(o.envelope.clone());
@@ -263,6 +308,21 @@ impl Identify {
 
     async fn receive_push(&self, mut stream: Stream) {
         let conn = stream.connection().clone();
+        {
+            // Each push costs a peerstore write: one per peer per interval is plenty.
+            // A token bucket per peer: bursts of PUSH_BURST, then one per MIN_PUSH_INTERVAL.
+            let mut buckets = lock(&self.last_push);
+            let now = Instant::now();
+            let (tokens, at) = buckets.entry(conn.peer()).or_insert((PUSH_BURST, now));
+            let refill = now.duration_since(*at).as_secs_f64() / MIN_PUSH_INTERVAL.as_secs_f64();
+            *tokens = (*tokens + refill).min(PUSH_BURST);
+            *at = now;
+            if *tokens < 1.0 {
+                self.host.metrics().protocol_error("identify", "push_rate");
+                return; // dropping the stream resets it
+            }
+            *tokens -= 1.0;
+        }
         let result = tokio::time::timeout(self.config.timeout, async {
             let bytes = varint::read_frame(&mut stream, MAX_MESSAGE_LEN).await?;
             self.process(&conn, &bytes, true).await
@@ -289,30 +349,38 @@ impl Identify {
 
     /// Pushes our current identify message to every connected peer that supports push.
     pub async fn push_all(&self) {
+        use futures::StreamExt;
+        // One connection per peer that announced push support, pushed to concurrently so a
+        // stalling peer does not hold up the others.
+        let mut targets: HashMap<PeerId, Connection> = HashMap::new();
         for conn in self.host.connections() {
             let supports = self
                 .peerstore
                 .get(&conn.peer())
                 .is_some_and(|p| p.protocols.iter().any(|proto| proto == PUSH_PROTOCOL));
-            if !supports {
-                continue;
-            }
-            let msg = self.our_message(&conn).encode_to_vec();
-            let push = async {
-                let mut s = conn
-                    .open_stream(&[PUSH_PROTOCOL])
-                    .await
-                    .map_err(std::io::Error::other)?;
-                varint::write_frame(&mut s, &msg).await?;
-                s.shutdown().await
-            };
-            if let Ok(Err(e)) | Err(e) = tokio::time::timeout(self.config.timeout, push)
-                .await
-                .map_err(std::io::Error::other)
-            {
-                tracing::debug!(peer = %conn.peer(), "identify push failed: {e}");
+            if supports {
+                targets.entry(conn.peer()).or_insert(conn);
             }
         }
+        futures::stream::iter(targets.into_values())
+            .for_each_concurrent(PUSH_CONCURRENCY, |conn| async move {
+                let msg = self.our_message(&conn).encode_to_vec();
+                let push = async {
+                    let mut s = conn
+                        .open_stream(&[PUSH_PROTOCOL])
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    varint::write_frame(&mut s, &msg).await?;
+                    s.shutdown().await
+                };
+                if let Ok(Err(e)) | Err(e) = tokio::time::timeout(self.config.timeout, push)
+                    .await
+                    .map_err(std::io::Error::other)
+                {
+                    tracing::debug!(peer = %conn.peer(), "identify push failed: {e}");
+                }
+            })
+            .await;
     }
 
     async fn process(&self, conn: &Connection, bytes: &[u8], push: bool) -> Result<Info, Error> {
