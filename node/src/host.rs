@@ -58,6 +58,8 @@ pub struct Config {
     /// are reset and opens fail with [`StreamError::Limit`]; yamux itself allows a little
     /// headroom above it, so reaching the limit never tears the connection down.
     pub max_streams_per_connection: usize,
+    /// How `/dns*` and `/dnsaddr` addresses are resolved.
+    pub dns: crate::dns::Config,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             max_connections_per_peer: 8,
             max_pending_incoming: 256,
             max_streams_per_connection: 256,
+            dns: crate::dns::Config::default(),
         }
     }
 }
@@ -126,6 +129,8 @@ pub enum DialError {
     ShuttingDown,
     #[error("i/o: {0}")]
     Io(io::Error),
+    #[error("dns: {0}")]
+    Dns(crate::dns::Error),
 }
 
 impl DialError {
@@ -142,6 +147,7 @@ impl DialError {
             DialError::SelfDial => "self_dial",
             DialError::ShuttingDown => "shutting_down",
             DialError::Io(_) => "io",
+            DialError::Dns(_) => "dns",
         }
     }
 }
@@ -486,6 +492,7 @@ struct HostInner {
     listen_addrs: RwLock<Vec<Multiaddr>>,
     events: broadcast::Sender<Event>,
     pending_incoming: Arc<Semaphore>,
+    resolver: std::sync::OnceLock<Arc<crate::dns::Resolver>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -510,6 +517,7 @@ impl Host {
                 listen_addrs: RwLock::new(Vec::new()),
                 events,
                 pending_incoming: pending,
+                resolver: std::sync::OnceLock::new(),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
@@ -805,8 +813,40 @@ impl Host {
         ))
     }
 
-    /// Dials an address; a `/p2p/` suffix is checked against the peer we reach.
+    /// The DNS resolver, built on first use from the configuration.
+    fn resolver(&self) -> Result<Arc<crate::dns::Resolver>, DialError> {
+        if let Some(r) = self.inner.resolver.get() {
+            return Ok(r.clone());
+        }
+        let r =
+            Arc::new(crate::dns::Resolver::new(&self.inner.config.dns).map_err(DialError::Dns)?);
+        Ok(self.inner.resolver.get_or_init(|| r).clone())
+    }
+
+    /// Dials an address; a `/p2p/` suffix is checked against the peer we reach. DNS
+    /// addresses are resolved first and the results tried in order.
     pub async fn dial(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        if !crate::dns::is_dns(addr) {
+            return self.dial_resolved(addr).await;
+        }
+        let resolved = match self.resolver()?.resolve(addr).await {
+            Ok(r) => r,
+            Err(e) => {
+                count_error(&self.inner.metrics.dial_errors, "dns", "dns", "");
+                return Err(DialError::Dns(e));
+            }
+        };
+        let mut last = DialError::NoAddresses;
+        for a in resolved {
+            match self.dial_resolved(&a).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn dial_resolved(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
         let (target, expected) = match transport::parse(addr) {
             Ok(t) => t,
             Err(e) => {

@@ -38,6 +38,7 @@ struct Raw {
     identify: RawIdentify,
     connections: RawConnections,
     peerstore: RawPeerstore,
+    dns: RawDns,
     #[allow(dead_code)] // checked for unknown roles; no role has settings yet
     roles: RawRoles,
 }
@@ -68,6 +69,13 @@ struct RawConnections {
     handshake_timeout: String,
     negotiation_timeout: String,
     shutdown_grace: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    nameservers: Vec<String>,
+    timeout: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +299,19 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             "must be between 1 and 4096",
         ));
     }
+    let dns = pylon_node::dns::Config {
+        nameservers: raw
+            .dns
+            .nameservers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<SocketAddr>()
+                    .map_err(|e| bad(&format!("dns.nameservers[{i}]"), s, &e.to_string()))
+            })
+            .collect::<Result<_, _>>()?,
+        timeout: duration("dns.timeout", &raw.dns.timeout)?,
+    };
     let host = pylon_node::host::Config {
         dial_timeout: duration("connections.dial_timeout", &c.dial_timeout)?,
         handshake_timeout: duration("connections.handshake_timeout", &c.handshake_timeout)?,
@@ -299,6 +320,7 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         max_connections_per_peer: c.max_per_peer,
         max_pending_incoming: c.max_pending_incoming,
         max_streams_per_connection: c.max_streams_per_connection,
+        dns,
     };
     let identify = pylon_node::protocols::identify::Config {
         protocol_version: raw.identify.protocol_version.clone(),
@@ -460,6 +482,15 @@ mod tests {
         let e = err(None, &[], flags);
         assert!(
             e.contains("listen[0]") && e.contains("/ip4/1.2.3.4/udp/1"),
+            "{e}"
+        );
+        let e = err(
+            Some("[dns]\nnameservers = [\"1.2.3.4\"]\n"),
+            &[],
+            Flags::default(),
+        );
+        assert!(
+            e.contains("dns.nameservers[0]") && e.contains("1.2.3.4"),
             "{e}"
         );
         let flags = Flags {
