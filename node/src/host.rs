@@ -60,6 +60,9 @@ pub struct Config {
     pub max_streams_per_connection: usize,
     /// How `/dns*` and `/dnsaddr` addresses are resolved.
     pub dns: crate::dns::Config,
+    /// TCP dials leave from our listen port, so peers (and NATs) see the address we
+    /// listen on — what hole punching needs.
+    pub port_reuse: bool,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             max_pending_incoming: 256,
             max_streams_per_connection: 256,
             dns: crate::dns::Config::default(),
+            port_reuse: true,
         }
     }
 }
@@ -813,6 +817,19 @@ impl Host {
         ))
     }
 
+    /// The TCP port we listen on for the target's IP family, if any.
+    fn listen_port_for(&self, target: &Target) -> Option<u16> {
+        let Target::Tcp(addr) = target else {
+            return None;
+        };
+        self.listen_addrs()
+            .iter()
+            .find_map(|a| match transport::parse(a) {
+                Ok((Target::Tcp(l), _)) if l.is_ipv4() == addr.is_ipv4() => Some(l.port()),
+                _ => None,
+            })
+    }
+
     /// The DNS resolver, built on first use from the configuration.
     fn resolver(&self) -> Result<Arc<crate::dns::Resolver>, DialError> {
         if let Some(r) = self.inner.resolver.get() {
@@ -884,7 +901,12 @@ impl Host {
             self.admit(peer)?;
         }
         let cfg = &self.inner.config;
-        let (raw, local) = tokio::time::timeout(cfg.dial_timeout, transport::dial(target))
+        let reuse = if cfg.port_reuse {
+            self.listen_port_for(target)
+        } else {
+            None
+        };
+        let (raw, local) = tokio::time::timeout(cfg.dial_timeout, transport::dial(target, reuse))
             .await
             .map_err(|_| DialError::Timeout)??;
         let started = Instant::now();

@@ -100,6 +100,23 @@ fn tune(stream: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
+async fn connect_from(addr: SocketAddr, port: u16) -> io::Result<TcpStream> {
+    let (socket, local) = match addr {
+        SocketAddr::V4(_) => (
+            tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port),
+        ),
+        SocketAddr::V6(_) => (
+            tokio::net::TcpSocket::new_v6()?,
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port),
+        ),
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(local)?;
+    socket.connect(addr).await
+}
+
 /// A connected byte stream of any transport.
 pub enum RawStream {
     Tcp(TcpStream),
@@ -199,6 +216,8 @@ impl Listener {
                     }
                 };
                 socket.set_reuseaddr(true)?;
+                // Outgoing dials bind the same port (port reuse), which NAT hole punching needs.
+                socket.set_reuseport(true)?;
                 socket.bind(*addr)?;
                 Ok(Listener::Tcp(socket.listen(1024)?))
             }
@@ -258,13 +277,33 @@ impl Drop for Listener {
 }
 
 /// Opens a raw connection; returns the stream and our local address on it.
-pub async fn dial(target: &Target) -> Result<(RawStream, Multiaddr), Error> {
+/// With `reuse_port`, a TCP dial leaves from that local port (the listen port) so the
+/// remote sees the address we listen on; if the kernel refuses (the same 4-tuple is in
+/// use, say), it falls back to an ephemeral port.
+pub async fn dial(
+    target: &Target,
+    reuse_port: Option<u16>,
+) -> Result<(RawStream, Multiaddr), Error> {
     match target {
         Target::Tcp(addr) => {
-            let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
+            let refused = |e: io::Error| match e.kind() {
                 io::ErrorKind::ConnectionRefused => Error::Refused,
                 _ => Error::Io(e),
-            })?;
+            };
+            let reused = match reuse_port {
+                Some(port) => match connect_from(*addr, port).await {
+                    Ok(s) => Some(s),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        return Err(Error::Refused)
+                    }
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            let stream = match reused {
+                Some(s) => s,
+                None => TcpStream::connect(addr).await.map_err(refused)?,
+            };
             tune(&stream)?;
             let local = tcp_multiaddr(stream.local_addr()?);
             Ok((RawStream::Tcp(stream), local))
@@ -321,11 +360,11 @@ mod tests {
         let Target::Memory(port) = parse(&l.local_addr().unwrap()).unwrap().0 else {
             panic!()
         };
-        let (_s, _) = dial(&Target::Memory(port)).await.unwrap();
+        let (_s, _) = dial(&Target::Memory(port), None).await.unwrap();
         l.accept().await.unwrap();
         drop(l);
         assert!(matches!(
-            dial(&Target::Memory(port)).await,
+            dial(&Target::Memory(port), None).await,
             Err(Error::Refused)
         ));
     }

@@ -453,3 +453,51 @@ async fn stream_limits_refuse_streams_not_connections() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn tcp_dials_reuse_the_listen_port() {
+    let tcp_port = |a: &Multiaddr| match a.iter().nth(1) {
+        Some(multiaddr::Protocol::Tcp(p)) => p,
+        _ => panic!("not tcp: {a}"),
+    };
+    let a = start("/ip4/127.0.0.1/tcp/0").await;
+    let b = start("/ip4/127.0.0.1/tcp/0").await;
+    let a_port = tcp_port(&a.host.listen_addrs()[0]);
+    let conn = a.host.dial(&addr_of(&b)).await.unwrap();
+    assert_eq!(tcp_port(conn.local_addr()), a_port);
+    assert_eq!(
+        tcp_port(&seen_by(&b, a.peer_id()).await),
+        a_port,
+        "b sees a at its listen port"
+    );
+    // A second connection to the same remote cannot reuse the 4-tuple: it falls back.
+    let second = a.host.dial(&addr_of(&b)).await.unwrap();
+    assert_ne!(tcp_port(second.local_addr()), a_port);
+    ping::ping(&a.host, &b.peer_id()).await.unwrap();
+
+    // Turned off, dials leave from an ephemeral port.
+    let mut config = node::Config::default();
+    config.host.port_reuse = false;
+    let c = start_with("/ip4/127.0.0.1/tcp/0", config).await;
+    let c_port = tcp_port(&c.host.listen_addrs()[0]);
+    let conn = c.host.dial(&addr_of(&b)).await.unwrap();
+    assert_ne!(tcp_port(conn.local_addr()), c_port);
+}
+
+async fn seen_by(node: &Node, peer: PeerId) -> Multiaddr {
+    tokio::time::timeout(T, async {
+        loop {
+            if let Some(c) = node
+                .host
+                .connections()
+                .into_iter()
+                .find(|c| c.peer() == peer)
+            {
+                return c.remote_addr().clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap()
+}

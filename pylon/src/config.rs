@@ -69,6 +69,7 @@ struct RawConnections {
     handshake_timeout: String,
     negotiation_timeout: String,
     shutdown_grace: String,
+    port_reuse: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,6 +322,7 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         max_pending_incoming: c.max_pending_incoming,
         max_streams_per_connection: c.max_streams_per_connection,
         dns,
+        port_reuse: c.port_reuse,
     };
     let identify = pylon_node::protocols::identify::Config {
         protocol_version: raw.identify.protocol_version.clone(),
