@@ -2,6 +2,7 @@
 //! peerstore, and the protocols every role stands on. Mechanism only — role policy lives
 //! in the roles built on top.
 
+pub mod addresses;
 pub mod dns;
 pub mod host;
 pub mod identity;

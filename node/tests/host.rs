@@ -501,3 +501,27 @@ async fn seen_by(node: &Node, peer: PeerId) -> Multiaddr {
     .await
     .unwrap()
 }
+
+#[tokio::test]
+async fn observed_address_is_confirmed_by_distinct_peers() {
+    let a = start("/ip4/127.0.0.1/tcp/0").await;
+    let mut events = a.identify.subscribe();
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let o = start("/ip4/127.0.0.1/tcp/0").await;
+        // With port reuse, every peer sees a's dials come from a's listen address.
+        a.host.dial(&addr_of(&o)).await.unwrap();
+        wait_identified(&mut events, o.peer_id()).await;
+        let confirmed = a.identify.confirmed_observed_addrs();
+        if i < 2 {
+            assert!(
+                confirmed.is_empty(),
+                "confirmed after {} reports: {confirmed:?}",
+                i + 1
+            );
+        } else {
+            assert_eq!(confirmed, a.host.listen_addrs());
+        }
+        others.push(o);
+    }
+}

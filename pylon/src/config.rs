@@ -56,6 +56,9 @@ struct RawIdentify {
     protocol_version: String,
     addr_ttl: String,
     timeout: String,
+    announce: Vec<String>,
+    advertise_private: bool,
+    observed_confirmations: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -329,6 +332,20 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         agent_version: raw.identify.agent_version.clone(),
         addr_ttl: duration("identify.addr_ttl", &raw.identify.addr_ttl)?,
         timeout: duration("identify.timeout", &raw.identify.timeout)?,
+        addresses: pylon_node::addresses::Config {
+            announce: raw
+                .identify
+                .announce
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.parse::<Multiaddr>()
+                        .map_err(|e| bad(&format!("identify.announce[{i}]"), s, &e.to_string()))
+                })
+                .collect::<Result<_, _>>()?,
+            advertise_private: raw.identify.advertise_private,
+            observed_confirmations: raw.identify.observed_confirmations.max(1),
+        },
     };
     let peerstore = pylon_node::peerstore::Config {
         max_peers: raw.peerstore.max_peers,

@@ -19,6 +19,7 @@ use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 
+use crate::addresses;
 use crate::host::{self, Connection, Event as HostEvent, Host, Stream};
 use crate::identity::{decode_public_key, PeerId, PublicKey};
 use crate::metrics::RecordLabels;
@@ -50,6 +51,8 @@ pub struct Config {
     pub addr_ttl: Duration,
     /// Bound on one identify exchange.
     pub timeout: Duration,
+    /// Which of our addresses we advertise, and to whom.
+    pub addresses: addresses::Config,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             agent_version: concat!("pylon/", env!("CARGO_PKG_VERSION")).into(),
             addr_ttl: Duration::from_secs(3600),
             timeout: Duration::from_secs(30),
+            addresses: addresses::Config::default(),
         }
     }
 }
@@ -129,7 +133,8 @@ pub struct Identify {
     host: Host,
     peerstore: Peerstore,
     config: Config,
-    own: Mutex<Option<OwnRecord>>,
+    own: Mutex<Vec<OwnRecord>>,
+    observed: Mutex<addresses::Observed>,
     events: broadcast::Sender<Event>,
     /// Push rate budget of each connected peer (entries leave with the peer).
     last_push: Mutex<HashMap<PeerId, (f64, Instant)>>,
@@ -155,7 +160,8 @@ impl Identify {
             host: host.clone(),
             peerstore,
             config,
-            own: Mutex::new(None),
+            own: Mutex::new(Vec::new()),
+            observed: Mutex::new(addresses::Observed::default()),
             last_push: Mutex::new(HashMap::new()),
             push_scheduled: AtomicBool::new(false),
             events,
@@ -233,25 +239,52 @@ impl Identify {
         self.events.subscribe()
     }
 
-    /// The addresses we advertise.
+    /// The addresses we advertise to a peer on the local network (or loopback).
     pub fn advertised_addrs(&self) -> Vec<Multiaddr> {
-        self.host.interface_listen_addrs()
+        self.advertised_addrs_to(false)
     }
 
-    /// Our current signed peer record envelope (re-sealed when our addresses change).
+    /// The addresses we advertise to a peer that reached us from `remote`.
+    pub fn advertised_addrs_for(&self, remote: &Multiaddr) -> Vec<Multiaddr> {
+        self.advertised_addrs_to(addresses::is_public(remote))
+    }
+
+    fn advertised_addrs_to(&self, public_peer: bool) -> Vec<Multiaddr> {
+        let cfg = &self.config.addresses;
+        let confirmed = lock(&self.observed).confirmed(cfg.observed_confirmations);
+        addresses::advertise(
+            &self.host.interface_listen_addrs(),
+            &confirmed,
+            cfg,
+            public_peer,
+        )
+    }
+
+    /// Addresses peers observed us at that enough distinct peers agree on.
+    pub fn confirmed_observed_addrs(&self) -> Vec<Multiaddr> {
+        lock(&self.observed).confirmed(self.config.addresses.observed_confirmations)
+    }
+
+    /// Our signed peer record for local peers (re-sealed when our addresses change).
     pub fn own_record(&self) -> Option<Vec<u8>> {
-        let addrs = self.advertised_addrs();
+        self.own_record_with(self.advertised_addrs())
+    }
+
+    /// A signed record of `addrs`. The last two are cached (public peers may see a
+    /// shorter list than local ones); a new list gets a higher `seq`.
+    fn own_record_with(&self, addrs: Vec<Multiaddr>) -> Option<Vec<u8>> {
         let mut own = lock(&self.own);
-        if let Some(o) = own.as_ref() {
-            if o.addrs == addrs {
-                return Some(o.envelope.clone());
-            }
+        if let Some(o) = own.iter().find(|o| o.addrs == addrs) {
+            return Some(o.envelope.clone());
         }
         // seq: wall-clock milliseconds, forced upward so it always increases.
-        let seq = now_ms().max(own.as_ref().map_or(0, |o| o.seq + 1));
+        let seq = now_ms().max(own.iter().map(|o| o.seq + 1).max().unwrap_or(0));
         match record::seal_peer_record(self.host.keypair(), seq, &addrs) {
             Ok(envelope) => {
-                *own = Some(OwnRecord {
+                if own.len() >= 2 {
+                    own.remove(0);
+                }
+                own.push(OwnRecord {
                     addrs,
                     seq,
                     envelope: envelope.clone(),
@@ -266,14 +299,15 @@ impl Identify {
     }
 
     fn our_message(&self, conn: &Connection) -> proto::Identify {
+        let addrs = self.advertised_addrs_for(conn.remote_addr());
         proto::Identify {
             public_key: Some(self.host.keypair().public().encode_protobuf()),
-            listen_addrs: self.advertised_addrs().iter().map(|a| a.to_vec()).collect(),
+            listen_addrs: addrs.iter().map(|a| a.to_vec()).collect(),
             protocols: self.host.protocols(),
             observed_addr: Some(conn.remote_addr().to_vec()),
             protocol_version: Some(self.config.protocol_version.clone()),
             agent_version: Some(self.config.agent_version.clone()),
-            signed_peer_record: self.own_record(),
+            signed_peer_record: self.own_record_with(addrs),
         }
     }
 
@@ -407,6 +441,9 @@ impl Identify {
             .observed_addr
             .as_ref()
             .and_then(|a| Multiaddr::try_from(a.clone()).ok());
+        if let Some(observed) = &observed_addr {
+            lock(&self.observed).record(observed, peer);
+        }
         let protocols: Vec<String> = msg.protocols.iter().take(MAX_PROTOCOLS).cloned().collect();
 
         let (record, record_error) = match msg.signed_peer_record.as_deref() {
