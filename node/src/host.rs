@@ -135,6 +135,8 @@ pub enum DialError {
     Io(io::Error),
     #[error("dns: {0}")]
     Dns(crate::dns::Error),
+    #[error("every address is backing off after recent failures")]
+    Backoff,
 }
 
 impl DialError {
@@ -152,6 +154,7 @@ impl DialError {
             DialError::ShuttingDown => "shutting_down",
             DialError::Io(_) => "io",
             DialError::Dns(_) => "dns",
+            DialError::Backoff => "backoff",
         }
     }
 }
@@ -196,6 +199,12 @@ pub enum Event {
         reason: String,
     },
     IncomingConnectionError {
+        error: String,
+    },
+    /// An outbound dial failed; `kind` is [`DialError::label`].
+    DialFailed {
+        addr: Multiaddr,
+        kind: &'static str,
         error: String,
     },
     StreamOpened {
@@ -497,6 +506,8 @@ struct HostInner {
     events: broadcast::Sender<Event>,
     pending_incoming: Arc<Semaphore>,
     resolver: std::sync::OnceLock<Arc<crate::dns::Resolver>>,
+    dial_gates: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
+    backoff: Mutex<crate::dialer::Backoff>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -522,6 +533,8 @@ impl Host {
                 events,
                 pending_incoming: pending,
                 resolver: std::sync::OnceLock::new(),
+                dial_gates: Mutex::new(HashMap::new()),
+                backoff: Mutex::new(crate::dialer::Backoff::default()),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
@@ -843,6 +856,18 @@ impl Host {
     /// Dials an address; a `/p2p/` suffix is checked against the peer we reach. DNS
     /// addresses are resolved first and the results tried in order.
     pub async fn dial(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        let result = self.dial_any(addr).await;
+        if let Err(e) = &result {
+            self.emit(Event::DialFailed {
+                addr: addr.clone(),
+                kind: e.label(),
+                error: e.to_string(),
+            });
+        }
+        result
+    }
+
+    async fn dial_any(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
         if !crate::dns::is_dns(addr) {
             return self.dial_resolved(addr).await;
         }
@@ -943,15 +968,93 @@ impl Host {
         if let Some(c) = self.connection(&peer) {
             return Ok(c);
         }
-        let mut last = DialError::NoAddresses;
-        for addr in addrs {
+        // One dial per peer at a time: later callers wait, then reuse its connection.
+        let gate = lock(&self.inner.dial_gates)
+            .entry(peer)
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = gate.lock().await;
+            match self.connection(&peer) {
+                Some(c) => Ok(c),
+                None => self.connect_ranked(peer, addrs).await,
+            }
+        };
+        {
+            let mut gates = lock(&self.inner.dial_gates);
+            if Arc::strong_count(&gate) <= 2 {
+                gates.remove(&peer);
+            }
+        }
+        result
+    }
+
+    /// Tries the ranked, not backed-off addresses, staggered (happy eyeballs): the first
+    /// connection wins and the other attempts are dropped.
+    async fn connect_ranked(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+    ) -> Result<Connection, DialError> {
+        use futures::StreamExt;
+        let local =
+            crate::dialer::Local::from_addrs(&self.listen_addrs(), &self.interface_listen_addrs());
+        let now = Instant::now();
+        let ranked = crate::dialer::rank(addrs, local);
+        let candidates: Vec<Multiaddr> = {
+            let backoff = lock(&self.inner.backoff);
+            ranked
+                .iter()
+                .filter(|a| !backoff.is_backing_off(a, now))
+                .cloned()
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Err(if ranked.is_empty() {
+                DialError::NoAddresses
+            } else {
+                DialError::Backoff
+            });
+        }
+        // Happy eyeballs: a new attempt starts every STAGGER, or at once when one fails.
+        let mut queue: VecDeque<Multiaddr> = candidates
+            .into_iter()
+            .take(crate::dialer::MAX_PARALLEL)
+            .collect();
+        let attempt = |addr: Multiaddr| {
             let with_peer = match addr.iter().last() {
                 Some(Protocol::P2p(_)) => addr.clone(),
                 _ => addr.clone().with(Protocol::P2p(peer)),
             };
-            match self.dial(&with_peer).await {
-                Ok(c) => return Ok(c),
-                Err(e) => last = e,
+            async move {
+                let result = self.dial(&with_peer).await;
+                (addr, result)
+            }
+        };
+        let mut attempts = futures::stream::FuturesUnordered::new();
+        let mut last = DialError::NoAddresses;
+        let mut timer = std::pin::pin!(tokio::time::sleep(std::time::Duration::ZERO));
+        loop {
+            tokio::select! {
+                _ = &mut timer, if !queue.is_empty() => {
+                    if let Some(addr) = queue.pop_front() {
+                        attempts.push(attempt(addr));
+                    }
+                    timer.as_mut().reset(tokio::time::Instant::now() + crate::dialer::STAGGER);
+                }
+                Some((addr, result)) = attempts.next(), if !attempts.is_empty() => match result {
+                    Ok(c) => {
+                        lock(&self.inner.backoff).succeeded(&addr);
+                        return Ok(c);
+                    }
+                    Err(e) => {
+                        lock(&self.inner.backoff).failed(&addr, Instant::now());
+                        last = e;
+                        // Fire the next attempt now rather than at the next tick.
+                        timer.as_mut().reset(tokio::time::Instant::now());
+                    }
+                },
+                else => break,
             }
         }
         Err(last)

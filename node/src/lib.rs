@@ -3,6 +3,7 @@
 //! in the roles built on top.
 
 pub mod addresses;
+pub mod dialer;
 pub mod dns;
 pub mod host;
 pub mod identity;

@@ -525,3 +525,51 @@ async fn observed_address_is_confirmed_by_distinct_peers() {
         others.push(o);
     }
 }
+
+#[tokio::test]
+async fn connect_ranks_races_backs_off_and_dials_once_per_peer() {
+    let a = start("/ip4/127.0.0.1/tcp/0").await;
+    let b = start("/ip4/127.0.0.1/tcp/0").await;
+    let good = b.host.listen_addrs()[0].clone();
+    let dead: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+    let mut events = a.host.subscribe();
+    // A dead address first: it fails, the good one wins, the dead one backs off.
+    let conn = a
+        .host
+        .connect(b.peer_id(), &[dead.clone(), good.clone()])
+        .await
+        .unwrap();
+    assert_eq!(conn.peer(), b.peer_id());
+    let failed = tokio::time::timeout(T, async {
+        loop {
+            if let Event::DialFailed { kind, .. } = events.recv().await.unwrap() {
+                return kind;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(failed, "connection_refused");
+    a.host.disconnect(&b.peer_id());
+    tokio::time::timeout(T, conn.closed()).await.unwrap();
+    assert!(matches!(
+        a.host.connect(b.peer_id(), &[dead]).await,
+        Err(DialError::Backoff)
+    ));
+
+    // Many concurrent connects to one peer: one dial, one connection.
+    let c = start("/ip4/127.0.0.1/tcp/0").await;
+    let addrs = c.host.listen_addrs();
+    let results =
+        futures::future::join_all((0..8).map(|_| a.host.connect(c.peer_id(), &addrs))).await;
+    let ids: std::collections::HashSet<_> = results.into_iter().map(|r| r.unwrap().id()).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        a.host
+            .connections()
+            .iter()
+            .filter(|x| x.peer() == c.peer_id())
+            .count(),
+        1
+    );
+}
