@@ -30,7 +30,6 @@ use crate::metrics::{
     ConnLabels, DialErrorLabels, DirLabels, HandshakeLabels, KeyTypeLabels, Metrics, StreamLabels,
 };
 use crate::multistream::{self, Negotiated};
-use crate::noise;
 use crate::transport::{self, RawStream, Target};
 
 pub const YAMUX_PROTOCOL: &str = "/yamux/1.0.0";
@@ -63,6 +62,9 @@ pub struct Config {
     /// TCP dials leave from our listen port, so peers (and NATs) see the address we
     /// listen on — what hole punching needs.
     pub port_reuse: bool,
+    /// Security protocols a dialer proposes, in order (a listener accepts all). A single
+    /// one is proposed lazily, saving a round trip.
+    pub security: Vec<crate::secure::Security>,
 }
 
 impl Default for Config {
@@ -77,6 +79,7 @@ impl Default for Config {
             max_streams_per_connection: 256,
             dns: crate::dns::Config::default(),
             port_reuse: true,
+            security: vec![crate::secure::Security::Noise],
         }
     }
 }
@@ -496,7 +499,7 @@ pub struct Host {
 struct HostInner {
     key: Keypair,
     peer_id: PeerId,
-    noise: noise::Config,
+    security: crate::secure::Config,
     config: Config,
     metrics: Arc<Metrics>,
     next_id: AtomicU64,
@@ -512,18 +515,30 @@ struct HostInner {
     shutdown: CancellationToken,
 }
 
-type Muxer = yamux::Connection<Compat<Negotiated<noise::Stream<Negotiated<RawStream>>>>>;
+type Muxer = yamux::Connection<Compat<Negotiated<crate::secure::Secured<Negotiated<RawStream>>>>>;
+
+/// How a connection was made, for metric labels.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    transport: &'static str,
+    security: &'static str,
+    ip_version: &'static str,
+}
 
 impl Host {
-    pub fn new(key: Keypair, config: Config, metrics: Arc<Metrics>) -> Result<Self, noise::Error> {
-        let noise = noise::Config::new(&key)?;
+    pub fn new(
+        key: Keypair,
+        config: Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::secure::Error> {
+        let security = crate::secure::Config::new(&key, config.security.clone())?;
         let (events, _) = broadcast::channel(1024);
         let pending = Arc::new(Semaphore::new(config.max_pending_incoming.max(1)));
         Ok(Host {
             inner: Arc::new(HostInner {
                 peer_id: key.public().to_peer_id(),
                 key,
-                noise,
+                security,
                 config,
                 metrics,
                 next_id: AtomicU64::new(1),
@@ -684,7 +699,7 @@ impl Host {
             self.upgrade(raw, false, None),
         )
         .await;
-        let (mux, peer, key) = match upgraded {
+        let (mux, peer, key, security) = match upgraded {
             Err(_) => {
                 count_error(
                     &self.inner.metrics.handshake_errors,
@@ -721,17 +736,13 @@ impl Host {
             );
             return; // dropping `mux` closes the socket
         }
-        self.observe_handshake(started, transport, ip_version);
-        if let Err(e) = self.establish(
-            mux,
-            peer,
-            key,
-            remote,
-            local,
-            Direction::Inbound,
+        let route = Route {
             transport,
+            security,
             ip_version,
-        ) {
+        };
+        self.observe_handshake(started, route);
+        if let Err(e) = self.establish(mux, peer, key, remote, local, Direction::Inbound, route) {
             count_error(
                 &self.inner.metrics.handshake_errors,
                 transport,
@@ -753,65 +764,55 @@ impl Host {
         Ok(())
     }
 
-    fn observe_handshake(
-        &self,
-        started: Instant,
-        transport: &'static str,
-        ip_version: &'static str,
-    ) {
+    fn observe_handshake(&self, started: Instant, route: Route) {
         self.inner
             .metrics
             .handshake_latency
             .get_or_create(&HandshakeLabels {
-                transport,
-                security: "noise",
+                transport: route.transport,
+                security: route.security,
                 muxer: "yamux",
                 early_muxer: "false",
-                ip_version,
+                ip_version: route.ip_version,
             })
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// multistream-select /noise → Noise XX → multistream-select /yamux/1.0.0 → yamux.
+    /// multistream-select /noise or /tls/1.0.0 → handshake → multistream-select
+    /// /yamux/1.0.0 → yamux.
     async fn upgrade(
         &self,
-        mut raw: RawStream,
+        raw: RawStream,
         dialer: bool,
         expected: Option<PeerId>,
-    ) -> Result<(Muxer, PeerId, PublicKey), DialError> {
-        let nego = |e: multistream::Error, what: &'static str| match e {
-            multistream::Error::NoCommonProtocol | multistream::Error::TooManyProposals => {
-                DialError::NoCommonProtocol(what)
-            }
-            other => DialError::Handshake(format!("{what} negotiation: {other}")),
-        };
-        // The dialer proposes lazily: `/noise` goes out with the first handshake message
-        // and `/yamux/1.0.0` with the first yamux frame, saving two round trips.
-        let raw = if dialer {
-            Negotiated::lazy(raw, noise::PROTOCOL)
-        } else {
-            multistream::listener_select(&mut raw, |p| p == noise::PROTOCOL)
-                .await
-                .map_err(|e| nego(e, "security"))?;
-            Negotiated::done(raw)
-        };
-        let out = noise::handshake(raw, &self.inner.noise, dialer, expected)
-            .await
-            .map_err(|e| match e {
-                noise::Error::WrongPeer { expected, got } => DialError::WrongPeer { expected, got },
-                noise::Error::Io(e) if is_not_supported(&e) => {
-                    DialError::NoCommonProtocol("security")
-                }
-                other => DialError::Handshake(other.to_string()),
-            })?;
-        let mut secured = out.stream;
+    ) -> Result<(Muxer, PeerId, PublicKey, &'static str), DialError> {
         let secured = if dialer {
-            Negotiated::lazy(secured, YAMUX_PROTOCOL)
+            crate::secure::outbound(raw, &self.inner.security, expected).await
         } else {
-            multistream::listener_select(&mut secured, |p| p == YAMUX_PROTOCOL)
+            crate::secure::inbound(raw, &self.inner.security).await
+        }
+        .map_err(|e| match e {
+            crate::secure::Error::WrongPeer { expected, got } => {
+                DialError::WrongPeer { expected, got }
+            }
+            crate::secure::Error::NoCommonProtocol => DialError::NoCommonProtocol("security"),
+            other => DialError::Handshake(other.to_string()),
+        })?;
+        let security = secured.security.label();
+        let mut stream = secured.stream;
+        // The dialer proposes `/yamux/1.0.0` lazily, with its first yamux frame.
+        let stream = if dialer {
+            Negotiated::lazy(stream, YAMUX_PROTOCOL)
+        } else {
+            multistream::listener_select(&mut stream, |p| p == YAMUX_PROTOCOL)
                 .await
-                .map_err(|e| nego(e, "muxer"))?;
-            Negotiated::done(secured)
+                .map_err(|e| match e {
+                    multistream::Error::NoCommonProtocol | multistream::Error::TooManyProposals => {
+                        DialError::NoCommonProtocol("muxer")
+                    }
+                    other => DialError::Handshake(format!("muxer negotiation: {other}")),
+                })?;
+            Negotiated::done(stream)
         };
         let mut cfg = yamux::Config::default();
         let streams =
@@ -824,9 +825,10 @@ impl Host {
             yamux::Mode::Server
         };
         Ok((
-            yamux::Connection::new(secured.compat(), cfg, mode),
-            out.remote_peer,
-            out.remote_key,
+            yamux::Connection::new(stream.compat(), cfg, mode),
+            secured.remote_peer,
+            secured.remote_key,
+            security,
         ))
     }
 
@@ -935,7 +937,7 @@ impl Host {
             .await
             .map_err(|_| DialError::Timeout)??;
         let started = Instant::now();
-        let (mux, peer, key) =
+        let (mux, peer, key, security) =
             tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, true, expected))
                 .await
                 .map_err(|_| DialError::Timeout)??;
@@ -943,19 +945,20 @@ impl Host {
             return Err(DialError::SelfDial);
         }
         self.admit(&peer)?;
-        let transport_label = target.transport_label();
-        let ip_version = target.ip_version();
-        self.observe_handshake(started, transport_label, ip_version);
-        let remote = strip_p2p(addr);
+        let route = Route {
+            transport: target.transport_label(),
+            security,
+            ip_version: target.ip_version(),
+        };
+        self.observe_handshake(started, route);
         self.establish(
             mux,
             peer,
             key,
-            remote,
+            strip_p2p(addr),
             local,
             Direction::Outbound,
-            transport_label,
-            ip_version,
+            route,
         )
     }
 
@@ -1069,8 +1072,7 @@ impl Host {
         remote_addr: Multiaddr,
         local_addr: Multiaddr,
         direction: Direction,
-        transport: &'static str,
-        ip_version: &'static str,
+        route: Route,
     ) -> Result<Connection, DialError> {
         let (cmd_tx, cmd_rx) = mpsc::channel(32);
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
@@ -1106,11 +1108,11 @@ impl Host {
         }
         let labels = ConnLabels {
             dir: direction.as_str(),
-            transport,
-            security: "noise",
+            transport: route.transport,
+            security: route.security,
             muxer: "yamux",
             early_muxer: "false",
-            ip_version,
+            ip_version: route.ip_version,
         };
         let m = &self.inner.metrics;
         m.connections_opened.get_or_create(&labels).inc();
@@ -1366,11 +1368,6 @@ fn count_error(
             ip_version,
         })
         .inc();
-}
-
-fn is_not_supported(e: &io::Error) -> bool {
-    e.get_ref()
-        .is_some_and(|inner| inner.is::<multistream::NotSupported>())
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {

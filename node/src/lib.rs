@@ -16,6 +16,8 @@ pub mod peerstore;
 pub mod proto;
 pub mod protocols;
 pub mod record;
+pub mod secure;
+pub mod tls;
 pub mod transport;
 pub mod varint;
 

@@ -27,8 +27,8 @@ pub enum Error {
     Identity(#[from] crate::identity::Error),
     #[error("storage: {0}")]
     Storage(#[from] peerstore::Error),
-    #[error("noise setup: {0}")]
-    Noise(#[from] crate::noise::Error),
+    #[error("security setup: {0}")]
+    Security(#[from] crate::secure::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: Multiaddr,

@@ -573,3 +573,37 @@ async fn connect_ranks_races_backs_off_and_dials_once_per_peer() {
         1
     );
 }
+
+#[tokio::test]
+async fn tls_on_tcp_between_pylons() {
+    let mut tls_only = node::Config::default();
+    tls_only.host.security = vec![pylon_node::secure::Security::Tls];
+    let mut both = node::Config::default();
+    both.host.security = vec![
+        pylon_node::secure::Security::Tls,
+        pylon_node::secure::Security::Noise,
+    ];
+    let a = start("/ip4/127.0.0.1/tcp/0").await; // listens with both, dials noise
+    let b = start_with("/ip4/127.0.0.1/tcp/0", tls_only).await;
+    let c = start_with("/ip4/127.0.0.1/tcp/0", both).await;
+    let mut events = b.identify.subscribe();
+    // Lazy TLS proposal.
+    b.host.dial(&addr_of(&a)).await.unwrap();
+    let info = wait_identified(&mut events, a.peer_id()).await;
+    assert_eq!(info.record.unwrap().peer_id(), a.peer_id());
+    ping::ping(&b.host, &a.peer_id()).await.unwrap();
+    // Negotiated TLS (two proposals), then wrong PeerId over TLS.
+    c.host.dial(&addr_of(&a)).await.unwrap();
+    ping::ping(&c.host, &a.peer_id()).await.unwrap();
+    let other = Keypair::generate_ed25519().public().to_peer_id();
+    let wrong = a.host.listen_addrs()[0]
+        .clone()
+        .with(multiaddr::Protocol::P2p(other));
+    match b.host.dial(&wrong).await {
+        Err(DialError::WrongPeer { expected, got }) => {
+            assert_eq!(*expected, other);
+            assert_eq!(*got, a.peer_id());
+        }
+        other => panic!("expected WrongPeer over TLS, got {other:?}"),
+    }
+}

@@ -73,6 +73,7 @@ struct RawConnections {
     negotiation_timeout: String,
     shutdown_grace: String,
     port_reuse: bool,
+    security: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +327,20 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         max_streams_per_connection: c.max_streams_per_connection,
         dns,
         port_reuse: c.port_reuse,
+        security: c
+            .security
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s.as_str() {
+                "noise" => Ok(pylon_node::secure::Security::Noise),
+                "tls" => Ok(pylon_node::secure::Security::Tls),
+                _ => Err(bad(
+                    &format!("connections.security[{i}]"),
+                    s,
+                    "expected \"noise\" or \"tls\"",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
     };
     let identify = pylon_node::protocols::identify::Config {
         protocol_version: raw.identify.protocol_version.clone(),

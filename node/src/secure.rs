@@ -1,0 +1,274 @@
+//! The security step of the connection upgrade: choose `/noise` or `/tls/1.0.0` with
+//! multistream-select and run that handshake. A dialer with a single preference proposes
+//! it lazily (one round trip saved); with several, it negotiates in order. A listener
+//! accepts both.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::identity::{Keypair, PeerId, PublicKey};
+use crate::multistream::{self, Negotiated};
+use crate::{noise, tls};
+
+/// A security protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    Noise,
+    Tls,
+}
+
+impl Security {
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Security::Noise => noise::PROTOCOL,
+            Security::Tls => tls::PROTOCOL,
+        }
+    }
+    /// The `security` label of go-libp2p's metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Security::Noise => "noise",
+            Security::Tls => "tls",
+        }
+    }
+    fn from_protocol(p: &str) -> Option<Self> {
+        [Security::Noise, Security::Tls]
+            .into_iter()
+            .find(|s| s.protocol() == p)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no security protocol in common")]
+    NoCommonProtocol,
+    #[error("security negotiation: {0}")]
+    Negotiation(String),
+    #[error("connected to {got}, expected {expected}")]
+    WrongPeer {
+        expected: Box<PeerId>,
+        got: Box<PeerId>,
+    },
+    #[error("{0} handshake: {1}")]
+    Handshake(&'static str, String),
+}
+
+/// Keys and configurations for both handshakes, made once per host.
+pub struct Config {
+    noise: noise::Config,
+    cert: tls::Certificate,
+    server: Arc<rustls::ServerConfig>,
+    /// What a dialer proposes, in order.
+    dial_order: Vec<Security>,
+}
+
+impl Config {
+    pub fn new(identity: &Keypair, dial_order: Vec<Security>) -> Result<Self, Error> {
+        let noise =
+            noise::Config::new(identity).map_err(|e| Error::Handshake("noise", e.to_string()))?;
+        let cert = tls::Certificate::generate(identity)
+            .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+        let server = Arc::new(
+            tls::server_config(&cert).map_err(|e| Error::Handshake("tls", e.to_string()))?,
+        );
+        let dial_order = if dial_order.is_empty() {
+            vec![Security::Noise]
+        } else {
+            dial_order
+        };
+        Ok(Config {
+            noise,
+            cert,
+            server,
+            dial_order,
+        })
+    }
+}
+
+/// A secured byte stream. Noise, the common case, stays inline (no extra indirection on
+/// every read and write); the rarer TLS stream is boxed.
+#[allow(clippy::large_enum_variant)]
+pub enum Secured<T> {
+    Noise(noise::Stream<T>),
+    Tls(Box<tokio_rustls::TlsStream<T>>),
+}
+
+/// The result of the security step.
+pub struct Output<T> {
+    pub stream: Secured<T>,
+    pub remote_peer: PeerId,
+    pub remote_key: PublicKey,
+    pub security: Security,
+}
+
+/// Dialer side.
+pub async fn outbound<T>(
+    mut io: T,
+    config: &Config,
+    expected: Option<PeerId>,
+) -> Result<Output<Negotiated<T>>, Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (io, security) = if let [only] = config.dial_order.as_slice() {
+        (Negotiated::lazy(io, only.protocol()), *only)
+    } else {
+        let protocols: Vec<&str> = config.dial_order.iter().map(|s| s.protocol()).collect();
+        let chosen = multistream::dialer_select(&mut io, &protocols)
+            .await
+            .map_err(negotiation)?;
+        let security = Security::from_protocol(&chosen).ok_or(Error::NoCommonProtocol)?;
+        (Negotiated::done(io), security)
+    };
+    match security {
+        Security::Noise => noise_handshake(io, config, true, expected).await,
+        Security::Tls => {
+            let setup = tls::client_config(&config.cert, expected)
+                .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+            let seen = |setup: &tls::ClientSetup| setup.seen_peer();
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(setup.config.clone()));
+            // SNI is off; rustls still wants a name to hand to the verifier.
+            let name = rustls::pki_types::ServerName::try_from("libp2p")
+                .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+            match connector.connect(name, io).await {
+                Ok(stream) => finish_tls(tokio_rustls::TlsStream::Client(stream), expected),
+                Err(e) => match (expected, seen(&setup)) {
+                    (Some(expected), Some(got)) if got != expected => Err(Error::WrongPeer {
+                        expected: Box::new(expected),
+                        got: Box::new(got),
+                    }),
+                    _ if multistream_refused(&e) => Err(Error::NoCommonProtocol),
+                    _ => Err(Error::Handshake("tls", e.to_string())),
+                },
+            }
+        }
+    }
+}
+
+/// Listener side.
+pub async fn inbound<T>(mut io: T, config: &Config) -> Result<Output<Negotiated<T>>, Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let chosen = multistream::listener_select(&mut io, |p| Security::from_protocol(p).is_some())
+        .await
+        .map_err(negotiation)?;
+    let io = Negotiated::done(io);
+    match Security::from_protocol(&chosen) {
+        Some(Security::Noise) => noise_handshake(io, config, false, None).await,
+        Some(Security::Tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.server.clone());
+            let stream = acceptor
+                .accept(io)
+                .await
+                .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+            finish_tls(tokio_rustls::TlsStream::Server(stream), None)
+        }
+        None => Err(Error::NoCommonProtocol),
+    }
+}
+
+fn negotiation(e: multistream::Error) -> Error {
+    match e {
+        multistream::Error::NoCommonProtocol | multistream::Error::TooManyProposals => {
+            Error::NoCommonProtocol
+        }
+        other => Error::Negotiation(other.to_string()),
+    }
+}
+
+fn multistream_refused(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<multistream::NotSupported>())
+}
+
+async fn noise_handshake<T>(
+    io: T,
+    config: &Config,
+    dialer: bool,
+    expected: Option<PeerId>,
+) -> Result<Output<T>, Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    match noise::handshake(io, &config.noise, dialer, expected).await {
+        Ok(out) => Ok(Output {
+            stream: Secured::Noise(out.stream),
+            remote_peer: out.remote_peer,
+            remote_key: out.remote_key,
+            security: Security::Noise,
+        }),
+        Err(noise::Error::WrongPeer { expected, got }) => Err(Error::WrongPeer { expected, got }),
+        Err(noise::Error::Io(e)) if multistream_refused(&e) => Err(Error::NoCommonProtocol),
+        Err(e) => Err(Error::Handshake("noise", e.to_string())),
+    }
+}
+
+fn finish_tls<T>(
+    stream: tokio_rustls::TlsStream<T>,
+    expected: Option<PeerId>,
+) -> Result<Output<T>, Error> {
+    let (_, session) = stream.get_ref();
+    if session.alpn_protocol() != Some(tls::ALPN) {
+        return Err(Error::Handshake("tls", "ALPN libp2p not agreed".into()));
+    }
+    let key = tls::peer_key(session.peer_certificates())
+        .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+    let peer = key.to_peer_id();
+    if let Some(expected) = expected {
+        if expected != peer {
+            return Err(Error::WrongPeer {
+                expected: Box::new(expected),
+                got: Box::new(peer),
+            });
+        }
+    }
+    Ok(Output {
+        stream: Secured::Tls(Box::new(stream)),
+        remote_peer: peer,
+        remote_key: key,
+        security: Security::Tls,
+    })
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Secured<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Secured::Noise(s) => Pin::new(s).poll_read(cx, buf),
+            Secured::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Secured<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Secured::Noise(s) => Pin::new(s).poll_write(cx, buf),
+            Secured::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Secured::Noise(s) => Pin::new(s).poll_flush(cx),
+            Secured::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Secured::Noise(s) => Pin::new(s).poll_shutdown(cx),
+            Secured::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
