@@ -170,3 +170,61 @@ async fn pylon_dials_rust_libp2p() {
     ));
     node.shutdown(T).await;
 }
+
+#[tokio::test]
+async fn tls_both_directions_with_rust_libp2p() {
+    // rust-libp2p proposes /tls/1.0.0 first; Pylon accepts it.
+    let node = pylon().await;
+    let mut pylon_events = node.identify.subscribe();
+    let mut rust = RustPeer::start_with_tls(true).await;
+    rust.dial(pylon_addr(&node)).await;
+    let info = rust.identified(node.peer_id()).await;
+    check_rust_view_of_pylon(&info, &node).await;
+    pylon_identified(&mut pylon_events, rust.peer_id).await;
+    assert_eq!(
+        node.host.connection(&rust.peer_id).unwrap().security(),
+        "tls"
+    );
+    pylon_ping::ping(&node.host, &rust.peer_id).await.unwrap();
+    rust.pinged(node.peer_id()).await;
+    node.shutdown(T).await;
+
+    // Pylon dials with TLS only (lazily proposed); rust-libp2p accepts.
+    let mut config = pylon_node::node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..Default::default()
+    };
+    config.host.security = vec![pylon_node::secure::Security::Tls];
+    let node = pylon_node::node::Node::start(
+        pylon_node::Keypair::generate_ed25519(),
+        config,
+        std::sync::Arc::new(pylon_node::peerstore::MemoryStore::default()),
+        pylon_node::metrics::Metrics::unregistered(),
+    )
+    .await
+    .unwrap();
+    let mut pylon_events = node.identify.subscribe();
+    let mut rust = RustPeer::start_with_tls(true).await;
+    let conn = node.host.dial(&rust.addr).await.unwrap();
+    assert_eq!(conn.security(), "tls");
+    let theirs = pylon_identified(&mut pylon_events, rust.peer_id).await;
+    check_pylon_view_of_rust(&theirs, &rust);
+    rust.identified(node.peer_id()).await;
+    pylon_ping::ping(&node.host, &rust.peer_id).await.unwrap();
+    rust.pinged(node.peer_id()).await;
+    // A wrong PeerId over TLS is refused with the PeerId that answered.
+    let other = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    let mut wrong = rust.addr.clone();
+    wrong.pop();
+    match node
+        .host
+        .dial(&wrong.with(libp2p::multiaddr::Protocol::P2p(other)))
+        .await
+    {
+        Err(pylon_node::host::DialError::WrongPeer { got, .. }) => assert_eq!(*got, rust.peer_id),
+        other => panic!("expected WrongPeer, got {other:?}"),
+    }
+    node.shutdown(T).await;
+}

@@ -237,6 +237,7 @@ struct ConnInner {
     remote_addr: Multiaddr,
     local_addr: Multiaddr,
     direction: Direction,
+    security: &'static str,
     established: Instant,
     negotiation_timeout: Duration,
     cmd: mpsc::Sender<Command>,
@@ -311,6 +312,10 @@ impl Connection {
     }
     pub fn established(&self) -> Instant {
         self.inner.established
+    }
+    /// The security protocol of the connection: `noise` or `tls`.
+    pub fn security(&self) -> &'static str {
+        self.inner.security
     }
     pub fn is_closed(&self) -> bool {
         self.inner.closed.is_cancelled()
@@ -1084,6 +1089,7 @@ impl Host {
                 remote_addr,
                 local_addr,
                 direction,
+                security: route.security,
                 established: Instant::now(),
                 negotiation_timeout: self.inner.config.negotiation_timeout,
                 cmd: cmd_tx,

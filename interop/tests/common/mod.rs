@@ -113,28 +113,50 @@ impl Drop for RustPeer {
 }
 
 impl RustPeer {
+    /// A peer that dials with Noise (and accepts Noise).
     pub async fn start() -> RustPeer {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| Behaviour {
-                identify: identify::Behaviour::new(
-                    identify::Config::new_with_signed_peer_record("ipfs/0.1.0".into(), key)
-                        .with_agent_version(RUST_AGENT.into()),
-                ),
-                ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(Duration::from_secs(1)),
-                ),
-                stream: libp2p_stream::Behaviour::new(),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
+        Self::start_with_tls(false).await
+    }
+
+    /// With `tls_first`, the peer proposes `/tls/1.0.0` before `/noise` and accepts both.
+    pub async fn start_with_tls(tls_first: bool) -> RustPeer {
+        // The two transports have different types until the swarm is built.
+        macro_rules! finish {
+            ($builder:expr) => {
+                $builder
+                    .with_behaviour(|key| Behaviour {
+                        identify: identify::Behaviour::new(
+                            identify::Config::new_with_signed_peer_record("ipfs/0.1.0".into(), key)
+                                .with_agent_version(RUST_AGENT.into()),
+                        ),
+                        ping: ping::Behaviour::new(
+                            ping::Config::new().with_interval(Duration::from_secs(1)),
+                        ),
+                        stream: libp2p_stream::Behaviour::new(),
+                    })
+                    .unwrap()
+                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+                    .build()
+            };
+        }
+        let builder = libp2p::SwarmBuilder::with_new_identity().with_tokio();
+        let mut swarm = if tls_first {
+            finish!(builder
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    (libp2p::tls::Config::new, noise::Config::new),
+                    yamux::Config::default,
+                )
+                .unwrap())
+        } else {
+            finish!(builder
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default
+                )
+                .unwrap())
+        };
         swarm
             .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
             .unwrap();
