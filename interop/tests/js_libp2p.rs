@@ -118,6 +118,7 @@ async fn js_libp2p_dials_pylon() {
     js.wait_for("done", T).await.unwrap();
     let theirs = pylon_identified(&mut pylon_events, js_peer).await;
     check_pylon_view_of_js(&theirs, &js);
+    assert!(node.host.connection(&js_peer).unwrap().early_muxer());
     pylon_ping::ping(&node.host, &js_peer).await.unwrap();
     pylon_ping::ping(&node.host, &js_peer).await.unwrap();
 
@@ -133,6 +134,8 @@ async fn pylon_dials_js_libp2p() {
     let js_peer: PeerId = js.peer_id.parse().unwrap();
     let conn = node.host.dial(&js.addrs[0].parse().unwrap()).await.unwrap();
     assert_eq!(conn.peer(), js_peer);
+    // js-libp2p's Noise offers its muxers in the handshake: yamux is agreed there.
+    assert!(conn.early_muxer());
 
     let theirs = pylon_identified(&mut pylon_events, js_peer).await;
     check_pylon_view_of_js(&theirs, &js);

@@ -142,6 +142,8 @@ async fn pylon_dials_rust_libp2p() {
     let mut rust = RustPeer::start().await;
     let conn = node.host.dial(&rust.addr).await.unwrap();
     assert_eq!(conn.peer(), rust.peer_id);
+    // rust-libp2p does not offer muxers in the handshake: multistream-select fallback.
+    assert!(!conn.early_muxer());
 
     let theirs = pylon_identified(&mut pylon_events, rust.peer_id).await;
     check_pylon_view_of_rust(&theirs, &rust);

@@ -65,6 +65,9 @@ pub struct Config {
     /// Security protocols a dialer proposes, in order (a listener accepts all). A single
     /// one is proposed lazily, saving a round trip.
     pub security: Vec<crate::secure::Security>,
+    /// Agree on the muxer inside the Noise or TLS handshake (one round trip less);
+    /// peers that do not offer it fall back to multistream-select.
+    pub inline_muxer: bool,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             dns: crate::dns::Config::default(),
             port_reuse: true,
             security: vec![crate::secure::Security::Noise],
+            inline_muxer: true,
         }
     }
 }
@@ -238,6 +242,7 @@ struct ConnInner {
     local_addr: Multiaddr,
     direction: Direction,
     security: &'static str,
+    early_muxer: bool,
     established: Instant,
     negotiation_timeout: Duration,
     cmd: mpsc::Sender<Command>,
@@ -316,6 +321,10 @@ impl Connection {
     /// The security protocol of the connection: `noise` or `tls`.
     pub fn security(&self) -> &'static str {
         self.inner.security
+    }
+    /// True when the muxer was agreed inside the security handshake.
+    pub fn early_muxer(&self) -> bool {
+        self.inner.early_muxer
     }
     pub fn is_closed(&self) -> bool {
         self.inner.closed.is_cancelled()
@@ -527,6 +536,7 @@ type Muxer = yamux::Connection<Compat<Negotiated<crate::secure::Secured<Negotiat
 struct Route {
     transport: &'static str,
     security: &'static str,
+    early_muxer: &'static str,
     ip_version: &'static str,
 }
 
@@ -536,7 +546,12 @@ impl Host {
         config: Config,
         metrics: Arc<Metrics>,
     ) -> Result<Self, crate::secure::Error> {
-        let security = crate::secure::Config::new(&key, config.security.clone())?;
+        let muxers = if config.inline_muxer {
+            vec![YAMUX_PROTOCOL.to_string()]
+        } else {
+            Vec::new()
+        };
+        let security = crate::secure::Config::new(&key, config.security.clone(), muxers)?;
         let (events, _) = broadcast::channel(1024);
         let pending = Arc::new(Semaphore::new(config.max_pending_incoming.max(1)));
         Ok(Host {
@@ -704,7 +719,7 @@ impl Host {
             self.upgrade(raw, false, None),
         )
         .await;
-        let (mux, peer, key, security) = match upgraded {
+        let (mux, peer, key, route) = match upgraded {
             Err(_) => {
                 count_error(
                     &self.inner.metrics.handshake_errors,
@@ -743,8 +758,8 @@ impl Host {
         }
         let route = Route {
             transport,
-            security,
             ip_version,
+            ..route
         };
         self.observe_handshake(started, route);
         if let Err(e) = self.establish(mux, peer, key, remote, local, Direction::Inbound, route) {
@@ -777,7 +792,7 @@ impl Host {
                 transport: route.transport,
                 security: route.security,
                 muxer: "yamux",
-                early_muxer: "false",
+                early_muxer: route.early_muxer,
                 ip_version: route.ip_version,
             })
             .observe(started.elapsed().as_secs_f64());
@@ -790,7 +805,7 @@ impl Host {
         raw: RawStream,
         dialer: bool,
         expected: Option<PeerId>,
-    ) -> Result<(Muxer, PeerId, PublicKey, &'static str), DialError> {
+    ) -> Result<(Muxer, PeerId, PublicKey, Route), DialError> {
         let secured = if dialer {
             crate::secure::outbound(raw, &self.inner.security, expected).await
         } else {
@@ -804,9 +819,21 @@ impl Host {
             other => DialError::Handshake(other.to_string()),
         })?;
         let security = secured.security.label();
+        let early = match secured.muxer.as_deref() {
+            None => false,
+            Some(YAMUX_PROTOCOL) => true,
+            Some(other) => {
+                return Err(DialError::Handshake(format!(
+                    "handshake agreed on unknown muxer {other:?}"
+                )))
+            }
+        };
         let mut stream = secured.stream;
-        // The dialer proposes `/yamux/1.0.0` lazily, with its first yamux frame.
-        let stream = if dialer {
+        // Agreed inside the handshake: no multistream-select round for the muxer at all.
+        // Otherwise the dialer proposes `/yamux/1.0.0` lazily, with its first yamux frame.
+        let stream = if early {
+            Negotiated::done(stream)
+        } else if dialer {
             Negotiated::lazy(stream, YAMUX_PROTOCOL)
         } else {
             multistream::listener_select(&mut stream, |p| p == YAMUX_PROTOCOL)
@@ -833,7 +860,12 @@ impl Host {
             yamux::Connection::new(stream.compat(), cfg, mode),
             secured.remote_peer,
             secured.remote_key,
-            security,
+            Route {
+                transport: "",
+                security,
+                early_muxer: if early { "true" } else { "false" },
+                ip_version: "",
+            },
         ))
     }
 
@@ -942,7 +974,7 @@ impl Host {
             .await
             .map_err(|_| DialError::Timeout)??;
         let started = Instant::now();
-        let (mux, peer, key, security) =
+        let (mux, peer, key, route) =
             tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, true, expected))
                 .await
                 .map_err(|_| DialError::Timeout)??;
@@ -952,8 +984,8 @@ impl Host {
         self.admit(&peer)?;
         let route = Route {
             transport: target.transport_label(),
-            security,
             ip_version: target.ip_version(),
+            ..route
         };
         self.observe_handshake(started, route);
         self.establish(
@@ -1090,6 +1122,7 @@ impl Host {
                 local_addr,
                 direction,
                 security: route.security,
+                early_muxer: route.early_muxer == "true",
                 established: Instant::now(),
                 negotiation_timeout: self.inner.config.negotiation_timeout,
                 cmd: cmd_tx,
@@ -1117,7 +1150,7 @@ impl Host {
             transport: route.transport,
             security: route.security,
             muxer: "yamux",
-            early_muxer: "false",
+            early_muxer: route.early_muxer,
             ip_version: route.ip_version,
         };
         let m = &self.inner.metrics;

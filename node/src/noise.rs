@@ -39,6 +39,8 @@ pub enum Error {
     BadPayload(String),
     #[error("identity signature over the static key does not verify")]
     BadSignature,
+    #[error("no stream muxer in common")]
+    NoCommonMuxer,
     #[error("connected to {got}, expected {expected}")]
     WrongPeer {
         expected: Box<PeerId>,
@@ -50,10 +52,22 @@ pub enum Error {
 pub struct Config {
     static_private: Vec<u8>,
     payload: Vec<u8>,
+    /// Muxers we announce for inlined negotiation, in preference order.
+    muxers: Vec<String>,
 }
 
+/// Most muxers we look at in a remote's list.
+const MAX_MUXERS: usize = 16;
+
 impl Config {
+    /// Without inlined muxer negotiation.
     pub fn new(identity: &Keypair) -> Result<Self, Error> {
+        Self::with_muxers(identity, Vec::new())
+    }
+
+    /// Announcing `muxers` in the handshake
+    /// (`specs/connections/inlined-muxer-negotiation.md`).
+    pub fn with_muxers(identity: &Keypair, muxers: Vec<String>) -> Result<Self, Error> {
         let builder = snow::Builder::new(params());
         let dh = builder.generate_keypair()?;
         let mut signed = STATIC_KEY_DOMAIN.to_vec();
@@ -64,12 +78,16 @@ impl Config {
         let payload = proto::NoiseHandshakePayload {
             identity_key: Some(identity.public().encode_protobuf()),
             identity_sig: Some(sig),
-            extensions: None,
+            extensions: (!muxers.is_empty()).then(|| proto::NoiseExtensions {
+                webtransport_certhashes: Vec::new(),
+                stream_muxers: muxers.clone(),
+            }),
         }
         .encode_to_vec();
         Ok(Config {
             static_private: dh.private,
             payload,
+            muxers,
         })
     }
 }
@@ -86,6 +104,8 @@ pub struct Output<T> {
     pub stream: Stream<T>,
     pub remote_peer: PeerId,
     pub remote_key: PublicKey,
+    /// The muxer agreed inside the handshake, if both sides announced muxers.
+    pub muxer: Option<String>,
 }
 
 /// Runs the XX handshake as initiator (`dialer == true`) or responder.
@@ -111,21 +131,21 @@ where
     // wrong or unauthenticated responder before revealing its own identity in message 3.
     let check = |state: &snow::HandshakeState,
                  remote_payload: &[u8]|
-     -> Result<(PublicKey, PeerId), Error> {
+     -> Result<(PublicKey, PeerId, Vec<String>), Error> {
         let remote_static = state
             .get_remote_static()
             .ok_or_else(|| Error::BadPayload("no remote static key".into()))?;
-        let remote_key = verify_payload(remote_payload, remote_static)?;
+        let (remote_key, muxers) = verify_payload(remote_payload, remote_static)?;
         let remote_peer = remote_key.to_peer_id();
         match expected {
             Some(expected) if expected != remote_peer => Err(Error::WrongPeer {
                 expected: Box::new(expected),
                 got: Box::new(remote_peer),
             }),
-            _ => Ok((remote_key, remote_peer)),
+            _ => Ok((remote_key, remote_peer, muxers)),
         }
     };
-    let (remote_key, remote_peer);
+    let (remote_key, remote_peer, muxer);
     if dialer {
         // -> e
         let n = state.write_message(&[], &mut buf)?;
@@ -133,7 +153,9 @@ where
         // <- e, ee, s, es  (responder's identity)
         let frame = read_frame(&mut io).await?;
         let n = state.read_message(&frame, &mut payload)?;
-        (remote_key, remote_peer) = check(&state, &payload[..n])?;
+        let remote_muxers;
+        (remote_key, remote_peer, remote_muxers) = check(&state, &payload[..n])?;
+        muxer = pick_muxer(&config.muxers, &remote_muxers)?;
         // -> s, se  (our identity)
         let n = state.write_message(&config.payload, &mut buf)?;
         write_frame(&mut io, &buf[..n]).await?;
@@ -144,18 +166,26 @@ where
         write_frame(&mut io, &buf[..n]).await?;
         let frame = read_frame(&mut io).await?;
         let n = state.read_message(&frame, &mut payload)?;
-        (remote_key, remote_peer) = check(&state, &payload[..n])?;
+        let remote_muxers;
+        (remote_key, remote_peer, remote_muxers) = check(&state, &payload[..n])?;
+        muxer = pick_muxer(&remote_muxers, &config.muxers)?;
     }
     let transport = state.into_transport_mode()?;
     Ok(Output {
         stream: Stream::new(io, transport),
         remote_peer,
         remote_key,
+        muxer,
     })
 }
 
 /// Checks the identity payload against the remote's static key; returns its identity key.
-pub fn verify_payload(payload: &[u8], remote_static: &[u8]) -> Result<PublicKey, Error> {
+/// Checks the identity payload against the remote's static key; returns its identity key
+/// and the muxers it announced.
+pub fn verify_payload(
+    payload: &[u8],
+    remote_static: &[u8],
+) -> Result<(PublicKey, Vec<String>), Error> {
     let msg: proto::NoiseHandshakePayload = proto::decode(payload, MAX_HANDSHAKE_PAYLOAD)
         .map_err(|e| Error::BadPayload(e.to_string()))?;
     let key_bytes = msg
@@ -170,7 +200,26 @@ pub fn verify_payload(payload: &[u8], remote_static: &[u8]) -> Result<PublicKey,
     if !key.verify(&signed, &sig) {
         return Err(Error::BadSignature);
     }
-    Ok(key)
+    let mut muxers = msg.extensions.map(|e| e.stream_muxers).unwrap_or_default();
+    muxers.truncate(MAX_MUXERS);
+    Ok((key, muxers))
+}
+
+//= specs/connections/inlined-muxer-negotiation.md#multiplexer-negotiation-over-noise
+//# The multiplexer to use is determined by picking the first item from the
+//# initiator's list that both parties support.
+fn pick_muxer(initiator: &[String], responder: &[String]) -> Result<Option<String>, Error> {
+    if initiator.is_empty() || responder.is_empty() {
+        return Ok(None); // one side does not inline: fall back to multistream-select
+    }
+    //# If there is no overlap between the multiplexers support by client and server,
+    //# the handshake MUST fail.
+    initiator
+        .iter()
+        .find(|m| responder.contains(m))
+        .cloned()
+        .map(Some)
+        .ok_or(Error::NoCommonMuxer)
 }
 
 async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, msg: &[u8]) -> io::Result<()> {
@@ -417,6 +466,43 @@ mod tests {
                 key.key_type()
             );
             assert_eq!(ra.unwrap().remote_peer, responder.public().to_peer_id());
+        }
+    }
+
+    #[tokio::test]
+    async fn inlined_muxer_negotiation() {
+        let y = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            pick_muxer(
+                &y(&["/yamux/1.0.0", "/mplex/6.7.0"]),
+                &y(&["/mplex/6.7.0", "/yamux/1.0.0"])
+            )
+            .unwrap()
+            .as_deref(),
+            Some("/yamux/1.0.0")
+        );
+        assert_eq!(pick_muxer(&y(&[]), &y(&["/yamux/1.0.0"])).unwrap(), None);
+        assert!(matches!(
+            pick_muxer(&y(&["/a"]), &y(&["/b"])),
+            Err(Error::NoCommonMuxer)
+        ));
+        for (mine, theirs, agreed) in [
+            (
+                y(&["/yamux/1.0.0"]),
+                y(&["/mplex/6.7.0", "/yamux/1.0.0"]),
+                Some("/yamux/1.0.0"),
+            ),
+            (y(&["/yamux/1.0.0"]), y(&[]), None),
+        ] {
+            let (a, b) = tokio::io::duplex(1 << 16);
+            let ca = Config::with_muxers(&Keypair::generate_ed25519(), mine).unwrap();
+            let cb = Config::with_muxers(&Keypair::generate_ed25519(), theirs).unwrap();
+            let (ra, rb) = tokio::join!(
+                handshake(a, &ca, true, None),
+                handshake(b, &cb, false, None)
+            );
+            assert_eq!(ra.unwrap().muxer.as_deref(), agreed);
+            assert_eq!(rb.unwrap().muxer.as_deref(), agreed);
         }
     }
 

@@ -64,17 +64,24 @@ pub struct Config {
     server: Arc<rustls::ServerConfig>,
     /// What a dialer proposes, in order.
     dial_order: Vec<Security>,
+    muxers: Vec<String>,
 }
 
 impl Config {
-    pub fn new(identity: &Keypair, dial_order: Vec<Security>) -> Result<Self, Error> {
-        let noise =
-            noise::Config::new(identity).map_err(|e| Error::Handshake("noise", e.to_string()))?;
+    /// `muxers` (preference order) are offered inside the handshakes; empty turns inlined
+    /// muxer negotiation off.
+    pub fn new(
+        identity: &Keypair,
+        dial_order: Vec<Security>,
+        muxers: Vec<String>,
+    ) -> Result<Self, Error> {
+        let noise = noise::Config::with_muxers(identity, muxers.clone())
+            .map_err(|e| Error::Handshake("noise", e.to_string()))?;
         let cert = tls::Certificate::generate(identity)
             .map_err(|e| Error::Handshake("tls", e.to_string()))?;
-        let server = Arc::new(
-            tls::server_config(&cert).map_err(|e| Error::Handshake("tls", e.to_string()))?,
-        );
+        let mut server =
+            tls::server_config(&cert).map_err(|e| Error::Handshake("tls", e.to_string()))?;
+        server.alpn_protocols = tls::alpn_list(&muxers);
         let dial_order = if dial_order.is_empty() {
             vec![Security::Noise]
         } else {
@@ -83,8 +90,9 @@ impl Config {
         Ok(Config {
             noise,
             cert,
-            server,
+            server: Arc::new(server),
             dial_order,
+            muxers,
         })
     }
 }
@@ -103,6 +111,9 @@ pub struct Output<T> {
     pub remote_peer: PeerId,
     pub remote_key: PublicKey,
     pub security: Security,
+    /// The muxer agreed inside the handshake (Noise extensions or TLS ALPN); `None` means
+    /// it still has to be negotiated with multistream-select.
+    pub muxer: Option<String>,
 }
 
 /// Dialer side.
@@ -127,8 +138,9 @@ where
     match security {
         Security::Noise => noise_handshake(io, config, true, expected).await,
         Security::Tls => {
-            let setup = tls::client_config(&config.cert, expected)
+            let mut setup = tls::client_config(&config.cert, expected)
                 .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+            setup.config.alpn_protocols = tls::alpn_list(&config.muxers);
             let seen = |setup: &tls::ClientSetup| setup.seen_peer();
             let connector = tokio_rustls::TlsConnector::from(Arc::new(setup.config.clone()));
             // SNI is off; rustls still wants a name to hand to the verifier.
@@ -201,6 +213,7 @@ where
             remote_peer: out.remote_peer,
             remote_key: out.remote_key,
             security: Security::Noise,
+            muxer: out.muxer,
         }),
         Err(noise::Error::WrongPeer { expected, got }) => Err(Error::WrongPeer { expected, got }),
         Err(noise::Error::Io(e)) if multistream_refused(&e) => Err(Error::NoCommonProtocol),
@@ -213,9 +226,17 @@ fn finish_tls<T>(
     expected: Option<PeerId>,
 ) -> Result<Output<T>, Error> {
     let (_, session) = stream.get_ref();
-    if session.alpn_protocol() != Some(tls::ALPN) {
-        return Err(Error::Handshake("tls", "ALPN libp2p not agreed".into()));
-    }
+    //= specs/connections/inlined-muxer-negotiation.md#multiplexer-negotiation-over-tls
+    //# If `"libp2p"` is the result of the ALPN process, nodes MUST use protocol
+    //# negotiation of the stream multiplexer
+    let muxer = match session.alpn_protocol() {
+        Some(tls::ALPN) => None,
+        Some(other) => Some(
+            String::from_utf8(other.to_vec())
+                .map_err(|_| Error::Handshake("tls", "ALPN not UTF-8".into()))?,
+        ),
+        None => return Err(Error::Handshake("tls", "no ALPN protocol agreed".into())),
+    };
     let key = tls::peer_key(session.peer_certificates())
         .map_err(|e| Error::Handshake("tls", e.to_string()))?;
     let peer = key.to_peer_id();
@@ -232,6 +253,7 @@ fn finish_tls<T>(
         remote_peer: peer,
         remote_key: key,
         security: Security::Tls,
+        muxer,
     })
 }
 

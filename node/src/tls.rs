@@ -27,6 +27,16 @@ pub const ALPN: &[u8] = b"libp2p";
 pub const EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 53594, 1, 1];
 const EXTENSION_OID_STR: &str = "1.3.6.1.4.1.53594.1.1";
 const SIGNING_PREFIX: &[u8] = b"libp2p-tls-handshake:";
+/// The ALPN list with inlined muxer negotiation: the muxers in preference order, then
+/// `libp2p`, which must come last.
+pub fn alpn_list(muxers: &[String]) -> Vec<Vec<u8>> {
+    muxers
+        .iter()
+        .map(|m| m.as_bytes().to_vec())
+        .chain(std::iter::once(ALPN.to_vec()))
+        .collect()
+}
+
 /// Largest certificate we parse.
 pub const MAX_CERT_LEN: usize = 16 * 1024;
 

@@ -607,3 +607,28 @@ async fn tls_on_tcp_between_pylons() {
         other => panic!("expected WrongPeer over TLS, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn inlined_muxer_negotiation_and_fallback() {
+    use pylon_node::secure::Security;
+    for security in [Security::Noise, Security::Tls] {
+        let mut inline = node::Config::default();
+        inline.host.security = vec![security];
+        let mut plain = inline.clone();
+        plain.host.inline_muxer = false;
+        let a = start_with("/ip4/127.0.0.1/tcp/0", inline.clone()).await;
+        let b = start_with("/ip4/127.0.0.1/tcp/0", inline).await;
+        let c = start_with("/ip4/127.0.0.1/tcp/0", plain).await;
+        // Both offer it: agreed in the handshake.
+        let conn = b.host.dial(&addr_of(&a)).await.unwrap();
+        assert!(conn.early_muxer(), "{security:?}");
+        ping::ping(&b.host, &a.peer_id()).await.unwrap();
+        // One side does not: multistream-select, both directions.
+        let conn = c.host.dial(&addr_of(&a)).await.unwrap();
+        assert!(!conn.early_muxer());
+        ping::ping(&c.host, &a.peer_id()).await.unwrap();
+        let conn = a.host.dial(&addr_of(&c)).await.unwrap();
+        assert!(!conn.early_muxer());
+        ping::ping(&a.host, &c.peer_id()).await.unwrap();
+    }
+}

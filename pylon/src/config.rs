@@ -74,6 +74,7 @@ struct RawConnections {
     shutdown_grace: String,
     port_reuse: bool,
     security: Vec<String>,
+    inline_muxer: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,6 +328,7 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         max_streams_per_connection: c.max_streams_per_connection,
         dns,
         port_reuse: c.port_reuse,
+        inline_muxer: c.inline_muxer,
         security: c
             .security
             .iter()
