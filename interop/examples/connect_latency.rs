@@ -16,11 +16,27 @@ use pylon_node::node::{self, Node};
 use pylon_node::peerstore::MemoryStore;
 use pylon_node::protocols::ping as pylon_ping;
 
-async fn pylon_node() -> anyhow::Result<Node> {
-    let config = node::Config {
+/// A Pylon variant: the security protocol and whether the muxer is agreed in the handshake.
+#[derive(Clone, Copy)]
+struct Variant {
+    tls: bool,
+    inline_muxer: bool,
+}
+
+async fn pylon_node(v: Variant) -> anyhow::Result<Node> {
+    let mut config = node::Config {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         ..Default::default()
     };
+    config.host.security = vec![if v.tls {
+        pylon_node::secure::Security::Tls
+    } else {
+        pylon_node::secure::Security::Noise
+    }];
+    config.host.inline_muxer = v.inline_muxer;
+    // PYLON_BENCH_PORT_REUSE=0 turns port reuse off (redialing one peer in a loop reuses a
+    // 4-tuple that may still be in TIME_WAIT).
+    config.host.port_reuse = std::env::var("PYLON_BENCH_PORT_REUSE").map_or(true, |v| v != "0");
     Ok(Node::start(
         pylon_node::Keypair::generate_ed25519(),
         config,
@@ -30,9 +46,9 @@ async fn pylon_node() -> anyhow::Result<Node> {
     .await?)
 }
 
-async fn pylon_round(n: usize) -> anyhow::Result<Vec<Duration>> {
-    let server = pylon_node().await?;
-    let client = pylon_node().await?;
+async fn pylon_round(n: usize, v: Variant) -> anyhow::Result<Vec<Duration>> {
+    let server = pylon_node(v).await?;
+    let client = pylon_node(v).await?;
     let addr = server
         .listen_multiaddrs()
         .into_iter()
@@ -60,9 +76,28 @@ struct Behaviour {
     ping: ping::Behaviour,
 }
 
-fn rust_swarm() -> anyhow::Result<Swarm<Behaviour>> {
-    Ok(libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
+fn rust_swarm(tls: bool) -> anyhow::Result<Swarm<Behaviour>> {
+    let builder = libp2p::SwarmBuilder::with_new_identity().with_tokio();
+    if tls {
+        return Ok(builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                libp2p::tls::Config::new,
+                yamux::Config::default,
+            )?
+            .with_behaviour(|key| Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new_with_signed_peer_record(
+                    "ipfs/0.1.0".into(),
+                    key,
+                )),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(3600)),
+                ),
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build());
+    }
+    Ok(builder
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
@@ -81,8 +116,8 @@ fn rust_swarm() -> anyhow::Result<Swarm<Behaviour>> {
         .build())
 }
 
-async fn rust_round(n: usize) -> anyhow::Result<Vec<Duration>> {
-    let mut server = rust_swarm()?;
+async fn rust_round(n: usize, tls: bool) -> anyhow::Result<Vec<Duration>> {
+    let mut server = rust_swarm(tls)?;
     server.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
     let addr: Multiaddr = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
@@ -95,7 +130,7 @@ async fn rust_round(n: usize) -> anyhow::Result<Vec<Duration>> {
             server.select_next_some().await;
         }
     });
-    let mut client = rust_swarm()?;
+    let mut client = rust_swarm(tls)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
@@ -144,35 +179,76 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let n = args.first().copied().unwrap_or(200);
     let rounds = args.get(1).copied().unwrap_or(3);
-    let (mut pylon, mut rust) = (Vec::new(), Vec::new());
-    // Warm-up, then alternate so drift on this noisy machine hits both alike.
-    pylon_round(20).await?;
-    rust_round(20).await?;
-    for _ in 0..rounds {
-        pylon.extend(pylon_round(n).await?);
-        rust.extend(rust_round(n).await?);
+    let variants = [
+        (
+            "Pylon TCP+Noise, muxer inlined",
+            Some(Variant {
+                tls: false,
+                inline_muxer: true,
+            }),
+            false,
+        ),
+        (
+            "Pylon TCP+Noise, muxer by multistream",
+            Some(Variant {
+                tls: false,
+                inline_muxer: false,
+            }),
+            false,
+        ),
+        ("rust-libp2p TCP+Noise", None, false),
+        (
+            "Pylon TCP+TLS, muxer inlined",
+            Some(Variant {
+                tls: true,
+                inline_muxer: true,
+            }),
+            true,
+        ),
+        (
+            "Pylon TCP+TLS, muxer by multistream",
+            Some(Variant {
+                tls: true,
+                inline_muxer: false,
+            }),
+            true,
+        ),
+        ("rust-libp2p TCP+TLS", None, true),
+    ];
+    let mut results: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+    // Warm-up, then alternate so drift on this noisy machine hits every variant alike.
+    for (_, v, tls) in &variants {
+        match v {
+            Some(v) => drop(pylon_round(20, *v).await?),
+            None => drop(rust_round(20, *tls).await?),
+        }
     }
-    pylon.sort();
-    rust.sort();
-    println!("| loopback TCP+Noise+yamux, dial → ping answered | n | p50 ms | p90 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
-    for (name, v) in [
-        ("Pylon ↔ Pylon", &pylon),
-        ("rust-libp2p ↔ rust-libp2p", &rust),
-    ] {
+    for _ in 0..rounds {
+        for (i, (_, v, tls)) in variants.iter().enumerate() {
+            let r = match v {
+                Some(v) => pylon_round(n, *v).await?,
+                None => rust_round(n, *tls).await?,
+            };
+            results[i].extend(r);
+        }
+    }
+    println!("| loopback, dial → first ping answered (identify running) | n | p50 ms | p90 ms | p99 ms | p50 / rust-libp2p same security |");
+    println!("|---|---|---|---|---|---|");
+    for (i, (name, _, tls)) in variants.iter().enumerate() {
+        let v = &mut results[i];
+        v.sort();
+        let rust_index = if *tls { 5 } else { 2 };
+        let mut rust = results[rust_index].clone();
+        rust.sort();
+        let v = &results[i];
         println!(
-            "| {name} | {} | {:.3} | {:.3} | {:.3} |",
+            "| {name} | {} | {:.3} | {:.3} | {:.3} | {:.2} |",
             v.len(),
             pct(v, 0.5),
             pct(v, 0.9),
-            pct(v, 0.99)
+            pct(v, 0.99),
+            pct(v, 0.5) / pct(&rust, 0.5)
         );
     }
-    println!(
-        "| ratio Pylon / rust-libp2p | | {:.2} | {:.2} | {:.2} |",
-        pct(&pylon, 0.5) / pct(&rust, 0.5),
-        pct(&pylon, 0.9) / pct(&rust, 0.9),
-        pct(&pylon, 0.99) / pct(&rust, 0.99)
-    );
     Ok(())
 }

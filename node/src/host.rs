@@ -37,6 +37,10 @@ pub const YAMUX_PROTOCOL: &str = "/yamux/1.0.0";
 const MAX_PENDING_OPENS: usize = 64;
 /// Streams yamux accepts beyond our own limit before it treats the remote as abusive.
 const YAMUX_STREAM_HEADROOM: usize = 16;
+/// Linux keeps a closed TCP 4-tuple in TIME_WAIT this long.
+const TIME_WAIT: Duration = Duration::from_secs(60);
+/// Remote addresses remembered for [`TIME_WAIT`] after a port-reusing dial.
+const MAX_REUSED_TUPLES: usize = 4096;
 /// How long a polite close (yamux GoAway and flush) may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -523,6 +527,7 @@ struct HostInner {
     events: broadcast::Sender<Event>,
     pending_incoming: Arc<Semaphore>,
     resolver: std::sync::OnceLock<Arc<crate::dns::Resolver>>,
+    reused_tuples: Mutex<HashMap<std::net::SocketAddr, Instant>>,
     dial_gates: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     backoff: Mutex<crate::dialer::Backoff>,
     tasks: TaskTracker,
@@ -568,6 +573,7 @@ impl Host {
                 events,
                 pending_incoming: pending,
                 resolver: std::sync::OnceLock::new(),
+                reused_tuples: Mutex::new(HashMap::new()),
                 dial_gates: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(crate::dialer::Backoff::default()),
                 tasks: TaskTracker::new(),
@@ -869,6 +875,32 @@ impl Host {
         ))
     }
 
+    /// The listen port to dial `target` from, unless we did so within the last
+    /// TIME_WAIT period: the same 4-tuple again can cost a 1 s SYN retransmission (seen as a
+    /// p99 of ~1 s when one peer is redialed in a loop).
+    fn reuse_port_for(&self, target: &Target) -> Option<u16> {
+        let port = self.listen_port_for(target)?;
+        let Target::Tcp(remote) = target else {
+            return None;
+        };
+        let now = Instant::now();
+        let mut recent = lock(&self.inner.reused_tuples);
+        if recent
+            .get(remote)
+            .is_some_and(|t| now.duration_since(*t) < TIME_WAIT)
+        {
+            return None;
+        }
+        if recent.len() >= MAX_REUSED_TUPLES {
+            recent.retain(|_, t| now.duration_since(*t) < TIME_WAIT);
+            if recent.len() >= MAX_REUSED_TUPLES {
+                return None; // too many fresh entries: skip reuse rather than grow
+            }
+        }
+        recent.insert(*remote, now);
+        Some(port)
+    }
+
     /// The TCP port we listen on for the target's IP family, if any.
     fn listen_port_for(&self, target: &Target) -> Option<u16> {
         let Target::Tcp(addr) = target else {
@@ -966,7 +998,7 @@ impl Host {
         }
         let cfg = &self.inner.config;
         let reuse = if cfg.port_reuse {
-            self.listen_port_for(target)
+            self.reuse_port_for(target)
         } else {
             None
         };
