@@ -257,19 +257,11 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
     } else {
         PathBuf::from(&raw.data_dir)
     };
-    let listen = raw
-        .listen
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let addr: Multiaddr = s
-                .parse()
-                .map_err(|e: multiaddr::Error| bad(&format!("listen[{i}]"), s, &e.to_string()))?;
-            pylon_node::transport::parse(&addr)
-                .map_err(|e| bad(&format!("listen[{i}]"), s, &e.to_string()))?;
-            Ok(addr)
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
+    let listen = list("listen", &raw.listen, |s| {
+        let addr: Multiaddr = s.parse().map_err(|e: multiaddr::Error| e.to_string())?;
+        pylon_node::transport::parse(&addr).map_err(|e| e.to_string())?;
+        Ok(addr)
+    })?;
     let metrics = raw
         .metrics
         .filter(|m| !m.listen.is_empty() && m.listen != "off")
@@ -306,16 +298,9 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         ));
     }
     let dns = pylon_node::dns::Config {
-        nameservers: raw
-            .dns
-            .nameservers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.parse::<SocketAddr>()
-                    .map_err(|e| bad(&format!("dns.nameservers[{i}]"), s, &e.to_string()))
-            })
-            .collect::<Result<_, _>>()?,
+        nameservers: list("dns.nameservers", &raw.dns.nameservers, |s| {
+            s.parse::<SocketAddr>().map_err(|e| e.to_string())
+        })?,
         timeout: duration("dns.timeout", &raw.dns.timeout)?,
     };
     let host = pylon_node::host::Config {
@@ -329,20 +314,11 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         dns,
         port_reuse: c.port_reuse,
         inline_muxer: c.inline_muxer,
-        security: c
-            .security
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match s.as_str() {
-                "noise" => Ok(pylon_node::secure::Security::Noise),
-                "tls" => Ok(pylon_node::secure::Security::Tls),
-                _ => Err(bad(
-                    &format!("connections.security[{i}]"),
-                    s,
-                    "expected \"noise\" or \"tls\"",
-                )),
-            })
-            .collect::<Result<_, _>>()?,
+        security: list("connections.security", &c.security, |s| match s {
+            "noise" => Ok(pylon_node::secure::Security::Noise),
+            "tls" => Ok(pylon_node::secure::Security::Tls),
+            _ => Err("expected \"noise\" or \"tls\"".to_string()),
+        })?,
     };
     let identify = pylon_node::protocols::identify::Config {
         protocol_version: raw.identify.protocol_version.clone(),
@@ -350,16 +326,9 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         addr_ttl: duration("identify.addr_ttl", &raw.identify.addr_ttl)?,
         timeout: duration("identify.timeout", &raw.identify.timeout)?,
         addresses: pylon_node::addresses::Config {
-            announce: raw
-                .identify
-                .announce
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    s.parse::<Multiaddr>()
-                        .map_err(|e| bad(&format!("identify.announce[{i}]"), s, &e.to_string()))
-                })
-                .collect::<Result<_, _>>()?,
+            announce: list("identify.announce", &raw.identify.announce, |s| {
+                s.parse::<Multiaddr>().map_err(|e| e.to_string())
+            })?,
             advertise_private: raw.identify.advertise_private,
             observed_confirmations: raw.identify.observed_confirmations.max(1),
         },
@@ -382,6 +351,19 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             peerstore,
         },
     })
+}
+
+/// Parses every item of a list key; an error names `key[i]` and the item.
+fn list<T>(
+    key: &str,
+    items: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, Error> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse(s).map_err(|m| bad(&format!("{key}[{i}]"), s, &m)))
+        .collect()
 }
 
 fn bad(key: &str, value: &str, message: &str) -> Error {
