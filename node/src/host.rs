@@ -536,6 +536,31 @@ struct HostInner {
 
 type Muxer = yamux::Connection<Compat<Negotiated<crate::secure::Secured<Negotiated<RawStream>>>>>;
 
+/// A caller's share of a peer's dial gate. The map entry goes with the last share, also
+/// when a caller's future is cancelled mid-dial, so the map only holds peers being dialed.
+struct DialGate<'a> {
+    gates: &'a Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
+    peer: PeerId,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> DialGate<'a> {
+    fn enter(gates: &'a Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>, peer: PeerId) -> Self {
+        let gate = lock(gates).entry(peer).or_default().clone();
+        DialGate { gates, peer, gate }
+    }
+}
+
+impl Drop for DialGate<'_> {
+    fn drop(&mut self) {
+        let mut gates = lock(self.gates);
+        // Ours and the map's: nobody else is waiting.
+        if Arc::strong_count(&self.gate) <= 2 {
+            gates.remove(&self.peer);
+        }
+    }
+}
+
 /// How a connection was made, for metric labels.
 #[derive(Debug, Clone, Copy)]
 struct Route {
@@ -1041,24 +1066,12 @@ impl Host {
             return Ok(c);
         }
         // One dial per peer at a time: later callers wait, then reuse its connection.
-        let gate = lock(&self.inner.dial_gates)
-            .entry(peer)
-            .or_default()
-            .clone();
-        let result = {
-            let _turn = gate.lock().await;
-            match self.connection(&peer) {
-                Some(c) => Ok(c),
-                None => self.connect_ranked(peer, addrs).await,
-            }
-        };
-        {
-            let mut gates = lock(&self.inner.dial_gates);
-            if Arc::strong_count(&gate) <= 2 {
-                gates.remove(&peer);
-            }
+        let gate = DialGate::enter(&self.inner.dial_gates, peer);
+        let _turn = gate.gate.lock().await;
+        match self.connection(&peer) {
+            Some(c) => Ok(c),
+            None => self.connect_ranked(peer, addrs).await,
         }
-        result
     }
 
     /// Tries the ranked, not backed-off addresses, staggered (happy eyeballs): the first
@@ -1375,6 +1388,11 @@ impl Host {
             .flatten()
             .cloned()
             .collect()
+    }
+
+    /// Peers being dialed through [`Host::connect`] right now.
+    pub fn dials_in_flight(&self) -> usize {
+        lock(&self.inner.dial_gates).len()
     }
 
     pub fn connected_peers(&self) -> Vec<PeerId> {

@@ -632,3 +632,33 @@ async fn inlined_muxer_negotiation_and_fallback() {
         ping::ping(&a.host, &c.peer_id()).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn cancelled_connects_leave_nothing_behind() {
+    let a = start("/ip4/127.0.0.1/tcp/0").await;
+    // A listener that accepts and then says nothing: the handshake would hang for its
+    // full timeout, so the caller's own timeout cancels the connect mid-dial.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", silent.local_addr().unwrap().port())
+        .parse()
+        .unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            conns.push(s);
+        }
+    });
+    for _ in 0..5 {
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(100),
+            a.host.connect(peer, std::slice::from_ref(&addr)),
+        );
+        assert!(
+            attempt.await.is_err(),
+            "the silent peer cannot complete a handshake"
+        );
+    }
+    assert_eq!(a.host.dials_in_flight(), 0);
+    held.abort();
+}
