@@ -5,7 +5,6 @@
 //!
 //! `cargo run --release -p pylon-interop --example connect_latency -- [connections per round] [rounds]`
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -13,7 +12,6 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, Swarm};
 use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
-use pylon_node::peerstore::MemoryStore;
 use pylon_node::protocols::ping as pylon_ping;
 
 /// A Pylon variant: the security protocol and whether the muxer is agreed in the handshake.
@@ -37,13 +35,7 @@ async fn pylon_node(v: Variant) -> anyhow::Result<Node> {
     // PYLON_BENCH_PORT_REUSE=0 turns port reuse off (redialing one peer in a loop reuses a
     // 4-tuple that may still be in TIME_WAIT).
     config.host.port_reuse = std::env::var("PYLON_BENCH_PORT_REUSE").map_or(true, |v| v != "0");
-    Ok(Node::start(
-        pylon_node::Keypair::generate_ed25519(),
-        config,
-        Arc::new(MemoryStore::default()),
-        Metrics::unregistered(),
-    )
-    .await?)
+    Ok(Node::start_volatile(config, Metrics::unregistered()).await?)
 }
 
 async fn pylon_round(n: usize, v: Variant) -> anyhow::Result<Vec<Duration>> {

@@ -197,14 +197,9 @@ async fn tls_both_directions_with_rust_libp2p() {
         ..Default::default()
     };
     config.host.security = vec![pylon_node::secure::Security::Tls];
-    let node = pylon_node::node::Node::start(
-        pylon_node::Keypair::generate_ed25519(),
-        config,
-        std::sync::Arc::new(pylon_node::peerstore::MemoryStore::default()),
-        pylon_node::metrics::Metrics::unregistered(),
-    )
-    .await
-    .unwrap();
+    let node = Node::start_volatile(config, pylon_node::metrics::Metrics::unregistered())
+        .await
+        .unwrap();
     let mut pylon_events = node.identify.subscribe();
     let mut rust = RustPeer::start_with_tls(true).await;
     let conn = node.host.dial(&rust.addr).await.unwrap();

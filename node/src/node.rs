@@ -71,6 +71,13 @@ impl Node {
         Ok(node)
     }
 
+    /// Starts a node with a fresh Ed25519 identity and a memory peerstore: nothing survives
+    /// it. For tests, benchmarks and short-lived embedded nodes.
+    pub async fn start_volatile(config: Config, metrics: Arc<Metrics>) -> Result<Node, Error> {
+        let store: Arc<dyn Store> = Arc::new(crate::peerstore::MemoryStore::default());
+        Self::start(Keypair::generate_ed25519(), config, store, metrics).await
+    }
+
     /// Starts a node with the given key and storage engine.
     pub async fn start(
         key: Keypair,

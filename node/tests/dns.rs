@@ -15,7 +15,6 @@ use hickory_server::Server;
 use pylon_node::dns::{self, Resolver};
 use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
-use pylon_node::peerstore::MemoryStore;
 use pylon_node::protocols::ping;
 use pylon_node::{Keypair, Multiaddr};
 
@@ -78,14 +77,9 @@ async fn target() -> Node {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         ..Default::default()
     };
-    Node::start(
-        Keypair::generate_ed25519(),
-        config,
-        Arc::new(MemoryStore::default()),
-        Metrics::unregistered(),
-    )
-    .await
-    .unwrap()
+    Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap()
 }
 
 fn port_of(node: &Node) -> u16 {
@@ -211,14 +205,9 @@ async fn dns_and_dnsaddr_resolve_and_dial() {
         nameservers: vec![server_addr],
         timeout: Duration::from_secs(2),
     };
-    let b = Node::start(
-        Keypair::generate_ed25519(),
-        config,
-        Arc::new(MemoryStore::default()),
-        Metrics::unregistered(),
-    )
-    .await
-    .unwrap();
+    let b = Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap();
     let conn = b
         .host
         .dial(&m(&format!("/dnsaddr/nested.pylon.test/p2p/{id}")))

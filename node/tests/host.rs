@@ -2,14 +2,12 @@
 //! loopback TCP. Every wait is bounded.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use pylon_node::host::{self, DialError, Event, StreamError};
 use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
-use pylon_node::peerstore::MemoryStore;
 use pylon_node::protocols::{identify, ping};
 use pylon_node::{Keypair, Multiaddr, PeerId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,14 +20,9 @@ async fn start(listen: &str) -> Node {
 
 async fn start_with(listen: &str, mut config: node::Config) -> Node {
     config.listen = vec![listen.parse().unwrap()];
-    Node::start(
-        Keypair::generate_ed25519(),
-        config,
-        Arc::new(MemoryStore::default()),
-        Metrics::unregistered(),
-    )
-    .await
-    .unwrap()
+    Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap()
 }
 
 fn addr_of(node: &Node) -> Multiaddr {
@@ -239,14 +232,7 @@ async fn garbage_and_stalled_handshakes_are_dropped_and_counted() {
         ..Default::default()
     };
     config.host.handshake_timeout = Duration::from_millis(500);
-    let a = Node::start(
-        Keypair::generate_ed25519(),
-        config,
-        Arc::new(MemoryStore::default()),
-        metrics,
-    )
-    .await
-    .unwrap();
+    let a = Node::start_volatile(config, metrics).await.unwrap();
     let port = match a.host.listen_addrs()[0].iter().nth(1) {
         Some(multiaddr::Protocol::Tcp(p)) => p,
         _ => unreachable!(),

@@ -10,7 +10,6 @@ use prost::Message;
 use pylon_node::host::{self, Host};
 use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
-use pylon_node::peerstore::MemoryStore;
 use pylon_node::protocols::{identify, ping};
 use pylon_node::{proto, record, varint, Keypair};
 use tokio::io::AsyncWriteExt;
@@ -67,14 +66,9 @@ async fn lies_and_garbage_are_refused_with_reasons() {
     let liar = liar(key.clone(), reply.clone()).await;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let node = Node::start(
-        Keypair::generate_ed25519(),
-        node::Config::default(),
-        Arc::new(MemoryStore::default()),
-        metrics,
-    )
-    .await
-    .unwrap();
+    let node = Node::start_volatile(node::Config::default(), metrics)
+        .await
+        .unwrap();
     let set = |bytes: Vec<u8>| *reply.lock().unwrap() = bytes;
     // Something valid first, so the connection's automatic identify has an answer.
     set(framed(&message(&key, None)));
@@ -200,14 +194,9 @@ async fn push_floods_are_rate_limited() {
     let liar = liar(key.clone(), reply).await;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let node = Node::start(
-        Keypair::generate_ed25519(),
-        node::Config::default(),
-        Arc::new(MemoryStore::default()),
-        metrics,
-    )
-    .await
-    .unwrap();
+    let node = Node::start_volatile(node::Config::default(), metrics)
+        .await
+        .unwrap();
     let mut events = node.identify.subscribe();
     let addr = liar.listen_addrs()[0]
         .clone()

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
-use pylon_node::peerstore::MemoryStore;
 use pylon_node::protocols::{identify, ping};
-use pylon_node::{Keypair, Multiaddr, PeerId};
+use pylon_node::{Multiaddr, PeerId};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -115,14 +114,9 @@ async fn client() -> Node {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         ..Default::default()
     };
-    Node::start(
-        Keypair::generate_ed25519(),
-        config,
-        Arc::new(MemoryStore::default()),
-        Metrics::unregistered(),
-    )
-    .await
-    .unwrap()
+    Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

@@ -1,7 +1,6 @@
 //! Shared pieces of the interop tests: a Pylon node and a real rust-libp2p peer.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -9,7 +8,6 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
 use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
-use pylon_node::peerstore::MemoryStore;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub const T: Duration = Duration::from_secs(20);
@@ -21,14 +19,9 @@ pub async fn pylon() -> Node {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         ..Default::default()
     };
-    Node::start(
-        pylon_node::Keypair::generate_ed25519(),
-        config,
-        Arc::new(MemoryStore::default()),
-        Metrics::unregistered(),
-    )
-    .await
-    .unwrap()
+    Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap()
 }
 
 pub fn pylon_addr(node: &Node) -> Multiaddr {
