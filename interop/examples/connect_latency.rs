@@ -69,43 +69,29 @@ struct Behaviour {
 }
 
 fn rust_swarm(tls: bool) -> anyhow::Result<Swarm<Behaviour>> {
-    let builder = libp2p::SwarmBuilder::with_new_identity().with_tokio();
-    if tls {
-        return Ok(builder
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                libp2p::tls::Config::new,
-                yamux::Config::default,
-            )?
-            .with_behaviour(|key| Behaviour {
-                identify: identify::Behaviour::new(identify::Config::new_with_signed_peer_record(
-                    "ipfs/0.1.0".into(),
-                    key,
-                )),
-                ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(Duration::from_secs(3600)),
-                ),
-            })?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build());
+    // The two security upgrades have different types until the swarm is built.
+    macro_rules! finish {
+        ($builder:expr) => {
+            $builder
+                .with_behaviour(|key| Behaviour {
+                    identify: identify::Behaviour::new(
+                        identify::Config::new_with_signed_peer_record("ipfs/0.1.0".into(), key),
+                    ),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new().with_interval(Duration::from_secs(3600)),
+                    ),
+                })?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                .build()
+        };
     }
-    Ok(builder
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
-        .with_behaviour(|key| Behaviour {
-            identify: identify::Behaviour::new(identify::Config::new_with_signed_peer_record(
-                "ipfs/0.1.0".into(),
-                key,
-            )),
-            ping: ping::Behaviour::new(
-                ping::Config::new().with_interval(Duration::from_secs(3600)),
-            ),
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build())
+    let builder = libp2p::SwarmBuilder::with_new_identity().with_tokio();
+    let nodelay = tcp::Config::default().nodelay(true);
+    Ok(if tls {
+        finish!(builder.with_tcp(nodelay, libp2p::tls::Config::new, yamux::Config::default)?)
+    } else {
+        finish!(builder.with_tcp(nodelay, noise::Config::new, yamux::Config::default)?)
+    })
 }
 
 async fn rust_round(n: usize, tls: bool) -> anyhow::Result<Vec<Duration>> {
