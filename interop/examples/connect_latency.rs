@@ -1,4 +1,4 @@
-//! Connection establishment on loopback TCP, dial → first ping answered, Pylon↔Pylon
+//! Connection establishment on loopback (TCP+Noise, TCP+TLS, QUIC), dial → first ping answered, Pylon↔Pylon
 //! against rust-libp2p↔rust-libp2p in the same run (alternating rounds), as the
 //! test-plans `handshakePlusOneRTT` measure. Both sides run what a real node runs on a
 //! new connection: identify (with signed records) and ping. Prints a markdown table.
@@ -14,19 +14,36 @@ use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
 use pylon_node::protocols::ping as pylon_ping;
 
-/// A Pylon variant: the security protocol and whether the muxer is agreed in the handshake.
+/// Transport and security of one row.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Noise,
+    Tls,
+    Quic,
+}
+
+impl Kind {
+    fn listen(self) -> &'static str {
+        match self {
+            Kind::Noise | Kind::Tls => "/ip4/127.0.0.1/tcp/0",
+            Kind::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+        }
+    }
+}
+
+/// A Pylon variant: transport and security, and whether the muxer is agreed in the handshake.
 #[derive(Clone, Copy)]
 struct Variant {
-    tls: bool,
+    kind: Kind,
     inline_muxer: bool,
 }
 
 async fn pylon_node(v: Variant) -> anyhow::Result<Node> {
     let mut config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        listen: vec![v.kind.listen().parse()?],
         ..Default::default()
     };
-    config.host.security = vec![if v.tls {
+    config.host.security = vec![if v.kind == Kind::Tls {
         pylon_node::secure::Security::Tls
     } else {
         pylon_node::secure::Security::Noise
@@ -68,7 +85,7 @@ struct Behaviour {
     ping: ping::Behaviour,
 }
 
-fn rust_swarm(tls: bool) -> anyhow::Result<Swarm<Behaviour>> {
+fn rust_swarm(kind: Kind) -> anyhow::Result<Swarm<Behaviour>> {
     // The two security upgrades have different types until the swarm is built.
     macro_rules! finish {
         ($builder:expr) => {
@@ -87,16 +104,20 @@ fn rust_swarm(tls: bool) -> anyhow::Result<Swarm<Behaviour>> {
     }
     let builder = libp2p::SwarmBuilder::with_new_identity().with_tokio();
     let nodelay = tcp::Config::default().nodelay(true);
-    Ok(if tls {
-        finish!(builder.with_tcp(nodelay, libp2p::tls::Config::new, yamux::Config::default)?)
-    } else {
-        finish!(builder.with_tcp(nodelay, noise::Config::new, yamux::Config::default)?)
+    Ok(match kind {
+        Kind::Tls => {
+            finish!(builder.with_tcp(nodelay, libp2p::tls::Config::new, yamux::Config::default)?)
+        }
+        Kind::Noise => {
+            finish!(builder.with_tcp(nodelay, noise::Config::new, yamux::Config::default)?)
+        }
+        Kind::Quic => finish!(builder.with_quic()),
     })
 }
 
-async fn rust_round(n: usize, tls: bool) -> anyhow::Result<Vec<Duration>> {
-    let mut server = rust_swarm(tls)?;
-    server.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+async fn rust_round(n: usize, kind: Kind) -> anyhow::Result<Vec<Duration>> {
+    let mut server = rust_swarm(kind)?;
+    server.listen_on(kind.listen().parse()?)?;
     let addr: Multiaddr = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
             break address;
@@ -108,7 +129,7 @@ async fn rust_round(n: usize, tls: bool) -> anyhow::Result<Vec<Duration>> {
             server.select_next_some().await;
         }
     });
-    let mut client = rust_swarm(tls)?;
+    let mut client = rust_swarm(kind)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
@@ -157,75 +178,52 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let n = args.first().copied().unwrap_or(200);
     let rounds = args.get(1).copied().unwrap_or(3);
+    let pylon = |name, kind, inline_muxer| (name, Some(Variant { kind, inline_muxer }), kind);
     let variants = [
-        (
-            "Pylon TCP+Noise, muxer inlined",
-            Some(Variant {
-                tls: false,
-                inline_muxer: true,
-            }),
-            false,
-        ),
-        (
-            "Pylon TCP+Noise, muxer by multistream",
-            Some(Variant {
-                tls: false,
-                inline_muxer: false,
-            }),
-            false,
-        ),
-        ("rust-libp2p TCP+Noise", None, false),
-        (
-            "Pylon TCP+TLS, muxer inlined",
-            Some(Variant {
-                tls: true,
-                inline_muxer: true,
-            }),
-            true,
-        ),
-        (
-            "Pylon TCP+TLS, muxer by multistream",
-            Some(Variant {
-                tls: true,
-                inline_muxer: false,
-            }),
-            true,
-        ),
-        ("rust-libp2p TCP+TLS", None, true),
+        pylon("Pylon TCP+Noise, muxer inlined", Kind::Noise, true),
+        pylon("Pylon TCP+Noise, muxer by multistream", Kind::Noise, false),
+        ("rust-libp2p TCP+Noise", None, Kind::Noise),
+        pylon("Pylon TCP+TLS, muxer inlined", Kind::Tls, true),
+        pylon("Pylon TCP+TLS, muxer by multistream", Kind::Tls, false),
+        ("rust-libp2p TCP+TLS", None, Kind::Tls),
+        pylon("Pylon QUIC v1", Kind::Quic, false),
+        ("rust-libp2p QUIC v1", None, Kind::Quic),
     ];
     let mut results: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
     // Warm-up, then alternate so drift on this noisy machine hits every variant alike.
-    for (_, v, tls) in &variants {
+    for (_, v, kind) in &variants {
         match v {
             Some(v) => drop(pylon_round(20, *v).await?),
-            None => drop(rust_round(20, *tls).await?),
+            None => drop(rust_round(20, *kind).await?),
         }
     }
     for _ in 0..rounds {
-        for (i, (_, v, tls)) in variants.iter().enumerate() {
+        for (i, (_, v, kind)) in variants.iter().enumerate() {
             let r = match v {
                 Some(v) => pylon_round(n, *v).await?,
-                None => rust_round(n, *tls).await?,
+                None => rust_round(n, *kind).await?,
             };
             results[i].extend(r);
         }
     }
-    println!("| loopback, dial → first ping answered (identify running) | n | p50 ms | p90 ms | p99 ms | p50 / rust-libp2p same security |");
+    for r in &mut results {
+        r.sort();
+    }
+    println!("| loopback, dial → first ping answered (identify running) | n | p50 ms | p90 ms | p99 ms | p50 / rust-libp2p same transport |");
     println!("|---|---|---|---|---|---|");
-    for (i, (name, _, tls)) in variants.iter().enumerate() {
-        let v = &mut results[i];
-        v.sort();
-        let rust_index = if *tls { 5 } else { 2 };
-        let mut rust = results[rust_index].clone();
-        rust.sort();
-        let v = &results[i];
+    for (i, (name, _, kind)) in variants.iter().enumerate() {
+        let rust_index = variants
+            .iter()
+            .position(|(_, v, k)| v.is_none() && k == kind)
+            .unwrap_or(i);
+        let (v, rust) = (&results[i], &results[rust_index]);
         println!(
             "| {name} | {} | {:.3} | {:.3} | {:.3} | {:.2} |",
             v.len(),
             pct(v, 0.5),
             pct(v, 0.9),
             pct(v, 0.99),
-            pct(v, 0.5) / pct(&rust, 0.5)
+            pct(v, 0.5) / pct(rust, 0.5)
         );
     }
     Ok(())

@@ -225,3 +225,74 @@ async fn tls_both_directions_with_rust_libp2p() {
     }
     node.shutdown(T).await;
 }
+
+/// Identify and ping both ways on one transport, each side dialing once; the negotiated
+/// transport, security and muxer are asserted on Pylon's side and on rust-libp2p's.
+async fn both_directions_on(kind: RustKind, listen: &str, expect: (&str, &str, &str)) {
+    // rust-libp2p dials Pylon.
+    let node = pylon_on(listen).await;
+    let mut pylon_events = node.identify.subscribe();
+    let mut rust = RustPeer::start_on(kind).await;
+    rust.dial(pylon_addr(&node)).await;
+    let info = rust.identified(node.peer_id()).await;
+    check_rust_view_of_pylon(&info, &node).await;
+    let theirs = pylon_identified(&mut pylon_events, rust.peer_id).await;
+    check_pylon_view_of_rust(&theirs, &rust);
+    let conn = node.host.connection(&rust.peer_id).unwrap();
+    assert_eq!(
+        (conn.transport(), conn.security(), conn.muxer()),
+        expect,
+        "{kind:?}, rust dialing"
+    );
+    pylon_ping::ping(&node.host, &rust.peer_id).await.unwrap();
+    rust.pinged(node.peer_id()).await;
+    node.shutdown(T).await;
+
+    // Pylon dials rust-libp2p.
+    let node = pylon_on(listen).await;
+    let mut pylon_events = node.identify.subscribe();
+    let mut rust = RustPeer::start_on(kind).await;
+    let conn = node.host.dial(&rust.addr).await.unwrap();
+    assert_eq!(
+        (conn.transport(), conn.security(), conn.muxer()),
+        expect,
+        "{kind:?}, pylon dialing"
+    );
+    let connected = rust
+        .wait("connection", |e| match e {
+            RustEvent::Connected { peer, endpoint } => Some((peer, endpoint)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(connected.0, node.peer_id());
+    let theirs = pylon_identified(&mut pylon_events, rust.peer_id).await;
+    check_pylon_view_of_rust(&theirs, &rust);
+    rust.identified(node.peer_id()).await;
+    pylon_ping::ping(&node.host, &rust.peer_id).await.unwrap();
+    rust.pinged(node.peer_id()).await;
+    // A wrong PeerId is refused, naming the peer that answered.
+    let other = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    let mut wrong = rust.addr.clone();
+    wrong.pop();
+    match node
+        .host
+        .dial(&wrong.with(libp2p::multiaddr::Protocol::P2p(other)))
+        .await
+    {
+        Err(pylon_node::host::DialError::WrongPeer { got, .. }) => assert_eq!(*got, rust.peer_id),
+        other => panic!("{kind:?}: expected WrongPeer, got {other:?}"),
+    }
+    node.shutdown(T).await;
+}
+
+#[tokio::test]
+async fn quic_both_directions_with_rust_libp2p() {
+    both_directions_on(
+        RustKind::Quic,
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        ("quic-v1", "tls", "quic"),
+    )
+    .await;
+}

@@ -232,6 +232,74 @@ enum Command {
     Open(oneshot::Sender<Result<yamux::Stream, String>>),
 }
 
+/// How a connection opens outbound streams: yamux streams come from the connection's
+/// driver task; QUIC opens them directly on the quinn connection.
+enum Opener {
+    Yamux(mpsc::Sender<Command>),
+    Quic(quinn::Connection),
+}
+
+/// A connection's muxer, as handed to its driver.
+enum Muxer {
+    Yamux(Box<YamuxConnection>),
+    Quic(quinn::Connection),
+}
+
+/// One stream of a connection, before and after protocol negotiation.
+pub(crate) enum Substream {
+    Yamux(Compat<yamux::Stream>),
+    Quic(crate::quic::QuicStream),
+}
+
+impl Substream {
+    /// Aborts the stream (what an over-limit inbound stream gets).
+    fn reset(self) {
+        match self {
+            // Dropping a yamux stream that was never closed resets it.
+            Substream::Yamux(s) => drop(s),
+            Substream::Quic(s) => s.reset(),
+        }
+    }
+}
+
+impl AsyncRead for Substream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Substream::Yamux(s) => Pin::new(s).poll_read(cx, buf),
+            Substream::Quic(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Substream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Substream::Yamux(s) => Pin::new(s).poll_write(cx, buf),
+            Substream::Quic(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Substream::Yamux(s) => Pin::new(s).poll_flush(cx),
+            Substream::Quic(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Substream::Yamux(s) => Pin::new(s).poll_shutdown(cx),
+            Substream::Quic(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A handle on an established connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Connection {
@@ -245,11 +313,13 @@ struct ConnInner {
     remote_addr: Multiaddr,
     local_addr: Multiaddr,
     direction: Direction,
+    transport: &'static str,
     security: &'static str,
+    muxer: &'static str,
     early_muxer: bool,
     established: Instant,
     negotiation_timeout: Duration,
-    cmd: mpsc::Sender<Command>,
+    opener: Opener,
     close_requested: CancellationToken,
     closed: CancellationToken,
     live_streams: AtomicUsize,
@@ -322,9 +392,17 @@ impl Connection {
     pub fn established(&self) -> Instant {
         self.inner.established
     }
-    /// The security protocol of the connection: `noise` or `tls`.
+    /// The transport of the connection: `tcp`, `quic-v1`, `ws`, `wss` or `memory`.
+    pub fn transport(&self) -> &'static str {
+        self.inner.transport
+    }
+    /// The security protocol of the connection: `noise` or `tls` (QUIC's is always `tls`).
     pub fn security(&self) -> &'static str {
         self.inner.security
+    }
+    /// The stream muxer: `yamux`, or `quic` for QUIC's native streams.
+    pub fn muxer(&self) -> &'static str {
+        self.inner.muxer
     }
     /// True when the muxer was agreed inside the security handshake.
     pub fn early_muxer(&self) -> bool {
@@ -340,8 +418,7 @@ impl Connection {
 
     /// Opens a stream and negotiates the first of `protocols` the remote supports.
     pub async fn open_stream<P: AsRef<str>>(&self, protocols: &[P]) -> Result<Stream, StreamError> {
-        let (raw, slot) = self.open_raw().await?;
-        let mut io = raw.compat();
+        let (mut io, slot) = self.open_raw().await?;
         let timeout = self.inner.negotiation_timeout;
         let protocol =
             match tokio::time::timeout(timeout, multistream::dialer_select(&mut io, protocols))
@@ -368,32 +445,44 @@ impl Connection {
     pub async fn open_stream_lazy(&self, protocol: &str) -> Result<Stream, StreamError> {
         let (raw, slot) = self.open_raw().await?;
         Ok(Stream::new(
-            Negotiated::lazy(raw.compat(), protocol),
+            Negotiated::lazy(raw, protocol),
             protocol.to_string(),
             slot,
             Direction::Outbound,
         ))
     }
 
-    async fn open_raw(&self) -> Result<(yamux::Stream, StreamSlot), StreamError> {
+    async fn open_raw(&self) -> Result<(Substream, StreamSlot), StreamError> {
         let slot = StreamSlot::try_take(self).ok_or(StreamError::Limit)?;
-        let (tx, rx) = oneshot::channel();
         let raw = tokio::time::timeout(self.inner.negotiation_timeout, async {
-            self.inner
-                .cmd
-                .send(Command::Open(tx))
-                .await
-                .map_err(|_| StreamError::Closed)?;
-            rx.await
-                .map_err(|_| StreamError::Closed)?
-                .map_err(StreamError::Muxer)
+            match &self.inner.opener {
+                Opener::Yamux(cmd) => {
+                    let (tx, rx) = oneshot::channel();
+                    cmd.send(Command::Open(tx))
+                        .await
+                        .map_err(|_| StreamError::Closed)?;
+                    let stream = rx
+                        .await
+                        .map_err(|_| StreamError::Closed)?
+                        .map_err(StreamError::Muxer)?;
+                    Ok(Substream::Yamux(stream.compat()))
+                }
+                Opener::Quic(conn) => {
+                    let (send, recv) = conn.open_bi().await.map_err(|e| match e {
+                        quinn::ConnectionError::LocallyClosed => StreamError::Closed,
+                        other => StreamError::Muxer(other.to_string()),
+                    })?;
+                    Ok(Substream::Quic(crate::quic::QuicStream::new(send, recv)))
+                }
+            }
         })
         .await
         .map_err(|_| StreamError::Timeout)??;
         Ok((raw, slot))
     }
 
-    /// Asks the connection to close politely (yamux GoAway, then the socket).
+    /// Asks the connection to close politely (yamux GoAway then the socket, or a QUIC
+    /// CONNECTION_CLOSE).
     pub fn close(&self) {
         self.inner.close_requested.cancel();
     }
@@ -404,9 +493,9 @@ impl Connection {
     }
 }
 
-/// A negotiated stream. Reads and writes go straight to the yamux stream.
+/// A negotiated stream. Reads and writes go straight to the yamux or QUIC stream.
 pub struct Stream {
-    io: Negotiated<Compat<yamux::Stream>>,
+    io: Negotiated<Substream>,
     protocol: String,
     peer: PeerId,
     slot: StreamSlot,
@@ -417,7 +506,7 @@ pub struct Stream {
 impl Stream {
     /// `protocol` is always one we proposed or registered, so the label stays bounded.
     fn new(
-        io: Negotiated<Compat<yamux::Stream>>,
+        io: Negotiated<Substream>,
         protocol: String,
         slot: StreamSlot,
         direction: Direction,
@@ -530,11 +619,22 @@ struct HostInner {
     reused_tuples: Mutex<HashMap<std::net::SocketAddr, Instant>>,
     dial_gates: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     backoff: Mutex<crate::dialer::Backoff>,
+    quic: Mutex<QuicEndpoints>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
-type Muxer = yamux::Connection<Compat<Negotiated<crate::secure::Secured<Negotiated<RawStream>>>>>;
+/// The host's quinn endpoints: one per QUIC listen address (also used to dial, so dials
+/// leave from the listen port), and a dial-only one per IP family when none fits.
+#[derive(Default)]
+struct QuicEndpoints {
+    listening: Vec<quinn::Endpoint>,
+    client_v4: Option<quinn::Endpoint>,
+    client_v6: Option<quinn::Endpoint>,
+}
+
+type YamuxConnection =
+    yamux::Connection<Compat<Negotiated<crate::secure::Secured<Negotiated<RawStream>>>>>;
 
 /// A caller's share of a peer's dial gate. The map entry goes with the last share, also
 /// when a caller's future is cancelled mid-dial, so the map only holds peers being dialed.
@@ -566,6 +666,7 @@ impl Drop for DialGate<'_> {
 struct Route {
     transport: &'static str,
     security: &'static str,
+    muxer: &'static str,
     early_muxer: &'static str,
     ip_version: &'static str,
 }
@@ -601,6 +702,7 @@ impl Host {
                 reused_tuples: Mutex::new(HashMap::new()),
                 dial_gates: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(crate::dialer::Backoff::default()),
+                quic: Mutex::new(QuicEndpoints::default()),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
@@ -690,6 +792,9 @@ impl Host {
     /// Starts listening; returns the bound address (port 0 resolved).
     pub async fn listen(&self, addr: &Multiaddr) -> Result<Multiaddr, transport::Error> {
         let (target, _) = transport::parse(addr)?;
+        if let Target::Quic(socket) = target {
+            return self.listen_quic(socket);
+        }
         let mut listener = transport::Listener::bind(&target).await?;
         let bound = listener.local_addr()?;
         write(&self.inner.listen_addrs).push(bound.clone());
@@ -734,6 +839,222 @@ impl Host {
             }
         });
         Ok(bound)
+    }
+
+    fn listen_quic(&self, socket: std::net::SocketAddr) -> Result<Multiaddr, transport::Error> {
+        let quic_err = |e: crate::quic::Error| match e {
+            crate::quic::Error::Io(e) => transport::Error::Io(e),
+            other => transport::Error::Io(io::Error::other(other.to_string())),
+        };
+        let server = crate::quic::server_config(
+            self.inner.security.certificate(),
+            self.inner.config.max_streams_per_connection + YAMUX_STREAM_HEADROOM,
+        )
+        .map_err(quic_err)?;
+        let endpoint = crate::quic::bind(socket, Some(server)).map_err(quic_err)?;
+        let bound = crate::quic::multiaddr(endpoint.local_addr()?);
+        lock(&self.inner.quic).listening.push(endpoint.clone());
+        write(&self.inner.listen_addrs).push(bound.clone());
+        self.emit(Event::ListenAddrsChanged);
+        let host = self.clone();
+        let token = self.inner.shutdown.clone();
+        let ip_version = if socket.is_ipv4() { "ip4" } else { "ip6" };
+        let local_addr = bound.clone();
+        self.inner.tasks.spawn(async move {
+            loop {
+                let incoming = tokio::select! {
+                    _ = token.cancelled() => break,
+                    i = endpoint.accept() => match i {
+                        Some(i) => i,
+                        None => break,
+                    },
+                };
+                let Ok(permit) = host.inner.pending_incoming.clone().try_acquire_owned() else {
+                    count_error(
+                        &host.inner.metrics.handshake_errors,
+                        "quic-v1",
+                        "pending_limit",
+                        ip_version,
+                    );
+                    incoming.refuse();
+                    continue;
+                };
+                let host2 = host.clone();
+                let local = local_addr.clone();
+                host.spawn(async move {
+                    let _permit = permit;
+                    host2
+                        .handle_incoming_quic(incoming, local, ip_version)
+                        .await;
+                });
+            }
+        });
+        Ok(bound)
+    }
+
+    async fn handle_incoming_quic(
+        &self,
+        incoming: quinn::Incoming,
+        local: Multiaddr,
+        ip_version: &'static str,
+    ) {
+        let started = Instant::now();
+        let remote = crate::quic::multiaddr(incoming.remote_address());
+        let handshake = async {
+            let conn = incoming
+                .accept()
+                .map_err(|e| DialError::Handshake(e.to_string()))?
+                .await
+                .map_err(|e| DialError::Handshake(e.to_string()))?;
+            let key =
+                crate::quic::peer_key(&conn).map_err(|e| DialError::Handshake(e.to_string()))?;
+            Ok::<_, DialError>((conn, key))
+        };
+        let result =
+            match tokio::time::timeout(self.inner.config.handshake_timeout, handshake).await {
+                Err(_) => Err(DialError::Timeout),
+                Ok(r) => r,
+            };
+        let (conn, key) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                count_error(
+                    &self.inner.metrics.handshake_errors,
+                    "quic-v1",
+                    e.label(),
+                    ip_version,
+                );
+                tracing::debug!("inbound QUIC handshake failed: {e}");
+                self.emit(Event::IncomingConnectionError {
+                    error: e.to_string(),
+                });
+                return;
+            }
+        };
+        let peer = key.to_peer_id();
+        let route = quic_route(ip_version);
+        let admitted = self.admit(&peer).and_then(|()| {
+            self.observe_handshake(started, route);
+            self.establish(
+                Muxer::Quic(conn.clone()),
+                peer,
+                key,
+                remote,
+                local,
+                Direction::Inbound,
+                route,
+            )
+        });
+        if let Err(e) = admitted {
+            conn.close(0u32.into(), b"connection limit");
+            count_error(
+                &self.inner.metrics.handshake_errors,
+                "quic-v1",
+                e.label(),
+                ip_version,
+            );
+        }
+    }
+
+    /// The endpoint to dial `remote` from: a listening one of the same family whose
+    /// address can reach it (so the remote sees our listen port), else a dial-only one.
+    fn quic_endpoint_for(
+        &self,
+        remote: std::net::SocketAddr,
+    ) -> Result<quinn::Endpoint, DialError> {
+        let mut eps = lock(&self.inner.quic);
+        let fits = |ep: &quinn::Endpoint| {
+            ep.local_addr().is_ok_and(|l| {
+                l.is_ipv4() == remote.is_ipv4()
+                    && (l.ip().is_unspecified()
+                        || l.ip().is_loopback() == remote.ip().is_loopback())
+            })
+        };
+        if self.inner.config.port_reuse {
+            if let Some(ep) = eps.listening.iter().find(|ep| fits(ep)) {
+                return Ok(ep.clone());
+            }
+        }
+        let slot = if remote.is_ipv4() {
+            &mut eps.client_v4
+        } else {
+            &mut eps.client_v6
+        };
+        if let Some(ep) = slot {
+            return Ok(ep.clone());
+        }
+        let any: std::net::SocketAddr = if remote.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let ep = crate::quic::bind(any, None).map_err(|e| DialError::Handshake(e.to_string()))?;
+        *slot = Some(ep.clone());
+        Ok(ep)
+    }
+
+    /// Dials over QUIC: TLS with the expected PeerId checked inside the handshake.
+    async fn dial_quic(
+        &self,
+        remote: std::net::SocketAddr,
+        addr: &Multiaddr,
+        expected: Option<PeerId>,
+    ) -> Result<Connection, DialError> {
+        let endpoint = self.quic_endpoint_for(remote)?;
+        let (config, setup) = crate::quic::client_config(
+            self.inner.security.certificate(),
+            expected,
+            self.inner.config.max_streams_per_connection + YAMUX_STREAM_HEADROOM,
+        )
+        .map_err(|e| DialError::Handshake(e.to_string()))?;
+        let started = Instant::now();
+        let connecting = crate::quic::connect(&endpoint, config, remote);
+        let conn = match tokio::time::timeout(self.inner.config.handshake_timeout, connecting).await
+        {
+            Err(_) => return Err(DialError::Timeout),
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(match (expected, setup.seen_peer()) {
+                    (Some(expected), Some(got)) if got != expected => DialError::WrongPeer {
+                        expected: Box::new(expected),
+                        got: Box::new(got),
+                    },
+                    _ => match e {
+                        crate::quic::Error::Connection(quinn::ConnectionError::TimedOut) => {
+                            DialError::Timeout
+                        }
+                        other => DialError::Handshake(other.to_string()),
+                    },
+                })
+            }
+        };
+        let key = crate::quic::peer_key(&conn).map_err(|e| DialError::Handshake(e.to_string()))?;
+        let peer = key.to_peer_id();
+        if peer == self.peer_id() {
+            conn.close(0u32.into(), b"self dial");
+            return Err(DialError::SelfDial);
+        }
+        let route = quic_route(if remote.is_ipv4() { "ip4" } else { "ip6" });
+        let local = endpoint
+            .local_addr()
+            .map(crate::quic::multiaddr)
+            .map_err(|e| DialError::Handshake(e.to_string()))?;
+        let established = self.admit(&peer).and_then(|()| {
+            self.observe_handshake(started, route);
+            self.establish(
+                Muxer::Quic(conn.clone()),
+                peer,
+                key,
+                strip_p2p(addr),
+                local,
+                Direction::Outbound,
+                route,
+            )
+        });
+        if established.is_err() {
+            conn.close(0u32.into(), b"connection limit");
+        }
+        established
     }
 
     async fn handle_incoming(
@@ -822,7 +1143,7 @@ impl Host {
             .get_or_create(&HandshakeLabels {
                 transport: route.transport,
                 security: route.security,
-                muxer: "yamux",
+                muxer: route.muxer,
                 early_muxer: route.early_muxer,
                 ip_version: route.ip_version,
             })
@@ -888,12 +1209,13 @@ impl Host {
             yamux::Mode::Server
         };
         Ok((
-            yamux::Connection::new(stream.compat(), cfg, mode),
+            Muxer::Yamux(Box::new(yamux::Connection::new(stream.compat(), cfg, mode))),
             secured.remote_peer,
             secured.remote_key,
             Route {
                 transport: "",
                 security,
+                muxer: "yamux",
                 early_muxer: if early { "true" } else { "false" },
                 ip_version: "",
             },
@@ -1020,6 +1342,9 @@ impl Host {
         }
         if let Some(peer) = &expected {
             self.admit(peer)?;
+        }
+        if let Target::Quic(remote) = target {
+            return self.dial_quic(*remote, addr, expected).await;
         }
         let cfg = &self.inner.config;
         let reuse = if cfg.port_reuse {
@@ -1156,7 +1481,13 @@ impl Host {
         direction: Direction,
         route: Route,
     ) -> Result<Connection, DialError> {
-        let (cmd_tx, cmd_rx) = mpsc::channel(32);
+        let (opener, cmd_rx) = match &mux {
+            Muxer::Yamux(_) => {
+                let (tx, rx) = mpsc::channel(32);
+                (Opener::Yamux(tx), Some(rx))
+            }
+            Muxer::Quic(c) => (Opener::Quic(c.clone()), None),
+        };
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let conn = Connection {
             inner: Arc::new(ConnInner {
@@ -1166,11 +1497,13 @@ impl Host {
                 remote_addr,
                 local_addr,
                 direction,
+                transport: route.transport,
                 security: route.security,
+                muxer: route.muxer,
                 early_muxer: route.early_muxer == "true",
                 established: Instant::now(),
                 negotiation_timeout: self.inner.config.negotiation_timeout,
-                cmd: cmd_tx,
+                opener,
                 close_requested: CancellationToken::new(),
                 closed: CancellationToken::new(),
                 live_streams: AtomicUsize::new(0),
@@ -1194,7 +1527,7 @@ impl Host {
             dir: direction.as_str(),
             transport: route.transport,
             security: route.security,
-            muxer: "yamux",
+            muxer: route.muxer,
             early_muxer: route.early_muxer,
             ip_version: route.ip_version,
         };
@@ -1217,7 +1550,11 @@ impl Host {
         let conn2 = conn.clone();
         // Not `spawn`: the driver must see shutdown as a polite close, not an abort.
         self.inner.tasks.spawn(async move {
-            let reason = host.drive(mux, cmd_rx, conn2.clone()).await;
+            let reason = match (mux, cmd_rx) {
+                (Muxer::Yamux(mux), Some(cmds)) => host.drive(*mux, cmds, conn2.clone()).await,
+                (Muxer::Quic(quic), _) => host.drive_quic(quic, conn2.clone()).await,
+                (Muxer::Yamux(_), None) => "no command channel".to_string(),
+            };
             host.remove_connection(&conn2, labels, reason);
         });
         Ok(conn)
@@ -1256,7 +1593,7 @@ impl Host {
     /// Runs one connection's muxer until it ends; returns why it ended.
     async fn drive(
         &self,
-        mut mux: Muxer,
+        mut mux: YamuxConnection,
         mut cmds: mpsc::Receiver<Command>,
         conn: Connection,
     ) -> String {
@@ -1316,7 +1653,9 @@ impl Host {
                 }
             }
             match mux.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => self.handle_inbound_stream(stream, &conn),
+                Poll::Ready(Some(Ok(stream))) => {
+                    self.handle_inbound_stream(Substream::Yamux(stream.compat()), &conn)
+                }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(format!("muxer error: {e}")),
                 Poll::Ready(None) => return Poll::Ready("closed by remote".to_string()),
                 // The command queue was not polled while full: poll it again now that
@@ -1328,16 +1667,44 @@ impl Host {
         .await
     }
 
-    fn handle_inbound_stream(&self, stream: yamux::Stream, conn: &Connection) {
+    /// Runs a QUIC connection until it ends: quinn drives the protocol itself; here inbound
+    /// streams are accepted and a close is requested.
+    async fn drive_quic(&self, quic: quinn::Connection, conn: Connection) -> String {
+        let shutdown = self.inner.shutdown.clone();
+        let close = conn.inner.close_requested.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = close.cancelled() => break,
+                accepted = quic.accept_bi() => match accepted {
+                    Ok((send, recv)) => self.handle_inbound_stream(
+                        Substream::Quic(crate::quic::QuicStream::new(send, recv)),
+                        &conn,
+                    ),
+                    Err(quinn::ConnectionError::ApplicationClosed(_)) => {
+                        return "closed by remote".to_string()
+                    }
+                    Err(e) => return format!("quic: {e}"),
+                },
+            }
+        }
+        quic.close(0u32.into(), b"");
+        "closed locally".to_string()
+    }
+
+    fn handle_inbound_stream(&self, stream: Substream, conn: &Connection) {
         let Some(slot) = StreamSlot::try_take(conn) else {
-            // Over our limit: dropping the stream resets it; the connection lives on.
-            self.inner.metrics.protocol_error("yamux", "stream_limit");
+            // Over our limit: the stream is reset; the connection lives on.
+            self.inner
+                .metrics
+                .protocol_error(conn.muxer(), "stream_limit");
+            stream.reset();
             return;
         };
         let host = self.clone();
         self.spawn(async move {
             let conn = slot.conn.clone();
-            let mut io = stream.compat();
+            let mut io = stream;
             let timeout = host.inner.config.negotiation_timeout;
             let handlers = &host.inner.handlers;
             let negotiated = tokio::time::timeout(
@@ -1457,6 +1824,17 @@ fn count_error(
             ip_version,
         })
         .inc();
+}
+
+/// Metric labels of a QUIC connection: TLS 1.3 inside, QUIC's own streams.
+fn quic_route(ip_version: &'static str) -> Route {
+    Route {
+        transport: "quic-v1",
+        security: "tls",
+        muxer: "quic",
+        early_muxer: "false",
+        ip_version,
+    }
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {

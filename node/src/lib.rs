@@ -15,11 +15,13 @@ pub mod noise;
 pub mod peerstore;
 pub mod proto;
 pub mod protocols;
+pub mod quic;
 pub mod record;
 pub mod secure;
 pub mod tls;
 pub mod transport;
 pub mod varint;
+pub mod websocket;
 
 pub use identity::{Keypair, PeerId, PublicKey};
 pub use multiaddr::{self, Multiaddr};

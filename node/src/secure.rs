@@ -95,6 +95,11 @@ impl Config {
             muxers,
         })
     }
+
+    /// Our libp2p TLS certificate (also QUIC's).
+    pub fn certificate(&self) -> &tls::Certificate {
+        &self.cert
+    }
 }
 
 /// A secured byte stream. Noise, the common case, stays inline (no extra indirection on

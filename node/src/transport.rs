@@ -35,6 +35,8 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Tcp(SocketAddr),
+    /// `/udp/P/quic-v1`: handled by the host's quinn endpoints, not by [`dial`].
+    Quic(SocketAddr),
     Memory(u64),
 }
 
@@ -42,13 +44,14 @@ impl Target {
     pub fn transport_label(&self) -> &'static str {
         match self {
             Target::Tcp(_) => "tcp",
+            Target::Quic(_) => "quic-v1",
             Target::Memory(_) => "memory",
         }
     }
     pub fn ip_version(&self) -> &'static str {
         match self {
-            Target::Tcp(a) if a.is_ipv4() => "ip4",
-            Target::Tcp(_) => "ip6",
+            Target::Tcp(a) | Target::Quic(a) if a.is_ipv4() => "ip4",
+            Target::Tcp(_) | Target::Quic(_) => "ip6",
             Target::Memory(_) => "",
         }
     }
@@ -57,14 +60,19 @@ impl Target {
 /// Splits `/ip4/../tcp/..[/p2p/ID]` or `/memory/N[/p2p/ID]` into a target and optional PeerId.
 pub fn parse(addr: &Multiaddr) -> Result<(Target, Option<PeerId>), Error> {
     let mut iter = addr.iter();
-    let target = match (iter.next(), iter.next()) {
-        (Some(Protocol::Ip4(ip)), Some(Protocol::Tcp(port))) => {
-            Target::Tcp(SocketAddr::new(IpAddr::V4(ip), port))
-        }
-        (Some(Protocol::Ip6(ip)), Some(Protocol::Tcp(port))) => {
-            Target::Tcp(SocketAddr::new(IpAddr::V6(ip), port))
-        }
-        (Some(Protocol::Memory(port)), next) => {
+    let ip = |p: Option<Protocol>| match p {
+        Some(Protocol::Ip4(ip)) => Some(IpAddr::V4(ip)),
+        Some(Protocol::Ip6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    };
+    let first = iter.next();
+    let target = match (ip(first.clone()), first, iter.next()) {
+        (Some(ip), _, Some(Protocol::Tcp(port))) => Target::Tcp(SocketAddr::new(ip, port)),
+        (Some(ip), _, Some(Protocol::Udp(port))) => match iter.next() {
+            Some(Protocol::QuicV1) => Target::Quic(SocketAddr::new(ip, port)),
+            _ => return Err(Error::Unsupported(addr.clone())),
+        },
+        (None, Some(Protocol::Memory(port)), next) => {
             let peer = match next {
                 None => None,
                 Some(Protocol::P2p(peer)) if iter.next().is_none() => Some(peer),
@@ -200,6 +208,7 @@ impl Listener {
     /// Binds the listen address (port 0 picks a free port).
     pub async fn bind(target: &Target) -> Result<Self, Error> {
         match target {
+            Target::Quic(a) => Err(Error::Unsupported(crate::quic::multiaddr(*a))),
             Target::Tcp(addr) => {
                 let socket = match addr {
                     SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -285,6 +294,7 @@ pub async fn dial(
     reuse_port: Option<u16>,
 ) -> Result<(RawStream, Multiaddr), Error> {
     match target {
+        Target::Quic(a) => Err(Error::Unsupported(crate::quic::multiaddr(*a))),
         Target::Tcp(addr) => {
             let refused = |e: io::Error| match e.kind() {
                 io::ErrorKind::ConnectionRefused => Error::Refused,

@@ -57,6 +57,17 @@ async fn identify_and_ping(listen: &str) {
     let mut b_events = b.identify.subscribe();
     let conn = b.host.dial(&addr_of(&a)).await.unwrap();
     assert_eq!(conn.peer(), a.peer_id());
+    let (transport, security, muxer) = if listen.contains("quic") {
+        ("quic-v1", "tls", "quic")
+    } else if listen.starts_with("/memory") {
+        ("memory", "noise", "yamux")
+    } else {
+        ("tcp", "noise", "yamux")
+    };
+    assert_eq!(
+        (conn.transport(), conn.security(), conn.muxer()),
+        (transport, security, muxer)
+    );
 
     // Each side identified the other, with a verified RFC 0003 record.
     let info_a = wait_identified(&mut b_events, a.peer_id()).await;
@@ -151,6 +162,105 @@ async fn identify_and_ping_over_tcp_ipv6() {
         return;
     }
     identify_and_ping("/ip6/::1/tcp/0").await;
+}
+
+#[tokio::test]
+async fn identify_and_ping_over_quic_ipv4() {
+    identify_and_ping("/ip4/127.0.0.1/udp/0/quic-v1").await;
+}
+
+#[tokio::test]
+async fn identify_and_ping_over_quic_ipv6() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    identify_and_ping("/ip6/::1/udp/0/quic-v1").await;
+}
+
+#[tokio::test]
+async fn quic_wrong_peer_silent_port_limits_and_port_reuse() {
+    let mut quick = node::Config::default();
+    quick.host.handshake_timeout = Duration::from_millis(500);
+    quick.host.max_streams_per_connection = 4;
+    let a = start_with("/ip4/127.0.0.1/udp/0/quic-v1", quick.clone()).await;
+    let b = start_with("/ip4/127.0.0.1/udp/0/quic-v1", quick).await;
+    // Wrong PeerId: refused inside the TLS handshake, naming who answered.
+    let other = Keypair::generate_ed25519().public().to_peer_id();
+    let wrong = a.host.listen_addrs()[0]
+        .clone()
+        .with(multiaddr::Protocol::P2p(other));
+    match b.host.dial(&wrong).await {
+        Err(DialError::WrongPeer { expected, got }) => {
+            assert_eq!(*expected, other);
+            assert_eq!(*got, a.peer_id());
+        }
+        other => panic!("expected WrongPeer over QUIC, got {other:?}"),
+    }
+    assert!(a.host.connection(&b.peer_id()).is_none());
+    // A UDP port that never answers: the handshake deadline, not a hang.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let silent_addr: Multiaddr = format!("/ip4/127.0.0.1/udp/{port}/quic-v1")
+        .parse()
+        .unwrap();
+    let res = tokio::time::timeout(T, b.host.dial(&silent_addr))
+        .await
+        .unwrap();
+    assert!(matches!(res, Err(DialError::Timeout)), "{res:?}");
+    // The dial leaves from b's listen port (what hole punching needs).
+    let conn = b.host.dial(&addr_of(&a)).await.unwrap();
+    assert_eq!(conn.local_addr(), &b.host.listen_addrs()[0]);
+    // Our limit and the remote's: a fifth stream is refused, the connection lives.
+    for n in [&a, &b] {
+        n.host.set_handler(
+            "/hold/1",
+            host::handler(|mut s| async move {
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf).await;
+            }),
+        );
+    }
+    let settled = |peer: PeerId, host: host::Host| async move {
+        tokio::time::timeout(T, async {
+            while host.connection(&peer).is_none_or(|c| c.stream_count() > 0) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+    };
+    settled(a.peer_id(), b.host.clone()).await;
+    settled(b.peer_id(), a.host.clone()).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(conn.open_stream(&["/hold/1"]).await.unwrap());
+    }
+    assert!(matches!(
+        conn.open_stream(&["/hold/1"]).await,
+        Err(StreamError::Limit)
+    ));
+    drop(held);
+    settled(a.peer_id(), b.host.clone()).await;
+    settled(b.peer_id(), a.host.clone()).await;
+    ping::ping(&b.host, &a.peer_id()).await.unwrap();
+    // close() is seen by the remote.
+    let mut events = a.host.subscribe();
+    conn.close();
+    tokio::time::timeout(T, conn.closed()).await.unwrap();
+    tokio::time::timeout(T, async {
+        loop {
+            if let Event::ConnectionClosed { peer, .. } = events.recv().await.unwrap() {
+                if peer == b.peer_id() {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    a.shutdown(T).await;
+    b.shutdown(T).await;
 }
 
 #[tokio::test]

@@ -15,8 +15,13 @@ pub const RUST_AGENT: &str = "rust-libp2p-interop";
 
 /// A Pylon node listening on loopback TCP.
 pub async fn pylon() -> Node {
+    pylon_on("/ip4/127.0.0.1/tcp/0").await
+}
+
+/// A Pylon node listening on one loopback address.
+pub async fn pylon_on(listen: &str) -> Node {
     let config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        listen: vec![listen.parse().unwrap()],
         ..Default::default()
     };
     Node::start_volatile(config, Metrics::unregistered())
@@ -87,8 +92,21 @@ enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
 }
 
-/// A rust-libp2p 0.57 node (TCP + Noise + yamux, identify with signed records, ping, raw
-/// streams) running in its own task.
+/// The transport and security a [`RustPeer`] listens and dials with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RustKind {
+    /// TCP + Noise + yamux.
+    Noise,
+    /// TCP + TLS (proposed first) or Noise, yamux.
+    Tls,
+    /// QUIC v1.
+    Quic,
+    /// WebSocket over TCP + Noise + yamux.
+    Ws,
+}
+
+/// A rust-libp2p 0.57 node (one transport, see [`RustKind`]; identify with signed records,
+/// ping, raw streams) running in its own task.
 pub struct RustPeer {
     pub peer_id: PeerId,
     /// Listen address with `/p2p/`.
@@ -106,13 +124,23 @@ impl Drop for RustPeer {
 }
 
 impl RustPeer {
-    /// A peer that dials with Noise (and accepts Noise).
+    /// A peer on TCP that dials with Noise (and accepts Noise).
     pub async fn start() -> RustPeer {
-        Self::start_with_tls(false).await
+        Self::start_on(RustKind::Noise).await
     }
 
-    /// With `tls_first`, the peer proposes `/tls/1.0.0` before `/noise` and accepts both.
+    /// A peer on TCP that proposes `/tls/1.0.0` before `/noise` and accepts both.
     pub async fn start_with_tls(tls_first: bool) -> RustPeer {
+        Self::start_on(if tls_first {
+            RustKind::Tls
+        } else {
+            RustKind::Noise
+        })
+        .await
+    }
+
+    /// A peer listening (and dialing) on the given transport.
+    pub async fn start_on(kind: RustKind) -> RustPeer {
         // The two transports have different types until the swarm is built.
         macro_rules! finish {
             ($builder:expr) => {
@@ -133,26 +161,33 @@ impl RustPeer {
             };
         }
         let builder = libp2p::SwarmBuilder::with_new_identity().with_tokio();
-        let mut swarm = if tls_first {
-            finish!(builder
+        let mut swarm = match kind {
+            RustKind::Tls => finish!(builder
                 .with_tcp(
                     tcp::Config::default().nodelay(true),
                     (libp2p::tls::Config::new, noise::Config::new),
                     yamux::Config::default,
                 )
-                .unwrap())
-        } else {
-            finish!(builder
+                .unwrap()),
+            RustKind::Noise => finish!(builder
                 .with_tcp(
                     tcp::Config::default().nodelay(true),
                     noise::Config::new,
                     yamux::Config::default
                 )
-                .unwrap())
+                .unwrap()),
+            RustKind::Quic => finish!(builder.with_quic()),
+            RustKind::Ws => finish!(builder
+                .with_websocket(noise::Config::new, yamux::Config::default)
+                .await
+                .unwrap()),
         };
-        swarm
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-            .unwrap();
+        let listen_on = match kind {
+            RustKind::Tls | RustKind::Noise => "/ip4/127.0.0.1/tcp/0",
+            RustKind::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+            RustKind::Ws => "/ip4/127.0.0.1/tcp/0/ws",
+        };
+        swarm.listen_on(listen_on.parse().unwrap()).unwrap();
         let listen = tokio::time::timeout(T, async {
             loop {
                 if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
