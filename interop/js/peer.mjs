@@ -1,7 +1,31 @@
 // js-libp2p interop peer for Pylon's interop tests (driven by interop/src/js.rs).
 //
-//   node peer.mjs listen          listen on /ip4/127.0.0.1/tcp/0, identify + ping every peer that connects
-//   node peer.mjs dial <maddr>    same, and dial <maddr> (must end in /p2p/<peer id>), identify + ping it
+//   node peer.mjs listen [OPTIONS]          listen (see --transport), identify + ping every peer
+//                                           that connects
+//   node peer.mjs dial <maddr> [OPTIONS]    same, and dial <maddr> (must end in /p2p/<peer id>),
+//                                           identify + ping it
+//
+// Options (each also accepted as --name=value):
+//   --transport tcp|ws|quic   what to listen on: tcp  -> /ip4/127.0.0.1/tcp/0
+//                                                ws   -> /ip4/127.0.0.1/tcp/0/ws   (plain WebSocket)
+//                                                quic -> /ip4/127.0.0.1/udp/0/quic-v1
+//                             Default: tcp for listen; for dial, the transport of <maddr>.
+//                             TCP and WebSocket are always configured (so dial mode can dial either,
+//                             and both /ws and /wss addresses of any host are dialable); QUIC
+//                             (@chainsafe/libp2p-quic, a native module) is loaded only when listening
+//                             on QUIC or dialing a /quic-v1 address.
+//   --security noise|tls[,...]  connection encrypters offered, in preference order (a comma list
+//                             such as tls,noise offers both). Default: noise. Ignored by QUIC, which
+//                             has its own TLS 1.3 handshake.
+// The stream muxer is always yamux (except on QUIC, which muxes natively).
+//
+// Node 20: js-libp2p 3.x wants Node >= 22, so this script polyfills Promise.withResolvers, and
+// the WebSocket global (missing on Node 20 without --experimental-websocket) with the `ws`
+// package's client. @chainsafe/libp2p-quic ships its native module as per-platform optional
+// packages; the registry reachable here serves only the linux-x64-gnu one, so npm leaves the
+// other six out of package-lock.json and `npm ci` then fails with "Missing ... from lock file".
+// Their lock entries (version, os/cpu/libc, no integrity) were added by hand; npm install keeps
+// them, but re-add them if the lock file is ever regenerated from scratch.
 //
 // stdout carries only JSON lines, one event per line (see README below); everything else goes to
 // stderr (set DEBUG=libp2p:* for js-libp2p's own logs). The process runs until stdin reaches EOF or
@@ -9,8 +33,15 @@
 // exits 1.
 //
 // Events:
-//   {"event":"listening","peerId","addrs":[...]}
-//   {"event":"connection_open","peerId","remoteAddr","direction"}
+//   {"event":"listening","peerId","addrs":[...],"transport","security":[...]}
+//   {"event":"connection_open","peerId","remoteAddr","direction","transport","encryption",
+//    "multiplexer","muxerNegotiation"}
+//     What js-libp2p negotiated for the connection. remoteAddr ends in /p2p/<remote peer id>;
+//     transport is "tcp", "ws", "wss" or "quic" (from remoteAddr); encryption is the security
+//     protocol id ("/noise", "/tls/1.0.0"; "native" on QUIC); multiplexer is the muxer protocol id
+//     ("/yamux/1.0.0"; "quic" on QUIC) or null; muxerNegotiation says how the muxer was chosen:
+//     "inlined" (inside the security handshake: noise handshake extensions, or TLS ALPN),
+//     "multistream-select" (a separate negotiation after the handshake), "native" (QUIC) or null.
 //   {"event":"identify","peerId","remoteAddr","agentVersion","protocolVersion","protocols","listenAddrs",
 //    "observedAddr","signedPeerRecord":null|{"seq":"<decimal>","addrs":[...]},"peerStoreHasEnvelope"}
 //     printed for every js-libp2p `peer:identify` event (identify and identify push).
@@ -89,11 +120,71 @@ process.stdin.on('close', () => { shutdown(0) })
 process.stdin.on('error', () => { shutdown(0) })
 process.stdin.resume()
 
-const [mode, target] = process.argv.slice(2)
-if (mode !== 'listen' && !(mode === 'dial' && target != null)) {
-  console.error('usage: node peer.mjs listen | node peer.mjs dial <multiaddr-with-/p2p/>')
-  emit({ event: 'error', error: `bad arguments: ${process.argv.slice(2).join(' ')}` })
+const USAGE = 'usage: node peer.mjs listen [--transport tcp|ws|quic] [--security noise|tls[,...]]\n' +
+  '       node peer.mjs dial <multiaddr-with-/p2p/> [--transport tcp|ws|quic] [--security noise|tls[,...]]'
+const TRANSPORTS = ['tcp', 'ws', 'quic']
+const SECURITIES = ['noise', 'tls']
+const LISTEN_ADDRS = {
+  tcp: '/ip4/127.0.0.1/tcp/0',
+  ws: '/ip4/127.0.0.1/tcp/0/ws',
+  quic: '/ip4/127.0.0.1/udp/0/quic-v1'
+}
+
+let args
+try {
+  args = parseArgs(process.argv.slice(2))
+} catch (err) {
+  console.error(`peer.mjs: ${err.message}\n${USAGE}`)
+  emit({ event: 'error', error: `bad arguments: ${err.message}: ${process.argv.slice(2).join(' ')}` })
   process.exit(1)
+}
+const { mode, target, security } = args
+// For dial mode without --transport, listen on the transport of the dialed address.
+const transport = args.transport ?? (mode === 'dial' ? transportOfAddr(target) : null) ?? 'tcp'
+
+/** Parses `listen|dial <maddr>` followed by `--transport X` / `--security X` (or `--opt=X`). */
+function parseArgs (argv) {
+  const positional = []
+  const opts = {}
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]
+    if (!arg.startsWith('--')) {
+      positional.push(arg)
+      continue
+    }
+    let [name, value] = arg.slice(2).split(/=(.*)/s)
+    if (value == null) {
+      value = argv[++i]
+      if (value == null) throw new Error(`--${name} needs a value`)
+    }
+    if (name !== 'transport' && name !== 'security') throw new Error(`unknown option --${name}`)
+    if (name in opts) throw new Error(`--${name} given twice`)
+    opts[name] = value
+  }
+  const [mode, target, ...rest] = positional
+  if (mode !== 'listen' && mode !== 'dial') throw new Error('first argument must be listen or dial')
+  if (mode === 'listen' && target != null) throw new Error(`unexpected argument ${target}`)
+  if (mode === 'dial' && target == null) throw new Error('dial needs a multiaddr')
+  if (rest.length > 0) throw new Error(`unexpected argument ${rest[0]}`)
+  if (opts.transport != null && !TRANSPORTS.includes(opts.transport)) {
+    throw new Error(`unknown transport ${opts.transport} (expected ${TRANSPORTS.join('|')})`)
+  }
+  const security = (opts.security ?? 'noise').split(',')
+  for (const s of security) {
+    if (!SECURITIES.includes(s)) throw new Error(`unknown security ${s} (expected ${SECURITIES.join('|')})`)
+  }
+  if (new Set(security).size !== security.length) throw new Error(`duplicate security in ${opts.security}`)
+  return { mode, target, transport: opts.transport, security }
+}
+
+/** "tcp", "ws", "wss" or "quic" for a multiaddr string, from its protocol names; null if none. */
+function transportOfAddr (addr) {
+  const names = String(addr).split('/')
+  if (names.includes('quic-v1')) return 'quic'
+  if (names.includes('wss') || (names.includes('tls') && names.includes('ws'))) return 'wss'
+  if (names.includes('ws')) return 'ws'
+  if (names.includes('tcp')) return 'tcp'
+  return null
 }
 
 try {
@@ -103,21 +194,63 @@ try {
 }
 
 async function main () {
+  // @libp2p/websockets dials with the global WebSocket (WHATWG API), which Node only has
+  // unflagged from 22 on; on Node 20 use the `ws` package's client, which implements the same
+  // API (addEventListener, binaryType = 'arraybuffer', CloseEvent.wasClean). The listener side
+  // of @libp2p/websockets always uses `ws`.
+  if (typeof globalThis.WebSocket !== 'function') {
+    const { WebSocket } = await import('ws')
+    globalThis.WebSocket = WebSocket
+  }
+
   const { createLibp2p } = await import('libp2p')
   const { tcp } = await import('@libp2p/tcp')
+  const { webSockets } = await import('@libp2p/websockets')
   const { noise } = await import('@chainsafe/libp2p-noise')
+  const { tls } = await import('@libp2p/tls')
   const { yamux } = await import('@chainsafe/libp2p-yamux')
   const { identify } = await import('@libp2p/identify')
   const { ping } = await import('@libp2p/ping')
   const { multiaddr } = await import('@multiformats/multiaddr')
 
-  node = await createLibp2p({
-    addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-    transports: [tcp({
+  const transports = [
+    tcp({
       inboundSocketInactivityTimeout: SOCKET_INACTIVITY_TIMEOUT_MS,
       outboundSocketInactivityTimeout: SOCKET_INACTIVITY_TIMEOUT_MS
-    })],
-    connectionEncrypters: [noise()],
+    }),
+    // Its dialFilter accepts every /ws and /wss address (including plain /ip4/.../tcp/N/ws);
+    // there is no `filter` option in @libp2p/websockets 10.x.
+    webSockets()
+  ]
+  if (transport === 'quic' || (mode === 'dial' && transportOfAddr(target) === 'quic')) {
+    const { quic } = await import('@chainsafe/libp2p-quic')
+    // Defaults: handshakeTimeout 5 s, maxIdleTimeout 10 s, keepAliveInterval 5 s.
+    transports.push(quic())
+  }
+
+  // Wraps a connection encrypter factory to record, per connection, whether the security
+  // handshake also chose the stream muxer (noise extensions / TLS ALPN), in earlyMuxer.
+  const earlyMuxer = new WeakMap()
+  function trackEarlyMuxer (factory) {
+    return (components) => {
+      const encrypter = factory(components)
+      for (const method of ['secureInbound', 'secureOutbound']) {
+        const original = encrypter[method].bind(encrypter)
+        encrypter[method] = async (connection, options) => {
+          const result = await original(connection, options)
+          earlyMuxer.set(connection, result.streamMuxer != null)
+          return result
+        }
+      }
+      return encrypter
+    }
+  }
+  const encrypters = { noise, tls }
+
+  node = await createLibp2p({
+    addresses: { listen: [LISTEN_ADDRS[transport]] },
+    transports,
+    connectionEncrypters: security.map((name) => trackEarlyMuxer(encrypters[name]())),
     streamMuxers: [yamux()],
     // The identify service takes its agent version from components.nodeInfo.userAgent.
     nodeInfo: { userAgent: 'js-libp2p-interop' },
@@ -202,7 +335,11 @@ async function main () {
       event: 'connection_open',
       peerId: conn.remotePeer.toString(),
       remoteAddr: conn.remoteAddr.toString(),
-      direction: conn.direction
+      direction: conn.direction,
+      transport: transportOfAddr(conn.remoteAddr),
+      encryption: conn.encryption ?? null,
+      multiplexer: conn.multiplexer ?? null,
+      muxerNegotiation: muxerNegotiation(conn)
     })
     const d = handledFor(conn.id)
     handleConnection(conn).then(d.resolve, d.resolve)
@@ -216,11 +353,22 @@ async function main () {
     })
   })
 
+  function muxerNegotiation (conn) {
+    if (conn.multiplexer == null) return null
+    if (conn.encryption === 'native') return 'native'
+    // conn.maConn is the connection the encrypter secured (no connection protector is configured).
+    const early = earlyMuxer.get(conn.maConn)
+    if (early == null) return null
+    return early ? 'inlined' : 'multistream-select'
+  }
+
   await node.start()
   emit({
     event: 'listening',
     peerId: node.peerId.toString(),
-    addrs: node.getMultiaddrs().map((ma) => ma.toString())
+    addrs: node.getMultiaddrs().map((ma) => ma.toString()),
+    transport,
+    security
   })
 
   if (mode === 'dial') {

@@ -1,11 +1,16 @@
 //! Drives the js-libp2p interop peer (`interop/js/peer.mjs`) as a child process.
 //!
-//! The script runs a js-libp2p 3.x node (TCP + noise + yamux + identify + ping, agent version
-//! `js-libp2p-interop`) and reports what it sees as one JSON object per line on stdout, e.g.
-//! `{"event":"identify",...}`, `{"event":"ping",...}`; the full list of events is documented at the
-//! top of `peer.mjs`. [`JsPeer`] spawns it, reads those lines with a timeout on every wait, and
-//! stops it by closing its stdin. The child is killed if a [`JsPeer`] is dropped, so a failing test
-//! leaves no stray process; its stderr is inherited so failures are visible in the test output.
+//! The script runs a js-libp2p 3.x node (TCP, WebSocket and optionally QUIC transports; noise or
+//! TLS; yamux; identify + ping; agent version `js-libp2p-interop`) and reports what it sees as one
+//! JSON object per line on stdout, e.g. `{"event":"identify",...}`, `{"event":"ping",...}`; the full
+//! list of events is documented at the top of `peer.mjs`. [`JsPeer`] spawns it, reads those lines
+//! with a timeout on every wait, and stops it by closing its stdin. The child is killed if a
+//! [`JsPeer`] is dropped, so a failing test leaves no stray process; its stderr is inherited so
+//! failures are visible in the test output.
+//!
+//! [`JsPeer::listen`] and [`JsPeer::dial`] use TCP + noise; [`JsPeer::listen_with`] and
+//! [`JsPeer::dial_with`] take [`JsOptions`] to pick the transport and the security protocol. Every
+//! `connection_open` event reports what js-libp2p negotiated; parse it as [`ConnectionOpen`].
 //!
 //! The npm dependencies must be installed first: `npm ci --prefix interop/js`.
 //!
@@ -15,6 +20,12 @@
 //! let id: Identify = serde_json::from_value(js.wait_for("identify", T).await?)?;
 //! js.wait_for("ping", T).await?;
 //! js.stop().await?;
+//!
+//! let opts = JsOptions { transport: JsTransport::Ws, security: JsSecurity::Tls };
+//! let mut js = JsPeer::listen_with(&opts).await?; // js.addrs[0] is /ip4/127.0.0.1/tcp/N/ws/p2p/..
+//! // ... dial it ...
+//! let open: ConnectionOpen = serde_json::from_value(js.wait_for("connection_open", T).await?)?;
+//! assert_eq!(open.encryption.as_deref(), Some(JsSecurity::Tls.protocol_id()));
 //! ```
 
 use std::fmt::Write as _;
@@ -40,6 +51,102 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many recent events an error message quotes.
 const CONTEXT_EVENTS: usize = 5;
+
+/// The transport a js peer listens on (`peer.mjs --transport`). Whatever it listens on, a js peer
+/// can dial TCP and WebSocket addresses, and QUIC ones too (`peer.mjs` loads QUIC when the dialed
+/// address is `/quic-v1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JsTransport {
+    /// `/ip4/127.0.0.1/tcp/0`.
+    #[default]
+    Tcp,
+    /// Plain WebSocket: `/ip4/127.0.0.1/tcp/0/ws`.
+    Ws,
+    /// `/ip4/127.0.0.1/udp/0/quic-v1` (`@chainsafe/libp2p-quic`). QUIC has its own TLS 1.3
+    /// handshake and muxing, so [`JsOptions::security`] does not apply to it.
+    Quic,
+}
+
+impl JsTransport {
+    /// The `--transport` value, which is also the `transport` field of a [`ConnectionOpen`] event
+    /// on a connection of this transport.
+    pub fn name(self) -> &'static str {
+        match self {
+            JsTransport::Tcp => "tcp",
+            JsTransport::Ws => "ws",
+            JsTransport::Quic => "quic",
+        }
+    }
+}
+
+/// The connection encrypter a js peer offers and accepts (`peer.mjs --security`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JsSecurity {
+    /// `@chainsafe/libp2p-noise`.
+    #[default]
+    Noise,
+    /// `@libp2p/tls` (libp2p TLS 1.3; offers the muxers then `libp2p` as ALPN protocols).
+    Tls,
+}
+
+impl JsSecurity {
+    /// The `--security` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            JsSecurity::Noise => "noise",
+            JsSecurity::Tls => "tls",
+        }
+    }
+
+    /// The protocol id js-libp2p reports as [`ConnectionOpen::encryption`].
+    pub fn protocol_id(self) -> &'static str {
+        match self {
+            JsSecurity::Noise => "/noise",
+            JsSecurity::Tls => "/tls/1.0.0",
+        }
+    }
+}
+
+/// How to start a js peer. The default, TCP + noise, is what [`JsPeer::listen`] and
+/// [`JsPeer::dial`] use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JsOptions {
+    /// What to listen on.
+    pub transport: JsTransport,
+    /// The only security protocol offered (on TCP and WebSocket connections).
+    pub security: JsSecurity,
+}
+
+impl JsOptions {
+    fn args(&self) -> [&'static str; 4] {
+        [
+            "--transport",
+            self.transport.name(),
+            "--security",
+            self.security.name(),
+        ]
+    }
+}
+
+/// A `connection_open` event: a connection js-libp2p upgraded, and what it negotiated on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionOpen {
+    pub peer_id: String,
+    /// Ends in `/p2p/<remote peer id>`. For an inbound connection, the remote's source address.
+    pub remote_addr: String,
+    /// `"inbound"` or `"outbound"`.
+    pub direction: String,
+    /// `"tcp"`, `"ws"`, `"wss"` or `"quic"`, from `remote_addr` (see [`JsTransport::name`]).
+    pub transport: Option<String>,
+    /// The security protocol id (see [`JsSecurity::protocol_id`]); `"native"` on QUIC.
+    pub encryption: Option<String>,
+    /// The stream muxer protocol id, e.g. `"/yamux/1.0.0"`; `"quic"` on QUIC.
+    pub multiplexer: Option<String>,
+    /// How the muxer was chosen: `"inlined"` (in the security handshake: noise extensions or TLS
+    /// ALPN), `"multistream-select"` (after it), or `"native"` (QUIC).
+    pub muxer_negotiation: Option<String>,
+}
 
 /// An `identify` event: what js-libp2p learned from the remote's identify message.
 #[derive(Debug, Clone, Deserialize)]
@@ -88,16 +195,30 @@ pub struct JsPeer {
 }
 
 impl JsPeer {
-    /// Spawns `node peer.mjs listen` and waits for its `listening` line.
+    /// Spawns `node peer.mjs listen` (TCP + noise) and waits for its `listening` line.
     pub async fn listen() -> Result<JsPeer> {
         Self::spawn(&["listen"]).await
     }
 
+    /// Spawns `node peer.mjs listen --transport T --security S` and waits for its `listening`
+    /// line.
+    pub async fn listen_with(opts: &JsOptions) -> Result<JsPeer> {
+        let [a, b, c, d] = opts.args();
+        Self::spawn(&["listen", a, b, c, d]).await
+    }
+
     /// Spawns `node peer.mjs dial ADDR` and waits for its `listening` line. `addr` must end in
     /// `/p2p/<peer id>`. The outcome of the dial shows up as later events: `identify`, `ping`,
-    /// then `done`, or `error`.
+    /// then `done`, or `error`. The js peer offers noise and listens on the transport of `addr`.
     pub async fn dial(addr: &str) -> Result<JsPeer> {
         Self::spawn(&["dial", addr]).await
+    }
+
+    /// Like [`JsPeer::dial`], with `--transport T --security S`. `addr` picks the transport of
+    /// the dial; `opts.transport` is only what the js peer listens on.
+    pub async fn dial_with(addr: &str, opts: &JsOptions) -> Result<JsPeer> {
+        let [a, b, c, d] = opts.args();
+        Self::spawn(&["dial", addr, a, b, c, d]).await
     }
 
     async fn spawn(args: &[&str]) -> Result<JsPeer> {

@@ -6,10 +6,13 @@
 mod common;
 
 use common::*;
-use pylon_interop::js::{Identify, JsPeer, Ping};
+use pylon_interop::js::{
+    ConnectionOpen, Identify, JsOptions, JsPeer, JsSecurity, JsTransport, Ping,
+};
 use pylon_node::node::Node;
 use pylon_node::protocols::{identify as pylon_identify, ping as pylon_ping};
 use pylon_node::record::RecordFormat;
+use pylon_node::secure::Security;
 use pylon_node::PeerId;
 
 const JS_AGENT: &str = "js-libp2p-interop";
@@ -148,4 +151,136 @@ async fn pylon_dials_js_libp2p() {
         .await
         .unwrap();
     js.stop().await.unwrap();
+}
+
+/// js-libp2p's view of the connection to `peer`.
+async fn js_connection(js: &mut JsPeer, peer: &str) -> ConnectionOpen {
+    serde_json::from_value(js.wait_for_peer("connection_open", peer, T).await.unwrap()).unwrap()
+}
+
+/// Identify and ping each way with js-libp2p dialing Pylon, then Pylon dialing js-libp2p, on
+/// one transport and security; both sides' view of what was negotiated is asserted.
+async fn both_directions_with_js(
+    listen: &str,
+    opts: JsOptions,
+    pylon_security: Security,
+    expect: (&str, &str, &str),
+    js_expect: (&str, &str),
+) {
+    let start = || async {
+        let mut config = pylon_node::node::Config {
+            listen: vec![listen.parse().unwrap()],
+            ..Default::default()
+        };
+        config.host.security = vec![pylon_security];
+        Node::start_volatile(config, pylon_node::metrics::Metrics::unregistered())
+            .await
+            .unwrap()
+    };
+    // js-libp2p offers its muxers inside Noise and TLS: agreed there (QUIC has its own).
+    let negotiated = |c: &pylon_node::host::Connection| {
+        assert_eq!(c.early_muxer(), c.transport() != "quic-v1");
+        (c.transport(), c.security(), c.muxer())
+    };
+
+    // js-libp2p dials Pylon.
+    let node = start().await;
+    let mut pylon_events = node.identify.subscribe();
+    let mut js = JsPeer::dial_with(&pylon_addr(&node).to_string(), &opts)
+        .await
+        .unwrap();
+    let js_peer: PeerId = js.peer_id.parse().unwrap();
+    let seen = js_connection(&mut js, &node.peer_id().to_string()).await;
+    assert_eq!(
+        (seen.encryption.as_deref(), seen.multiplexer.as_deref()),
+        (Some(js_expect.0), Some(js_expect.1)),
+        "{listen}: js dialing"
+    );
+    check_js_view_of_pylon(&mut js, &node).await;
+    js.wait_for("done", T).await.unwrap();
+    let theirs = pylon_identified(&mut pylon_events, js_peer).await;
+    check_pylon_view_of_js(&theirs, &js);
+    let conn = node.host.connection(&js_peer).unwrap();
+    assert_eq!(negotiated(&conn), expect, "{listen}: js dialing");
+    pylon_ping::ping(&node.host, &js_peer).await.unwrap();
+    js.stop().await.unwrap();
+    node.shutdown(T).await;
+
+    // Pylon dials js-libp2p.
+    let node = start().await;
+    let mut pylon_events = node.identify.subscribe();
+    let mut js = JsPeer::listen_with(&opts).await.unwrap();
+    let js_peer: PeerId = js.peer_id.parse().unwrap();
+    let conn = node.host.dial(&js.addrs[0].parse().unwrap()).await.unwrap();
+    assert_eq!(negotiated(&conn), expect, "{listen}: pylon dialing");
+    let seen = js_connection(&mut js, &node.peer_id().to_string()).await;
+    assert_eq!(
+        (seen.encryption.as_deref(), seen.multiplexer.as_deref()),
+        (Some(js_expect.0), Some(js_expect.1)),
+        "{listen}: pylon dialing"
+    );
+    let theirs = pylon_identified(&mut pylon_events, js_peer).await;
+    check_pylon_view_of_js(&theirs, &js);
+    check_js_view_of_pylon(&mut js, &node).await;
+    pylon_ping::ping(&node.host, &js_peer).await.unwrap();
+    // A wrong PeerId is refused on this transport too.
+    let other = pylon_node::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    let (head, _) = js.addrs[0].rsplit_once("/p2p/").unwrap();
+    let wrong: pylon_node::Multiaddr = format!("{head}/p2p/{other}").parse().unwrap();
+    match node.host.dial(&wrong).await {
+        Err(pylon_node::host::DialError::WrongPeer { got, .. }) => assert_eq!(*got, js_peer),
+        other => panic!("{listen}: expected WrongPeer, got {other:?}"),
+    }
+    node.shutdown(T).await;
+    js.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_both_directions_with_js_libp2p() {
+    let opts = JsOptions {
+        transport: JsTransport::Tcp,
+        security: JsSecurity::Tls,
+    };
+    both_directions_with_js(
+        "/ip4/127.0.0.1/tcp/0",
+        opts,
+        Security::Tls,
+        ("tcp", "tls", "yamux"),
+        ("/tls/1.0.0", "/yamux/1.0.0"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn websocket_both_directions_with_js_libp2p() {
+    let opts = JsOptions {
+        transport: JsTransport::Ws,
+        security: JsSecurity::Noise,
+    };
+    both_directions_with_js(
+        "/ip4/127.0.0.1/tcp/0/ws",
+        opts,
+        Security::Noise,
+        ("ws", "noise", "yamux"),
+        ("/noise", "/yamux/1.0.0"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn quic_both_directions_with_js_libp2p() {
+    let opts = JsOptions {
+        transport: JsTransport::Quic,
+        security: JsSecurity::Noise,
+    };
+    both_directions_with_js(
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        opts,
+        Security::Noise,
+        ("quic-v1", "tls", "quic"),
+        ("native", "quic"),
+    )
+    .await;
 }

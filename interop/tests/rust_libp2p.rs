@@ -296,3 +296,13 @@ async fn quic_both_directions_with_rust_libp2p() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn websocket_both_directions_with_rust_libp2p() {
+    both_directions_on(
+        RustKind::Ws,
+        "/ip4/127.0.0.1/tcp/0/ws",
+        ("ws", "noise", "yamux"),
+    )
+    .await;
+}

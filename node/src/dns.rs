@@ -145,6 +145,7 @@ impl Resolver {
                     if lookups > MAX_LOOKUPS {
                         return Err(Error::TooManyLookups);
                     }
+                    let rest = keep_server_name(&p, &rest);
                     match self.ips(&p).await {
                         Ok(ips) => {
                             for ip in ips {
@@ -235,6 +236,31 @@ impl Resolver {
         }
         Ok(ips)
     }
+}
+
+/// A resolved `/dns*/NAME/tcp/P/wss` becomes `/ipN/../tcp/P/tls/sni/NAME/ws`: TLS still
+/// needs the name to check the server's certificate once the name is gone.
+fn keep_server_name(dns: &Protocol<'_>, rest: &Multiaddr) -> Multiaddr {
+    let (Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name)) = dns else {
+        return rest.clone();
+    };
+    let has_sni = rest.iter().any(|p| matches!(p, Protocol::Sni(_)));
+    let mut out = Multiaddr::empty();
+    for p in rest.iter() {
+        match p {
+            Protocol::Wss(path) if path == "/" => {
+                out.push(Protocol::Tls);
+                out.push(Protocol::Sni(name.clone()));
+                out.push(Protocol::Ws(path));
+            }
+            Protocol::Tls if !has_sni => {
+                out.push(Protocol::Tls);
+                out.push(Protocol::Sni(name.clone()));
+            }
+            p => out.push(p),
+        }
+    }
+    out
 }
 
 fn lookup_error(name: &str, e: &hickory_resolver::net::NetError) -> Error {

@@ -72,6 +72,18 @@ pub struct Config {
     /// Agree on the muxer inside the Noise or TLS handshake (one round trip less);
     /// peers that do not offer it fall back to multistream-select.
     pub inline_muxer: bool,
+    /// `/wss`: the listener's certificate, and roots trusted when dialing.
+    pub websocket: WsConfig,
+}
+
+/// TLS for `/wss` listeners and dials.
+#[derive(Debug, Clone, Default)]
+pub struct WsConfig {
+    /// What a `/wss` listener presents (see [`transport::WsTls::server_config`]); without
+    /// it, listening on `/wss` fails.
+    pub server: Option<Arc<rustls::ServerConfig>>,
+    /// Trusted besides the Mozilla root set when dialing `/wss`.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Default for Config {
@@ -88,6 +100,7 @@ impl Default for Config {
             port_reuse: true,
             security: vec![crate::secure::Security::Noise],
             inline_muxer: true,
+            websocket: WsConfig::default(),
         }
     }
 }
@@ -176,6 +189,9 @@ impl From<transport::Error> for DialError {
             transport::Error::Unsupported(a) => DialError::Unsupported(a),
             transport::Error::Refused => DialError::Refused,
             transport::Error::Io(e) => DialError::Io(e),
+            e @ (transport::Error::WebSocket(_)
+            | transport::Error::NoCertificate
+            | transport::Error::ServerName(_)) => DialError::Handshake(e.to_string()),
         }
     }
 }
@@ -620,6 +636,7 @@ struct HostInner {
     dial_gates: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     backoff: Mutex<crate::dialer::Backoff>,
     quic: Mutex<QuicEndpoints>,
+    ws_tls: transport::WsTls,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -683,6 +700,11 @@ impl Host {
             Vec::new()
         };
         let security = crate::secure::Config::new(&key, config.security.clone(), muxers)?;
+        let ws_tls = transport::WsTls::new(
+            config.websocket.server.clone(),
+            &config.websocket.extra_roots,
+        )
+        .map_err(|e| crate::secure::Error::Handshake("wss", e.to_string()))?;
         let (events, _) = broadcast::channel(1024);
         let pending = Arc::new(Semaphore::new(config.max_pending_incoming.max(1)));
         Ok(Host {
@@ -703,6 +725,7 @@ impl Host {
                 dial_gates: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(crate::dialer::Backoff::default()),
                 quic: Mutex::new(QuicEndpoints::default()),
+                ws_tls,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
@@ -795,7 +818,7 @@ impl Host {
         if let Target::Quic(socket) = target {
             return self.listen_quic(socket);
         }
-        let mut listener = transport::Listener::bind(&target).await?;
+        let mut listener = transport::Listener::bind(&target, &self.inner.ws_tls).await?;
         let bound = listener.local_addr()?;
         write(&self.inner.listen_addrs).push(bound.clone());
         self.emit(Event::ListenAddrsChanged);
@@ -1059,17 +1082,17 @@ impl Host {
 
     async fn handle_incoming(
         &self,
-        raw: RawStream,
+        raw: transport::Inbound,
         remote: Multiaddr,
         local: Multiaddr,
         transport: &'static str,
         ip_version: &'static str,
     ) {
         let started = Instant::now();
-        let upgraded = tokio::time::timeout(
-            self.inner.config.handshake_timeout,
-            self.upgrade(raw, false, None),
-        )
+        let upgraded = tokio::time::timeout(self.inner.config.handshake_timeout, async {
+            let raw = raw.upgrade().await?;
+            self.upgrade(raw, false, None).await
+        })
         .await;
         let (mux, peer, key, route) = match upgraded {
             Err(_) => {
@@ -1352,9 +1375,12 @@ impl Host {
         } else {
             None
         };
-        let (raw, local) = tokio::time::timeout(cfg.dial_timeout, transport::dial(target, reuse))
-            .await
-            .map_err(|_| DialError::Timeout)??;
+        let (raw, local) = tokio::time::timeout(
+            cfg.dial_timeout,
+            transport::dial(target, reuse, &self.inner.ws_tls),
+        )
+        .await
+        .map_err(|_| DialError::Timeout)??;
         let started = Instant::now();
         let (mux, peer, key, route) =
             tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, true, expected))

@@ -25,3 +25,4 @@ pub mod websocket;
 
 pub use identity::{Keypair, PeerId, PublicKey};
 pub use multiaddr::{self, Multiaddr};
+pub use rustls;

@@ -104,14 +104,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: Fn(&str) -> bool,
 {
-    let mut out = Vec::with_capacity(64);
-    encode_msg(&mut out, PROTOCOL);
-    io.write_all(&out).await?;
-    io.flush().await?;
+    // The dialer's header first, then ours: a WebSocket client in js-libp2p can miss a
+    // message that arrives before it attached its reader, and a dialer that speaks first
+    // costs nothing here (its proposal is usually in the same packet).
     let header = read_msg(io).await?;
     if header != PROTOCOL {
         return Err(Error::BadHeader(header));
     }
+    let mut out = Vec::with_capacity(64);
+    encode_msg(&mut out, PROTOCOL);
+    io.write_all(&out).await?;
+    io.flush().await?;
     for _ in 0..MAX_PROPOSALS {
         let proposal = read_msg(io).await?;
         out.clear();

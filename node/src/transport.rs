@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 
 use multiaddr::{Multiaddr, Protocol};
@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::identity::PeerId;
+use crate::websocket::WsStream;
 
 /// Buffer of each direction of a memory connection.
 const MEMORY_BUFFER: usize = 256 * 1024;
@@ -29,6 +30,12 @@ pub enum Error {
     Refused,
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+    #[error("websocket: {0}")]
+    WebSocket(#[from] crate::websocket::Error),
+    #[error("a /wss listener needs a certificate and key (websocket.tls_certificate, websocket.tls_key)")]
+    NoCertificate,
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
 }
 
 /// Where a parsed multiaddr points.
@@ -37,7 +44,94 @@ pub enum Target {
     Tcp(SocketAddr),
     /// `/udp/P/quic-v1`: handled by the host's quinn endpoints, not by [`dial`].
     Quic(SocketAddr),
+    /// `/tcp/P/ws`, `/tcp/P/wss`, `/tcp/P/tls[/sni/NAME]/ws`.
+    Ws(Box<WsTarget>),
     Memory(u64),
+}
+
+/// A WebSocket address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsTarget {
+    pub addr: SocketAddr,
+    /// TLS under the WebSocket (`/wss`, `/tls/ws`).
+    pub secure: bool,
+    /// The name the server's certificate must carry (from `/sni/`); the IP otherwise.
+    pub server_name: Option<String>,
+    /// The HTTP path of the upgrade request.
+    pub path: String,
+}
+
+impl WsTarget {
+    /// The address's suffix after `/tcp/P`.
+    fn suffix(&self) -> Multiaddr {
+        let mut out = Multiaddr::empty();
+        if self.secure {
+            out.push(Protocol::Tls);
+            if let Some(name) = &self.server_name {
+                out.push(Protocol::Sni(name.clone().into()));
+            }
+        }
+        out.push(Protocol::Ws(self.path.clone().into()));
+        out
+    }
+}
+
+/// TLS of `/wss`: what a listener presents and which roots a dialer trusts.
+#[derive(Clone)]
+pub struct WsTls {
+    pub server: Option<Arc<rustls::ServerConfig>>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl WsTls {
+    /// Dials trust the Mozilla root set (webpki-roots) plus `extra_roots`.
+    pub fn new(
+        server: Option<Arc<rustls::ServerConfig>>,
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Self, rustls::Error> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for root in extra_roots {
+            roots.add(root.clone())?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(WsTls {
+            server,
+            client: Arc::new(client),
+        })
+    }
+
+    /// A `/wss` listener's configuration from a PEM certificate chain and private key.
+    pub fn server_config(
+        chain_pem: &std::path::Path,
+        key_pem: &std::path::Path,
+    ) -> Result<Arc<rustls::ServerConfig>, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(chain_pem)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", chain_pem.display()))?;
+        if chain.is_empty() {
+            return Err(format!("{}: no certificate", chain_pem.display()));
+        }
+        let key = PrivateKeyDer::from_pem_file(key_pem)
+            .map_err(|e| format!("{}: {e}", key_pem.display()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("{}: {e}", chain_pem.display()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 impl Target {
@@ -45,13 +139,16 @@ impl Target {
         match self {
             Target::Tcp(_) => "tcp",
             Target::Quic(_) => "quic-v1",
+            Target::Ws(w) if w.secure => "wss",
+            Target::Ws(_) => "ws",
             Target::Memory(_) => "memory",
         }
     }
     pub fn ip_version(&self) -> &'static str {
         match self {
             Target::Tcp(a) | Target::Quic(a) if a.is_ipv4() => "ip4",
-            Target::Tcp(_) | Target::Quic(_) => "ip6",
+            Target::Ws(w) if w.addr.is_ipv4() => "ip4",
+            Target::Tcp(_) | Target::Quic(_) | Target::Ws(_) => "ip6",
             Target::Memory(_) => "",
         }
     }
@@ -82,11 +179,50 @@ pub fn parse(addr: &Multiaddr) -> Result<(Target, Option<PeerId>), Error> {
         }
         _ => return Err(Error::Unsupported(addr.clone())),
     };
-    match (iter.next(), iter.next()) {
+    let mut next = iter.next();
+    let target = match (target, &next) {
+        (Target::Tcp(sock), Some(Protocol::Ws(_) | Protocol::Wss(_) | Protocol::Tls)) => {
+            let mut ws = WsTarget {
+                addr: sock,
+                secure: false,
+                server_name: None,
+                path: String::new(),
+            };
+            if let Some(Protocol::Tls) = next {
+                ws.secure = true;
+                next = iter.next();
+                if let Some(Protocol::Sni(name)) = next {
+                    ws.server_name = Some(name.into_owned());
+                    next = iter.next();
+                }
+            }
+            match next {
+                Some(Protocol::Ws(path)) => ws.path = path.into_owned(),
+                Some(Protocol::Wss(path)) if !ws.secure => {
+                    ws.secure = true;
+                    ws.path = path.into_owned();
+                }
+                _ => return Err(Error::Unsupported(addr.clone())),
+            }
+            next = iter.next();
+            Target::Ws(Box::new(ws))
+        }
+        (target, _) => target,
+    };
+    match (next, iter.next()) {
         (None, _) => Ok((target, None)),
         (Some(Protocol::P2p(peer)), None) => Ok((target, Some(peer))),
         _ => Err(Error::Unsupported(addr.clone())),
     }
+}
+
+/// The multiaddr of a WebSocket endpoint.
+pub fn ws_multiaddr(tcp: SocketAddr, ws: &WsTarget) -> Multiaddr {
+    let mut out = tcp_multiaddr(tcp);
+    for p in ws.suffix().iter() {
+        out.push(p);
+    }
+    out
 }
 
 /// The multiaddr of a socket address.
@@ -129,6 +265,20 @@ async fn connect_from(addr: SocketAddr, port: u16) -> io::Result<TcpStream> {
 pub enum RawStream {
     Tcp(TcpStream),
     Memory(DuplexStream),
+    Ws(Box<WsStream<TcpStream>>),
+    Wss(Box<WsStream<tokio_rustls::TlsStream<TcpStream>>>),
+}
+
+/// Runs `$body` with `$s` bound to the inner stream of any [`RawStream`] variant.
+macro_rules! each {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            RawStream::Tcp($s) => $body,
+            RawStream::Memory($s) => $body,
+            RawStream::Ws($s) => $body,
+            RawStream::Wss($s) => $body,
+        }
+    };
 }
 
 impl AsyncRead for RawStream {
@@ -137,10 +287,7 @@ impl AsyncRead for RawStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            RawStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            RawStream::Memory(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -150,38 +297,23 @@ impl AsyncWrite for RawStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            RawStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            RawStream::Memory(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            RawStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            RawStream::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
     fn is_write_vectored(&self) -> bool {
-        match self {
-            RawStream::Tcp(s) => s.is_write_vectored(),
-            RawStream::Memory(s) => s.is_write_vectored(),
-        }
+        each!(self, s => s.is_write_vectored())
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            RawStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            RawStream::Memory(s) => Pin::new(s).poll_flush(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            RawStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            RawStream::Memory(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
     }
 }
 
@@ -195,9 +327,44 @@ fn memory_table() -> std::sync::MutexGuard<'static, HashMap<u64, mpsc::Sender<Me
     MEMORY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// An accepted connection. WebSocket ones still need their TLS and HTTP upgrade, which
+/// the host runs under its handshake deadline, not in the accept loop.
+pub enum Inbound {
+    Ready(RawStream),
+    Ws {
+        tcp: TcpStream,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    },
+}
+
+impl Inbound {
+    /// Finishes what the transport has left to do (WebSocket TLS and upgrade).
+    pub async fn upgrade(self) -> Result<RawStream, Error> {
+        match self {
+            Inbound::Ready(s) => Ok(s),
+            Inbound::Ws { tcp, tls: None } => Ok(RawStream::Ws(Box::new(
+                crate::websocket::server(tcp).await?,
+            ))),
+            Inbound::Ws {
+                tcp,
+                tls: Some(acceptor),
+            } => {
+                let tls = acceptor.accept(tcp).await?;
+                let ws = crate::websocket::server(tokio_rustls::TlsStream::Server(tls)).await?;
+                Ok(RawStream::Wss(Box::new(ws)))
+            }
+        }
+    }
+}
+
 /// A bound listener of any transport.
 pub enum Listener {
     Tcp(TcpListener),
+    Ws {
+        tcp: TcpListener,
+        ws: WsTarget,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    },
     Memory {
         port: u64,
         rx: mpsc::Receiver<MemoryInbound>,
@@ -206,30 +373,24 @@ pub enum Listener {
 
 impl Listener {
     /// Binds the listen address (port 0 picks a free port).
-    pub async fn bind(target: &Target) -> Result<Self, Error> {
+    pub async fn bind(target: &Target, ws_tls: &WsTls) -> Result<Self, Error> {
         match target {
             Target::Quic(a) => Err(Error::Unsupported(crate::quic::multiaddr(*a))),
-            Target::Tcp(addr) => {
-                let socket = match addr {
-                    SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                    SocketAddr::V6(_) => {
-                        let s = socket2::Socket::new(
-                            socket2::Domain::IPV6,
-                            socket2::Type::STREAM,
-                            None,
-                        )?;
-                        // So `/ip4/0.0.0.0/tcp/P` and `/ip6/::/tcp/P` can both be bound.
-                        s.set_only_v6(true)?;
-                        s.set_nonblocking(true)?;
-                        tokio::net::TcpSocket::from_std_stream(s.into())
-                    }
+            Target::Tcp(addr) => Ok(Listener::Tcp(bind_tcp(*addr)?)),
+            Target::Ws(ws) => {
+                let tls = if ws.secure {
+                    let config = ws_tls.server.clone().ok_or(Error::NoCertificate)?;
+                    Some(tokio_rustls::TlsAcceptor::from(config))
+                } else {
+                    None
                 };
-                socket.set_reuseaddr(true)?;
-                // Outgoing dials bind the same port (port reuse), which NAT hole punching needs.
-                socket.set_reuseport(true)?;
-                socket.bind(*addr)?;
-                Ok(Listener::Tcp(socket.listen(1024)?))
+                Ok(Listener::Ws {
+                    tcp: bind_tcp(ws.addr)?,
+                    ws: (**ws).clone(),
+                    tls,
+                })
             }
+
             Target::Memory(port) => {
                 let (tx, rx) = mpsc::channel(MEMORY_BACKLOG);
                 let mut table = memory_table();
@@ -254,21 +415,41 @@ impl Listener {
     pub fn local_addr(&self) -> Result<Multiaddr, Error> {
         match self {
             Listener::Tcp(l) => Ok(tcp_multiaddr(l.local_addr()?)),
+            Listener::Ws { tcp, ws, .. } => Ok(ws_multiaddr(tcp.local_addr()?, ws)),
             Listener::Memory { port, .. } => Ok(Multiaddr::empty().with(Protocol::Memory(*port))),
         }
     }
 
     /// Waits for the next inbound connection: the stream and the remote's address.
-    pub async fn accept(&mut self) -> Result<(RawStream, Multiaddr), Error> {
+    pub async fn accept(&mut self) -> Result<(Inbound, Multiaddr), Error> {
         match self {
             Listener::Tcp(l) => {
                 let (stream, remote) = l.accept().await?;
                 tune(&stream)?;
-                Ok((RawStream::Tcp(stream), tcp_multiaddr(remote)))
+                Ok((
+                    Inbound::Ready(RawStream::Tcp(stream)),
+                    tcp_multiaddr(remote),
+                ))
+            }
+            Listener::Ws { tcp, ws, tls } => {
+                let (stream, remote) = tcp.accept().await?;
+                tune(&stream)?;
+                let remote = ws_multiaddr(
+                    remote,
+                    &WsTarget {
+                        server_name: None,
+                        ..ws.clone()
+                    },
+                );
+                let inbound = Inbound::Ws {
+                    tcp: stream,
+                    tls: tls.clone(),
+                };
+                Ok((inbound, remote))
             }
             Listener::Memory { rx, .. } => match rx.recv().await {
                 Some((stream, from)) => Ok((
-                    RawStream::Memory(stream),
+                    Inbound::Ready(RawStream::Memory(stream)),
                     Multiaddr::empty().with(Protocol::Memory(from)),
                 )),
                 None => Err(Error::Refused),
@@ -285,6 +466,58 @@ impl Drop for Listener {
     }
 }
 
+/// A listening TCP socket (SO_REUSEADDR and SO_REUSEPORT, v6-only for IPv6).
+fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            // So `/ip4/0.0.0.0/tcp/P` and `/ip6/::/tcp/P` can both be bound.
+            s.set_only_v6(true)?;
+            s.set_nonblocking(true)?;
+            tokio::net::TcpSocket::from_std_stream(s.into())
+        }
+    };
+    socket.set_reuseaddr(true)?;
+    // Outgoing dials bind the same port (port reuse), which NAT hole punching needs.
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(1024)?)
+}
+
+/// Dials a WebSocket: TCP, TLS for `/wss` (server certificate checked against the SNI name
+/// or the IP), then the HTTP upgrade.
+async fn dial_ws(ws: &WsTarget, ws_tls: &WsTls) -> Result<(RawStream, Multiaddr), Error> {
+    let tcp = TcpStream::connect(ws.addr)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::ConnectionRefused => Error::Refused,
+            _ => Error::Io(e),
+        })?;
+    tune(&tcp)?;
+    let local = ws_multiaddr(tcp.local_addr()?, ws);
+    let host = match (&ws.server_name, ws.addr) {
+        (Some(name), addr) if addr.port() == 443 && ws.secure => name.clone(),
+        (Some(name), addr) => format!("{name}:{}", addr.port()),
+        (None, addr) => addr.to_string(),
+    };
+    if !ws.secure {
+        let stream = crate::websocket::client(tcp, &host, &ws.path).await?;
+        return Ok((RawStream::Ws(Box::new(stream)), local));
+    }
+    let name = match &ws.server_name {
+        Some(name) => rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|_| Error::ServerName(name.clone()))?,
+        None => rustls::pki_types::ServerName::IpAddress(ws.addr.ip().into()),
+    };
+    let tls = tokio_rustls::TlsConnector::from(ws_tls.client.clone())
+        .connect(name, tcp)
+        .await?;
+    let stream =
+        crate::websocket::client(tokio_rustls::TlsStream::Client(tls), &host, &ws.path).await?;
+    Ok((RawStream::Wss(Box::new(stream)), local))
+}
+
 /// Opens a raw connection; returns the stream and our local address on it.
 /// With `reuse_port`, a TCP dial leaves from that local port (the listen port) so the
 /// remote sees the address we listen on; if the kernel refuses (the same 4-tuple is in
@@ -292,9 +525,11 @@ impl Drop for Listener {
 pub async fn dial(
     target: &Target,
     reuse_port: Option<u16>,
+    ws_tls: &WsTls,
 ) -> Result<(RawStream, Multiaddr), Error> {
     match target {
         Target::Quic(a) => Err(Error::Unsupported(crate::quic::multiaddr(*a))),
+        Target::Ws(ws) => dial_ws(ws, ws_tls).await,
         Target::Tcp(addr) => {
             let refused = |e: io::Error| match e.kind() {
                 io::ErrorKind::ConnectionRefused => Error::Refused,
@@ -354,11 +589,34 @@ mod tests {
         );
         let a: Multiaddr = "/memory/9".parse().unwrap();
         assert_eq!(parse(&a).unwrap().0, Target::Memory(9));
+        let a: Multiaddr = "/ip4/1.2.3.4/udp/5/quic-v1".parse().unwrap();
+        assert_eq!(
+            parse(&a).unwrap().0,
+            Target::Quic("1.2.3.4:5".parse().unwrap())
+        );
+        let ws = |s: &str| match parse(&s.parse().unwrap()).unwrap().0 {
+            Target::Ws(w) => *w,
+            other => panic!("{other:?}"),
+        };
+        let plain = ws(&format!("/ip4/1.2.3.4/tcp/80/ws/p2p/{peer}"));
+        assert_eq!((plain.secure, plain.path.as_str()), (false, "/"));
+        assert!(ws("/ip6/::1/tcp/443/wss").secure);
+        let sni = ws("/ip4/1.2.3.4/tcp/443/tls/sni/example.com/ws");
+        assert!(sni.secure);
+        assert_eq!(sni.server_name.as_deref(), Some("example.com"));
+        assert_eq!(
+            ws_multiaddr("1.2.3.4:443".parse().unwrap(), &sni).to_string(),
+            "/ip4/1.2.3.4/tcp/443/tls/sni/example.com/ws"
+        );
         for bad in [
             "/ip4/1.2.3.4/udp/5",
+            "/ip4/1.2.3.4/udp/5/quic",
             "/ip4/1.2.3.4",
             "/dns4/x/tcp/1",
-            "/ip4/1.2.3.4/tcp/1/ws",
+            "/ip4/1.2.3.4/tcp/1/tls",
+            "/ip4/1.2.3.4/tcp/1/tls/wss",
+            "/ip4/1.2.3.4/tcp/1/ws/ws",
+            "/ip4/1.2.3.4/tcp/1/ws/tcp/2",
         ] {
             assert!(parse(&bad.parse().unwrap()).is_err(), "{bad}");
         }
@@ -366,15 +624,16 @@ mod tests {
 
     #[tokio::test]
     async fn memory_dial_and_refusal() {
-        let mut l = Listener::bind(&Target::Memory(0)).await.unwrap();
+        let tls = WsTls::new(None, &[]).unwrap();
+        let mut l = Listener::bind(&Target::Memory(0), &tls).await.unwrap();
         let Target::Memory(port) = parse(&l.local_addr().unwrap()).unwrap().0 else {
             panic!()
         };
-        let (_s, _) = dial(&Target::Memory(port), None).await.unwrap();
+        let (_s, _) = dial(&Target::Memory(port), None, &tls).await.unwrap();
         l.accept().await.unwrap();
         drop(l);
         assert!(matches!(
-            dial(&Target::Memory(port), None).await,
+            dial(&Target::Memory(port), None, &tls).await,
             Err(Error::Refused)
         ));
     }

@@ -59,6 +59,8 @@ async fn identify_and_ping(listen: &str) {
     assert_eq!(conn.peer(), a.peer_id());
     let (transport, security, muxer) = if listen.contains("quic") {
         ("quic-v1", "tls", "quic")
+    } else if listen.ends_with("/ws") {
+        ("ws", "noise", "yamux")
     } else if listen.starts_with("/memory") {
         ("memory", "noise", "yamux")
     } else {
@@ -162,6 +164,96 @@ async fn identify_and_ping_over_tcp_ipv6() {
         return;
     }
     identify_and_ping("/ip6/::1/tcp/0").await;
+}
+
+#[tokio::test]
+async fn identify_and_ping_over_websocket() {
+    identify_and_ping("/ip4/127.0.0.1/tcp/0/ws").await;
+}
+
+/// A CA and a certificate it signed for `localhost` and 127.0.0.1, as PEM files.
+fn wss_certificates(
+    dir: &std::path::Path,
+) -> (
+    rustls::pki_types::CertificateDer<'static>,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let (chain, key_path) = (dir.join("chain.pem"), dir.join("key.pem"));
+    std::fs::write(&chain, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca.der().clone(), chain, key_path)
+}
+
+#[tokio::test]
+async fn secure_websocket_with_an_operator_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, chain, key) = wss_certificates(dir.path());
+    let mut config = node::Config::default();
+    config.host.websocket = host::WsConfig {
+        server: Some(pylon_node::transport::WsTls::server_config(&chain, &key).unwrap()),
+        extra_roots: vec![ca],
+    };
+    let a = start_with("/ip4/127.0.0.1/tcp/0/wss", config.clone()).await;
+    let b = start_with("/ip4/127.0.0.1/tcp/0/wss", config).await;
+    assert!(a.host.listen_addrs()[0].to_string().ends_with("/tls/ws"));
+    let mut events = b.identify.subscribe();
+    let conn = b.host.dial(&addr_of(&a)).await.unwrap();
+    assert_eq!((conn.transport(), conn.security()), ("wss", "noise"));
+    wait_identified(&mut events, a.peer_id()).await;
+    ping::ping(&b.host, &a.peer_id()).await.unwrap();
+    ping::ping(&a.host, &b.peer_id()).await.unwrap();
+    // By name: the certificate carries `localhost`.
+    let port = match a.host.listen_addrs()[0].iter().nth(1) {
+        Some(multiaddr::Protocol::Tcp(p)) => p,
+        _ => unreachable!(),
+    };
+    let by_name: Multiaddr = Multiaddr::empty()
+        .with(multiaddr::Protocol::Ip4([127, 0, 0, 1].into()))
+        .with(multiaddr::Protocol::Tcp(port))
+        .with(multiaddr::Protocol::Tls)
+        .with(multiaddr::Protocol::Sni("localhost".into()))
+        .with(multiaddr::Protocol::Ws("/".into()))
+        .with(multiaddr::Protocol::P2p(a.peer_id()));
+    b.host.disconnect(&a.peer_id());
+    let c = start("/ip4/127.0.0.1/tcp/0").await;
+    // A dialer that does not trust the CA refuses the server; a wrong name likewise.
+    assert!(matches!(c.host.dial(&by_name).await, Err(DialError::Io(_))));
+    let mut wrong_name = by_name.to_string();
+    wrong_name = wrong_name.replace("/sni/localhost/", "/sni/example.com/");
+    assert!(b.host.dial(&wrong_name.parse().unwrap()).await.is_err());
+    let conn = b.host.dial(&by_name).await.unwrap();
+    assert_eq!(conn.transport(), "wss");
+    // Listening on /wss without a certificate is a clear error.
+    let err = c
+        .host
+        .listen(&"/ip4/127.0.0.1/tcp/0/wss".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("websocket.tls_certificate"),
+        "{err}"
+    );
+    // A plain-HTTP client on the wss port is dropped; the listener keeps serving.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(T, raw.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    ping::ping(&b.host, &a.peer_id()).await.unwrap();
 }
 
 #[tokio::test]

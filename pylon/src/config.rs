@@ -3,7 +3,7 @@
 //! names the offending key and value.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use multiaddr::Multiaddr;
@@ -39,6 +39,7 @@ struct Raw {
     connections: RawConnections,
     peerstore: RawPeerstore,
     dns: RawDns,
+    websocket: RawWebsocket,
     #[allow(dead_code)] // checked for unknown roles; no role has settings yet
     roles: RawRoles,
 }
@@ -82,6 +83,14 @@ struct RawConnections {
 struct RawDns {
     nameservers: Vec<String>,
     timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebsocket {
+    tls_certificate: String,
+    tls_key: String,
+    extra_roots: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +312,22 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         })?,
         timeout: duration("dns.timeout", &raw.dns.timeout)?,
     };
+    let websocket = websocket(&raw.websocket)?;
+    if websocket.server.is_none() {
+        for (i, addr) in listen.iter().enumerate() {
+            if let Ok((pylon_node::transport::Target::Ws(ws), _)) =
+                pylon_node::transport::parse(addr)
+            {
+                if ws.secure {
+                    return Err(bad(
+                        &format!("listen[{i}]"),
+                        &addr.to_string(),
+                        "a /wss address needs websocket.tls_certificate and websocket.tls_key",
+                    ));
+                }
+            }
+        }
+    }
     let host = pylon_node::host::Config {
         dial_timeout: duration("connections.dial_timeout", &c.dial_timeout)?,
         handshake_timeout: duration("connections.handshake_timeout", &c.handshake_timeout)?,
@@ -319,6 +344,7 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             "tls" => Ok(pylon_node::secure::Security::Tls),
             _ => Err("expected \"noise\" or \"tls\"".to_string()),
         })?,
+        websocket,
     };
     let identify = pylon_node::protocols::identify::Config {
         protocol_version: raw.identify.protocol_version.clone(),
@@ -350,6 +376,45 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             identify,
             peerstore,
         },
+    })
+}
+
+/// Loads the `/wss` certificate, key and extra roots named in `[websocket]`.
+fn websocket(raw: &RawWebsocket) -> Result<pylon_node::host::WsConfig, Error> {
+    use pylon_node::transport::WsTls;
+    let server = match (raw.tls_certificate.as_str(), raw.tls_key.as_str()) {
+        ("", "") => None,
+        ("", _) => {
+            return Err(bad(
+                "websocket.tls_certificate",
+                "",
+                "needed with websocket.tls_key",
+            ))
+        }
+        (_, "") => {
+            return Err(bad(
+                "websocket.tls_key",
+                "",
+                "needed with websocket.tls_certificate",
+            ))
+        }
+        (cert, key) => Some(
+            WsTls::server_config(Path::new(cert), Path::new(key))
+                .map_err(|m| bad("websocket.tls_certificate", cert, &m))?,
+        ),
+    };
+    let extra_roots = list("websocket.extra_roots", &raw.extra_roots, |s| {
+        use pylon_node::rustls::pki_types::{pem::PemObject, CertificateDer};
+        CertificateDer::pem_file_iter(s)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| e.to_string())
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    Ok(pylon_node::host::WsConfig {
+        server,
+        extra_roots,
     })
 }
 
@@ -417,7 +482,10 @@ mod tests {
     fn embedded_default_is_valid_and_useful() {
         let c = load(sources(None, &[], Flags::default())).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/home/op/.local/share/pylon"));
-        assert_eq!(c.node.listen.len(), 2);
+        let listen: Vec<String> = c.node.listen.iter().map(|a| a.to_string()).collect();
+        assert!(listen.contains(&"/ip4/0.0.0.0/tcp/4001".to_string()));
+        assert!(listen.contains(&"/ip4/0.0.0.0/udp/4001/quic-v1".to_string()));
+        assert!(c.node.host.websocket.server.is_none());
         assert_eq!(c.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             c.node.identify.agent_version,
@@ -493,6 +561,34 @@ mod tests {
             Flags::default(),
         );
         assert!(e.contains("peerstore.max_peers"), "{e}");
+        // /wss without a certificate, half a key pair, unreadable files.
+        let e = err(
+            None,
+            &[("PYLON_LISTEN", "/ip4/0.0.0.0/tcp/443/wss")],
+            Flags::default(),
+        );
+        assert!(
+            e.contains("listen[0]") && e.contains("tls_certificate"),
+            "{e}"
+        );
+        let e = err(
+            Some("[websocket]\ntls_key = \"/k.pem\"\n"),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("websocket.tls_certificate"), "{e}");
+        let e = err(
+            Some("[websocket]\ntls_certificate = \"/nonexistent.pem\"\ntls_key = \"/k.pem\"\n"),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("/nonexistent.pem"), "{e}");
+        let e = err(
+            Some("[websocket]\nextra_roots = [\"/nonexistent-ca.pem\"]\n"),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("websocket.extra_roots[0]"), "{e}");
         let flags = Flags {
             listen: vec!["/ip4/1.2.3.4/udp/1".into()],
             ..Default::default()
