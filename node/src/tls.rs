@@ -103,7 +103,8 @@ impl Certificate {
         })
     }
 
-    fn key(&self) -> PrivateKeyDer<'static> {
+    /// The certificate's private key (not the host key).
+    pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }
 }
