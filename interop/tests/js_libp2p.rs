@@ -167,16 +167,7 @@ async fn both_directions_with_js(
     expect: (&str, &str, &str),
     js_expect: (&str, &str),
 ) {
-    let start = || async {
-        let mut config = pylon_node::node::Config {
-            listen: vec![listen.parse().unwrap()],
-            ..Default::default()
-        };
-        config.host.security = vec![pylon_security];
-        Node::start_volatile(config, pylon_node::metrics::Metrics::unregistered())
-            .await
-            .unwrap()
-    };
+    let start = || pylon_with(listen, pylon_security);
     // js-libp2p offers its muxers inside Noise and TLS: agreed there (QUIC has its own).
     let negotiated = |c: &pylon_node::host::Connection| {
         assert_eq!(c.early_muxer(), c.transport() != "quic-v1");

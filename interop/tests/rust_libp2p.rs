@@ -11,6 +11,7 @@ use libp2p::core::{PeerRecord, SignedEnvelope};
 use pylon_node::node::Node;
 use pylon_node::protocols::{identify as pylon_identify, ping as pylon_ping};
 use pylon_node::record::RecordFormat;
+use pylon_node::secure::Security;
 
 /// Reads our identify message off a raw rust-libp2p stream and checks the signed peer
 /// record with rust-libp2p's RFC 0003 verifier (its identify behaviour drops RFC 0003
@@ -175,62 +176,26 @@ async fn pylon_dials_rust_libp2p() {
 
 #[tokio::test]
 async fn tls_both_directions_with_rust_libp2p() {
-    // rust-libp2p proposes /tls/1.0.0 first; Pylon accepts it.
-    let node = pylon().await;
-    let mut pylon_events = node.identify.subscribe();
-    let mut rust = RustPeer::start_with_tls(true).await;
-    rust.dial(pylon_addr(&node)).await;
-    let info = rust.identified(node.peer_id()).await;
-    check_rust_view_of_pylon(&info, &node).await;
-    pylon_identified(&mut pylon_events, rust.peer_id).await;
-    assert_eq!(
-        node.host.connection(&rust.peer_id).unwrap().security(),
-        "tls"
-    );
-    pylon_ping::ping(&node.host, &rust.peer_id).await.unwrap();
-    rust.pinged(node.peer_id()).await;
-    node.shutdown(T).await;
-
-    // Pylon dials with TLS only (lazily proposed); rust-libp2p accepts.
-    let mut config = pylon_node::node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..Default::default()
-    };
-    config.host.security = vec![pylon_node::secure::Security::Tls];
-    let node = Node::start_volatile(config, pylon_node::metrics::Metrics::unregistered())
-        .await
-        .unwrap();
-    let mut pylon_events = node.identify.subscribe();
-    let mut rust = RustPeer::start_with_tls(true).await;
-    let conn = node.host.dial(&rust.addr).await.unwrap();
-    assert_eq!(conn.security(), "tls");
-    let theirs = pylon_identified(&mut pylon_events, rust.peer_id).await;
-    check_pylon_view_of_rust(&theirs, &rust);
-    rust.identified(node.peer_id()).await;
-    pylon_ping::ping(&node.host, &rust.peer_id).await.unwrap();
-    rust.pinged(node.peer_id()).await;
-    // A wrong PeerId over TLS is refused with the PeerId that answered.
-    let other = libp2p::identity::Keypair::generate_ed25519()
-        .public()
-        .to_peer_id();
-    let mut wrong = rust.addr.clone();
-    wrong.pop();
-    match node
-        .host
-        .dial(&wrong.with(libp2p::multiaddr::Protocol::P2p(other)))
-        .await
-    {
-        Err(pylon_node::host::DialError::WrongPeer { got, .. }) => assert_eq!(*got, rust.peer_id),
-        other => panic!("expected WrongPeer, got {other:?}"),
-    }
-    node.shutdown(T).await;
+    // rust-libp2p proposes /tls/1.0.0 first; Pylon dials with TLS only (lazily proposed).
+    both_directions_on(
+        RustKind::Tls,
+        "/ip4/127.0.0.1/tcp/0",
+        Security::Tls,
+        ("tcp", "tls", "yamux"),
+    )
+    .await;
 }
 
 /// Identify and ping both ways on one transport, each side dialing once; the negotiated
 /// transport, security and muxer are asserted on Pylon's side and on rust-libp2p's.
-async fn both_directions_on(kind: RustKind, listen: &str, expect: (&str, &str, &str)) {
+async fn both_directions_on(
+    kind: RustKind,
+    listen: &str,
+    security: Security,
+    expect: (&str, &str, &str),
+) {
     // rust-libp2p dials Pylon.
-    let node = pylon_on(listen).await;
+    let node = pylon_with(listen, security).await;
     let mut pylon_events = node.identify.subscribe();
     let mut rust = RustPeer::start_on(kind).await;
     rust.dial(pylon_addr(&node)).await;
@@ -249,7 +214,7 @@ async fn both_directions_on(kind: RustKind, listen: &str, expect: (&str, &str, &
     node.shutdown(T).await;
 
     // Pylon dials rust-libp2p.
-    let node = pylon_on(listen).await;
+    let node = pylon_with(listen, security).await;
     let mut pylon_events = node.identify.subscribe();
     let mut rust = RustPeer::start_on(kind).await;
     let conn = node.host.dial(&rust.addr).await.unwrap();
@@ -292,6 +257,7 @@ async fn quic_both_directions_with_rust_libp2p() {
     both_directions_on(
         RustKind::Quic,
         "/ip4/127.0.0.1/udp/0/quic-v1",
+        Security::Noise,
         ("quic-v1", "tls", "quic"),
     )
     .await;
@@ -302,6 +268,7 @@ async fn websocket_both_directions_with_rust_libp2p() {
     both_directions_on(
         RustKind::Ws,
         "/ip4/127.0.0.1/tcp/0/ws",
+        Security::Noise,
         ("ws", "noise", "yamux"),
     )
     .await;

@@ -940,19 +940,7 @@ impl Host {
             };
         let (conn, key) = match result {
             Ok(ok) => ok,
-            Err(e) => {
-                count_error(
-                    &self.inner.metrics.handshake_errors,
-                    "quic-v1",
-                    e.label(),
-                    ip_version,
-                );
-                tracing::debug!("inbound QUIC handshake failed: {e}");
-                self.emit(Event::IncomingConnectionError {
-                    error: e.to_string(),
-                });
-                return;
-            }
+            Err(e) => return self.inbound_failed("quic-v1", ip_version, &e),
         };
         let peer = key.to_peer_id();
         let route = quic_route(ip_version);
@@ -1107,19 +1095,7 @@ impl Host {
                 });
                 return;
             }
-            Ok(Err(e)) => {
-                count_error(
-                    &self.inner.metrics.handshake_errors,
-                    transport,
-                    e.label(),
-                    ip_version,
-                );
-                tracing::debug!("inbound handshake failed: {e}");
-                self.emit(Event::IncomingConnectionError {
-                    error: e.to_string(),
-                });
-                return;
-            }
+            Ok(Err(e)) => return self.inbound_failed(transport, ip_version, &e),
             Ok(Ok(u)) => u,
         };
         if let Err(e) = self.admit(&peer) {
@@ -1145,6 +1121,20 @@ impl Host {
                 ip_version,
             );
         }
+    }
+
+    /// Counts and reports an inbound connection whose handshake failed.
+    fn inbound_failed(&self, transport: &'static str, ip_version: &'static str, e: &DialError) {
+        count_error(
+            &self.inner.metrics.handshake_errors,
+            transport,
+            e.label(),
+            ip_version,
+        );
+        tracing::debug!("inbound {transport} handshake failed: {e}");
+        self.emit(Event::IncomingConnectionError {
+            error: e.to_string(),
+        });
     }
 
     fn admit(&self, peer: &PeerId) -> Result<(), DialError> {

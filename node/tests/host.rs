@@ -50,6 +50,24 @@ async fn wait_identified(
     .expect("identify within bound")
 }
 
+/// Closes `conn` (ours, `us`) and waits until `remote` saw it go.
+async fn close_seen_by(conn: &host::Connection, us: PeerId, remote: &Node) {
+    let mut events = remote.host.subscribe();
+    conn.close();
+    tokio::time::timeout(T, conn.closed()).await.unwrap();
+    tokio::time::timeout(T, async {
+        loop {
+            if let Event::ConnectionClosed { peer, .. } = events.recv().await.unwrap() {
+                if peer == us {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
 async fn identify_and_ping(listen: &str) {
     let a = start(listen).await;
     let b = start(listen).await;
@@ -337,20 +355,7 @@ async fn quic_wrong_peer_silent_port_limits_and_port_reuse() {
     settled(b.peer_id(), a.host.clone()).await;
     ping::ping(&b.host, &a.peer_id()).await.unwrap();
     // close() is seen by the remote.
-    let mut events = a.host.subscribe();
-    conn.close();
-    tokio::time::timeout(T, conn.closed()).await.unwrap();
-    tokio::time::timeout(T, async {
-        loop {
-            if let Event::ConnectionClosed { peer, .. } = events.recv().await.unwrap() {
-                if peer == b.peer_id() {
-                    break;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap();
+    close_seen_by(&conn, b.peer_id(), &a).await;
     a.shutdown(T).await;
     b.shutdown(T).await;
 }
@@ -626,20 +631,7 @@ async fn stream_limits_refuse_streams_not_connections() {
     ping::ping(&b.host, &a.peer_id()).await.unwrap();
 
     // close() ends the connection on both sides.
-    let mut events = a.host.subscribe();
-    conn.close();
-    tokio::time::timeout(T, conn.closed()).await.unwrap();
-    tokio::time::timeout(T, async {
-        loop {
-            if let Event::ConnectionClosed { peer, .. } = events.recv().await.unwrap() {
-                if peer == b.peer_id() {
-                    break;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap();
+    close_seen_by(&conn, b.peer_id(), &a).await;
 }
 
 #[tokio::test]

@@ -168,6 +168,17 @@ fn handshake_errors(node: &Node, transport: &'static str, error: &'static str) -
         .get()
 }
 
+/// Waits until `n` handshake errors were counted on `transport`.
+async fn counted(node: &Node, transport: &'static str, n: u64) {
+    tokio::time::timeout(T, async {
+        while handshake_errors(node, transport, "handshake") < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("handshake errors counted");
+}
+
 /// An honest peer can still connect and ping.
 async fn honest_dial_works(server: &Node, transport: &str) {
     let honest = start(&[], T).await;
@@ -213,13 +224,7 @@ async fn hostile_tls_clients_on_tcp_are_refused_and_counted() {
         assert!(result.is_err(), "attack accepted");
     }
     // Every attempt ended as a counted handshake error, none as a connection.
-    tokio::time::timeout(T, async {
-        while handshake_errors(&server, "tcp", "handshake") < 4 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
+    counted(&server, "tcp", 4).await;
     assert!(server.host.connections().is_empty());
     honest_dial_works(&server, "tcp").await;
     server.shutdown(T).await;
@@ -249,13 +254,7 @@ async fn hostile_tls_clients_on_quic_are_refused() {
         .unwrap();
         assert!(result.is_err());
     }
-    tokio::time::timeout(T, async {
-        while handshake_errors(&server, "quic-v1", "handshake") < 4 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
+    counted(&server, "quic-v1", 4).await;
     assert!(server.host.connections().is_empty());
     honest_dial_works(&server, "quic").await;
     server.shutdown(T).await;

@@ -20,10 +20,16 @@ pub async fn pylon() -> Node {
 
 /// A Pylon node listening on one loopback address.
 pub async fn pylon_on(listen: &str) -> Node {
-    let config = node::Config {
+    pylon_with(listen, pylon_node::secure::Security::Noise).await
+}
+
+/// A Pylon node listening on one loopback address, dialing with `security`.
+pub async fn pylon_with(listen: &str, security: pylon_node::secure::Security) -> Node {
+    let mut config = node::Config {
         listen: vec![listen.parse().unwrap()],
         ..Default::default()
     };
+    config.host.security = vec![security];
     Node::start_volatile(config, Metrics::unregistered())
         .await
         .unwrap()
