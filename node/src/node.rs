@@ -11,7 +11,7 @@ use crate::host::{self, Connection, DialError, Host};
 use crate::identity::{Keypair, PeerId};
 use crate::metrics::Metrics;
 use crate::peerstore::{self, Peerstore, SledStore, Store};
-use crate::protocols::{identify, ping};
+use crate::protocols::{identify, perf, ping};
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -19,6 +19,8 @@ pub struct Config {
     pub host: host::Config,
     pub identify: identify::Config,
     pub peerstore: peerstore::Config,
+    /// The perf server (`/perf/1.0.0`); off when `None`.
+    pub perf: Option<perf::Config>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,9 @@ impl Node {
         let peerstore = Peerstore::open(store, config.peerstore.clone(), metrics.clone())?;
         let host = Host::new(key, config.host.clone(), metrics)?;
         ping::install(&host);
+        if let Some(perf) = &config.perf {
+            perf::install(&host, perf.clone());
+        }
         let identify =
             identify::Identify::install(&host, peerstore.clone(), config.identify.clone());
         // An address family this machine lacks (no IPv6 in a container, say) is skipped

@@ -40,6 +40,7 @@ struct Raw {
     peerstore: RawPeerstore,
     dns: RawDns,
     websocket: RawWebsocket,
+    perf: Option<RawPerf>,
     #[allow(dead_code)] // checked for unknown roles; no role has settings yet
     roles: RawRoles,
 }
@@ -83,6 +84,20 @@ struct RawConnections {
 struct RawDns {
     nameservers: Vec<String>,
     timeout: String,
+}
+
+/// Present = the perf server is on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPerf {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default = "default_perf_idle")]
+    idle_timeout: String,
+}
+
+fn default_perf_idle() -> String {
+    "30s".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,6 +374,17 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             observed_confirmations: raw.identify.observed_confirmations.max(1),
         },
     };
+    let perf = match &raw.perf {
+        None => None,
+        Some(p) => Some(pylon_node::protocols::perf::Config {
+            allow: list("perf.allow", &p.allow, |s| {
+                s.parse::<pylon_node::PeerId>().map_err(|e| e.to_string())
+            })?
+            .into_iter()
+            .collect(),
+            idle_timeout: Some(duration("perf.idle_timeout", &p.idle_timeout)?),
+        }),
+    };
     let peerstore = pylon_node::peerstore::Config {
         max_peers: raw.peerstore.max_peers,
         max_addrs_per_peer: raw.peerstore.max_addrs_per_peer,
@@ -375,6 +401,7 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             host,
             identify,
             peerstore,
+            perf,
         },
     })
 }
@@ -486,6 +513,7 @@ mod tests {
         assert!(listen.contains(&"/ip4/0.0.0.0/tcp/4001".to_string()));
         assert!(listen.contains(&"/ip4/0.0.0.0/udp/4001/quic-v1".to_string()));
         assert!(c.node.host.websocket.server.is_none());
+        assert!(c.node.perf.is_none(), "perf must be off by default");
         assert_eq!(c.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             c.node.identify.agent_version,
@@ -589,6 +617,14 @@ mod tests {
             Flags::default(),
         );
         assert!(e.contains("websocket.extra_roots[0]"), "{e}");
+        let e = err(
+            Some("[perf]\nallow = [\"not-a-peer\"]\n"),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("perf.allow[0]"), "{e}");
+        let c = load(sources(Some("[perf]\n"), &[], Flags::default())).unwrap();
+        assert!(c.node.perf.unwrap().allow.is_empty());
         let flags = Flags {
             listen: vec!["/ip4/1.2.3.4/udp/1".into()],
             ..Default::default()

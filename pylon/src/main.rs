@@ -35,6 +35,26 @@ enum Command {
     },
     /// Print the effective configuration (defaults, file, environment and flags merged).
     Config(Common),
+    /// Measure throughput against a peer's /perf/1.0.0 server (e.g. a Pylon with [perf]).
+    Perf(PerfArgs),
+}
+
+#[derive(Args, Clone)]
+struct PerfArgs {
+    /// The server: a multiaddr ending in /p2p/<peer id> (any transport: tcp, quic-v1, ws).
+    addr: String,
+    /// Bytes to send, e.g. 100MiB, 1GB, 4096.
+    #[arg(long, default_value = "0")]
+    upload: String,
+    /// Bytes to ask the server to send back.
+    #[arg(long, default_value = "0")]
+    download: String,
+    /// Security protocol to propose on TCP and WebSocket: noise or tls.
+    #[arg(long, default_value = "noise")]
+    security: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -128,6 +148,7 @@ fn main() -> ExitCode {
         Command::Id(common) => id(&common),
         Command::Init { common, output } => init(&common, output),
         Command::Config(common) => print_config(&common),
+        Command::Perf(args) => perf(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,6 +203,105 @@ fn print_config(common: &Common) -> anyhow::Result<()> {
     let (tree, _) = load_with_tree(common)?;
     print!("{}", toml::to_string(&tree)?);
     Ok(())
+}
+
+/// Parses `4096`, `100KiB`, `100MiB`, `1GiB`, `10kB`, `100MB`, `1GB`.
+fn parse_bytes(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?}: expected a number of bytes, e.g. 100MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => anyhow::bail!("{s:?}: unknown unit {other:?} (B, kB, MB, GB, KiB, MiB, GiB)"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("{s:?}: too large"))
+}
+
+fn perf(args: PerfArgs) -> anyhow::Result<()> {
+    let upload = parse_bytes(&args.upload).context("--upload")?;
+    let download = parse_bytes(&args.download).context("--download")?;
+    let addr: pylon_node::Multiaddr = args
+        .addr
+        .parse()
+        .with_context(|| format!("{:?} is not a multiaddr", args.addr))?;
+    let Some(pylon_node::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+        anyhow::bail!("{addr}: the address must end in /p2p/<peer id>");
+    };
+    let security = match args.security.as_str() {
+        "noise" => pylon_node::secure::Security::Noise,
+        "tls" => pylon_node::secure::Security::Tls,
+        other => anyhow::bail!("--security {other:?}: expected noise or tls"),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut config = pylon_node::node::Config::default();
+        config.host.security = vec![security];
+        let metrics = pylon_node::metrics::Metrics::unregistered();
+        let node = pylon_node::node::Node::start_volatile(config, metrics).await?;
+        let started = std::time::Instant::now();
+        let conn = node
+            .host
+            .dial(&addr)
+            .await
+            .with_context(|| format!("dialing {addr}"))?;
+        let connect = started.elapsed();
+        let report = pylon_node::protocols::perf::run(&node.host, &peer, upload, download)
+            .await
+            .context("perf")?;
+        let rate = |bytes: u64, t: std::time::Duration| {
+            bytes as f64 / t.as_secs_f64().max(1e-9) / (1u64 << 20) as f64
+        };
+        if args.json {
+            let out = serde_json::json!({
+                "type": "final",
+                "timeSeconds": report.total_time().as_secs_f64(),
+                "uploadBytes": report.uploaded,
+                "downloadBytes": report.downloaded,
+                "uploadSeconds": report.upload_time.as_secs_f64(),
+                "downloadSeconds": report.download_time.as_secs_f64(),
+                "connectSeconds": connect.as_secs_f64(),
+                "transport": conn.transport(),
+                "security": conn.security(),
+                "muxer": conn.muxer(),
+            });
+            println!("{out}");
+        } else {
+            println!(
+                "connected in {:.1} ms over {}/{}/{}",
+                connect.as_secs_f64() * 1e3,
+                conn.transport(),
+                conn.security(),
+                conn.muxer()
+            );
+            println!(
+                "upload:   {} bytes in {:.3} s ({:.1} MiB/s)",
+                report.uploaded,
+                report.upload_time.as_secs_f64(),
+                rate(report.uploaded, report.upload_time)
+            );
+            println!(
+                "download: {} bytes in {:.3} s ({:.1} MiB/s)",
+                report.downloaded,
+                report.download_time.as_secs_f64(),
+                rate(report.downloaded, report.download_time)
+            );
+        }
+        node.shutdown(std::time::Duration::from_secs(2)).await;
+        Ok(())
+    })
 }
 
 fn run(common: Common) -> anyhow::Result<()> {

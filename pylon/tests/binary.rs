@@ -293,3 +293,59 @@ async fn init_writes_a_config_that_runs() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn perf_client_measures_a_perf_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("perf.toml");
+    std::fs::write(&config, "[perf]\n").unwrap();
+    let mut server = Running::start(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ],
+    )
+    .await;
+    let line = server.wait_log("listening on /ip4/127.0.0.1/udp/").await;
+    let addr = field_after(&line, "listening on ").to_string();
+    let out = tokio::time::timeout(
+        T,
+        Command::new(BIN)
+            .args([
+                "perf",
+                &addr,
+                "--upload",
+                "3MiB",
+                "--download",
+                "2MiB",
+                "--json",
+            ])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["uploadBytes"], 3 << 20);
+    assert_eq!(report["downloadBytes"], 2 << 20);
+    assert_eq!(report["transport"], "quic-v1");
+    assert!(report["timeSeconds"].as_f64().unwrap() > 0.0);
+    // Bad sizes and addresses are refused with a message, exit 2.
+    for args in [
+        vec!["perf", addr.as_str(), "--upload", "3 parsecs"],
+        vec!["perf", "/ip4/127.0.0.1/tcp/1"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(!out.stderr.is_empty());
+    }
+    server.stop("-INT").await;
+}

@@ -1,4 +1,5 @@
 //! Protocols served and spoken by the node. Each one: wire codec, logic, async driver.
 
 pub mod identify;
+pub mod perf;
 pub mod ping;

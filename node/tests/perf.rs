@@ -1,0 +1,108 @@
+//! perf (`/perf/1.0.0`) between Pylon nodes on every transport, the allow list, and
+//! servers that lie or clients that misbehave. Every wait is bounded.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use pylon_node::metrics::Metrics;
+use pylon_node::node::{self, Node};
+use pylon_node::protocols::perf;
+use pylon_node::Multiaddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(30);
+
+async fn start(listen: &str, perf: Option<perf::Config>) -> Node {
+    let config = node::Config {
+        listen: vec![listen.parse().unwrap()],
+        perf,
+        ..Default::default()
+    };
+    Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap()
+}
+
+fn addr_of(node: &Node) -> Multiaddr {
+    node.host.listen_addrs()[0]
+        .clone()
+        .with(multiaddr::Protocol::P2p(node.peer_id()))
+}
+
+#[tokio::test]
+async fn upload_and_download_on_every_transport() {
+    for listen in [
+        "/ip4/127.0.0.1/tcp/0",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "/ip4/127.0.0.1/tcp/0/ws",
+    ] {
+        let server = start(listen, Some(perf::Config::default())).await;
+        let client = start(listen, None).await;
+        client.host.dial(&addr_of(&server)).await.unwrap();
+        for (up, down) in [
+            (0, 0),
+            (1, 0),
+            (0, 1),
+            (3 << 20, 0),
+            (0, 3 << 20),
+            (1 << 20, 5 << 20),
+        ] {
+            let report =
+                tokio::time::timeout(T, perf::run(&client.host, &server.peer_id(), up, down))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!((report.uploaded, report.downloaded), (up, down), "{listen}");
+        }
+        // The client has no server: the stream is refused.
+        assert!(perf::run(&server.host, &client.peer_id(), 1, 1)
+            .await
+            .is_err());
+        server.shutdown(T).await;
+        client.shutdown(T).await;
+    }
+}
+
+#[tokio::test]
+async fn allow_list_and_misbehaving_clients() {
+    let allowed = start("/ip4/127.0.0.1/tcp/0", None).await;
+    let other = start("/ip4/127.0.0.1/tcp/0", None).await;
+    let server = start(
+        "/ip4/127.0.0.1/tcp/0",
+        Some(perf::Config {
+            allow: [allowed.peer_id()].into_iter().collect(),
+            idle_timeout: Some(Duration::from_millis(300)),
+        }),
+    )
+    .await;
+    for n in [&allowed, &other] {
+        n.host.dial(&addr_of(&server)).await.unwrap();
+    }
+    perf::run(&allowed.host, &server.peer_id(), 10, 10)
+        .await
+        .unwrap();
+    assert!(perf::run(&other.host, &server.peer_id(), 10, 10)
+        .await
+        .is_err());
+
+    // A client that sends half a header and stalls is dropped after the idle timeout.
+    let conn = allowed.host.connection(&server.peer_id()).unwrap();
+    let mut s = conn.open_stream(&[perf::PROTOCOL]).await.unwrap();
+    s.write_all(&[0, 0, 0]).await.unwrap();
+    s.flush().await.unwrap();
+    let mut buf = Vec::new();
+    let ended = tokio::time::timeout(T, s.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert!(ended.is_err() || buf.is_empty());
+    // A client that asks for u64::MAX and never reads is dropped too, the server stays up.
+    let mut s = conn.open_stream(&[perf::PROTOCOL]).await.unwrap();
+    s.write_all(&u64::MAX.to_be_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(s);
+    perf::run(&allowed.host, &server.peer_id(), 1 << 20, 1 << 20)
+        .await
+        .unwrap();
+    assert!(!conn.is_closed());
+}
