@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::host::{self, Host, Stream, StreamError};
+use crate::host::{self, Connection, Host, Stream, StreamError};
 use crate::identity::PeerId;
 
 pub const PROTOCOL: &str = "/perf/1.0.0";
@@ -112,6 +112,11 @@ pub async fn run(host: &Host, peer: &PeerId, upload: u64, download: u64) -> Resu
     let conn = host
         .connection(peer)
         .ok_or(StreamError::NotConnected(*peer))?;
+    run_on(&conn, upload, download).await
+}
+
+/// Runs one perf exchange on a new stream of `conn`.
+pub async fn run_on(conn: &Connection, upload: u64, download: u64) -> Result<Report, Error> {
     let started = Instant::now();
     let mut stream = conn.open_stream_lazy(PROTOCOL).await?;
     stream.write_all(&download.to_be_bytes()).await?;

@@ -1,0 +1,986 @@
+//! Pylon's benchmark suite: Pylon and rust-libp2p 0.57 measured on loopback in the same
+//! run, each talking to itself (Pylon↔Pylon, rust-libp2p↔rust-libp2p), plus what this
+//! machine allows without libp2p (plain TCP copy, one core's AEAD rate). Prints markdown.
+//!
+//! ```sh
+//! cargo run --release -p pylon-interop --example bench -- [--quick] [--repeat N] [--size MiB] [--only SECTIONS]
+//! ```
+//! Sections (comma-separated for `--only`): `limits`, `throughput`, `concurrency`,
+//! `connect`, `memory`. Every figure is the median of `--repeat` runs with min–max.
+//! Throughput uses the perf protocol (`/perf/1.0.0`; rust-libp2p's side is the same
+//! protocol on `libp2p-stream`); connection setup is dial → first ping answered with
+//! identify running (the test-plans `handshakePlusOneRTT` measure); memory is the RSS
+//! growth of a server process holding idle connections; CPU is getrusage of this process
+//! (client and server) per GiB moved.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use pylon_node::metrics::Metrics;
+use pylon_node::node::{self, Node};
+use pylon_node::protocols::{perf, ping as pylon_ping};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{mpsc, oneshot};
+
+const PERF: StreamProtocol = StreamProtocol::new("/perf/1.0.0");
+const MIB: f64 = 1024.0 * 1024.0;
+const CHUNK: usize = 64 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Noise,
+    Tls,
+    Quic,
+}
+
+impl Kind {
+    fn listen(self) -> &'static str {
+        match self {
+            Kind::Noise | Kind::Tls => "/ip4/127.0.0.1/tcp/0",
+            Kind::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Noise => "TCP+Noise+yamux",
+            Kind::Tls => "TCP+TLS+yamux",
+            Kind::Quic => "QUIC",
+        }
+    }
+    fn parse(s: &str) -> anyhow::Result<Kind> {
+        Ok(match s {
+            "noise" => Kind::Noise,
+            "tls" => Kind::Tls,
+            "quic" => Kind::Quic,
+            _ => anyhow::bail!("unknown kind {s}"),
+        })
+    }
+    fn arg(self) -> &'static str {
+        match self {
+            Kind::Noise => "noise",
+            Kind::Tls => "tls",
+            Kind::Quic => "quic",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Imp {
+    Pylon,
+    Rust,
+}
+
+impl Imp {
+    fn arg(self) -> &'static str {
+        match self {
+            Imp::Pylon => "pylon",
+            Imp::Rust => "rust",
+        }
+    }
+}
+
+// ---- Pylon ------------------------------------------------------------------------------
+
+async fn pylon_node(
+    kind: Kind,
+    listen: bool,
+    perf_server: bool,
+    inline_muxer: bool,
+) -> anyhow::Result<Node> {
+    let mut config = node::Config {
+        listen: if listen {
+            vec![kind.listen().parse()?]
+        } else {
+            vec![]
+        },
+        perf: perf_server.then(perf::Config::default),
+        ..Default::default()
+    };
+    config.host.security = vec![if kind == Kind::Tls {
+        pylon_node::secure::Security::Tls
+    } else {
+        pylon_node::secure::Security::Noise
+    }];
+    config.host.inline_muxer = inline_muxer;
+    config.host.max_connections = 30_000;
+    config.host.max_connections_per_peer = 30_000;
+    config.host.max_pending_incoming = 1024;
+    // Redialing one peer in a loop: TIME_WAIT would make port reuse fall back anyway.
+    config.host.port_reuse = false;
+    Ok(Node::start_volatile(config, Metrics::unregistered()).await?)
+}
+
+fn pylon_addr(node: &Node) -> anyhow::Result<Multiaddr> {
+    node.listen_multiaddrs()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no listen address"))
+}
+
+// ---- rust-libp2p ------------------------------------------------------------------------
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+fn rust_swarm(kind: Kind, ping_interval: Duration) -> anyhow::Result<Swarm<Behaviour>> {
+    macro_rules! finish {
+        ($builder:expr) => {
+            $builder
+                .with_behaviour(|key| Behaviour {
+                    identify: identify::Behaviour::new(
+                        identify::Config::new_with_signed_peer_record("ipfs/0.1.0".into(), key),
+                    ),
+                    ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_interval)),
+                    stream: libp2p_stream::Behaviour::new(),
+                })?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+                .build()
+        };
+    }
+    let builder = libp2p::SwarmBuilder::with_new_identity().with_tokio();
+    let nodelay = tcp::Config::default().nodelay(true);
+    Ok(match kind {
+        Kind::Tls => {
+            finish!(builder.with_tcp(nodelay, libp2p::tls::Config::new, yamux::Config::default)?)
+        }
+        Kind::Noise => {
+            finish!(builder.with_tcp(nodelay, noise::Config::new, yamux::Config::default)?)
+        }
+        Kind::Quic => finish!(builder.with_quic()),
+    })
+}
+
+type DialReply = oneshot::Sender<Result<(), String>>;
+
+/// A rust-libp2p swarm in its own task: dials on request, serves perf when asked, reports
+/// the first ping answered per connection.
+struct RustNode {
+    peer_id: PeerId,
+    addr: Option<Multiaddr>,
+    control: libp2p_stream::Control,
+    dials: mpsc::Sender<(Multiaddr, PeerId, DialReply, Option<DialReply>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RustNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RustNode {
+    async fn start(kind: Kind, listen: bool, perf_server: bool) -> anyhow::Result<RustNode> {
+        let mut swarm = rust_swarm(kind, Duration::from_secs(3600))?;
+        let addr = if listen {
+            swarm.listen_on(kind.listen().parse()?)?;
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    break Some(
+                        address.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id())),
+                    );
+                }
+            }
+        } else {
+            None
+        };
+        let peer_id = *swarm.local_peer_id();
+        let mut control = swarm.behaviour().stream.new_control();
+        if perf_server {
+            let mut incoming = control.accept(PERF).map_err(|e| anyhow::anyhow!("{e}"))?;
+            tokio::spawn(async move {
+                while let Some((_, stream)) = incoming.next().await {
+                    tokio::spawn(async move {
+                        if let Err(e) = rust_perf_serve(stream).await {
+                            eprintln!("rust-libp2p perf server: {e}");
+                        }
+                    });
+                }
+            });
+        }
+        let (dials, mut rx) =
+            mpsc::channel::<(Multiaddr, PeerId, DialReply, Option<DialReply>)>(1024);
+        let task = tokio::spawn(async move {
+            let mut established: HashMap<ConnectionId, DialReply> = HashMap::new();
+            let mut pinged: HashMap<ConnectionId, DialReply> = HashMap::new();
+            loop {
+                tokio::select! {
+                    Some((addr, peer, done, ping)) = rx.recv() => {
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(vec![addr])
+                            .condition(PeerCondition::Always)
+                            .build();
+                        let id = opts.connection_id();
+                        match swarm.dial(opts) {
+                            Ok(()) => {
+                                established.insert(id, done);
+                                if let Some(p) = ping {
+                                    pinged.insert(id, p);
+                                }
+                            }
+                            Err(e) => {
+                                let _ = done.send(Err(e.to_string()));
+                            }
+                        }
+                    }
+                    event = swarm.select_next_some() => match event {
+                        SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+                            if let Some(tx) = established.remove(&connection_id) {
+                                let _ = tx.send(Ok(()));
+                            }
+                        }
+                        SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
+                            if let Some(tx) = established.remove(&connection_id) {
+                                let _ = tx.send(Err(error.to_string()));
+                            }
+                        }
+
+                        SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { connection, result, .. })) => {
+                            if let Some(tx) = pinged.remove(&connection) {
+                                let _ = tx.send(result.map(|_| ()).map_err(|e| e.to_string()));
+                            }
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        });
+        Ok(RustNode {
+            peer_id,
+            addr,
+            control,
+            dials,
+            task,
+        })
+    }
+
+    /// Dials `addr` (a new connection even if one exists); with `ping`, resolves once the
+    /// first ping on it was answered.
+    async fn dial(&self, addr: &Multiaddr, peer: PeerId, ping: bool) -> anyhow::Result<()> {
+        let (done, done_rx) = oneshot::channel();
+        let (ping_tx, ping_rx) = oneshot::channel();
+        self.dials
+            .send((addr.clone(), peer, done, ping.then_some(ping_tx)))
+            .await?;
+        done_rx.await?.map_err(|e| anyhow::anyhow!(e))?;
+        if ping {
+            ping_rx.await?.map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Ok(())
+    }
+}
+
+async fn rust_perf_serve(mut stream: libp2p::Stream) -> std::io::Result<()> {
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).await?;
+    let mut remaining = u64::from_be_bytes(header);
+    let mut buf = vec![0u8; CHUNK];
+    while stream.read(&mut buf).await? > 0 {}
+    let zeros = vec![0u8; CHUNK];
+    while remaining > 0 {
+        let n = remaining.min(CHUNK as u64) as usize;
+        stream.write_all(&zeros[..n]).await?;
+        remaining -= n as u64;
+    }
+    stream.close().await
+}
+
+/// Streams libp2p-stream's accept queue dropped (it drops inbound streams when its
+/// channel is full) and the client opened again.
+static RUST_RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A perf client run on rust-libp2p; a stream the server's libp2p-stream queue dropped
+/// before answering is opened again (counted in [`RUST_RETRIES`]).
+async fn rust_perf_run(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    upload: u64,
+    download: u64,
+) -> anyhow::Result<()> {
+    let mut attempts = 0;
+    loop {
+        match rust_perf_once(control, peer, upload, download).await {
+            Err(Dropped(e)) if attempts < 8 => {
+                attempts += 1;
+                RUST_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!("retrying dropped perf stream: {e}");
+            }
+            Err(Dropped(e)) => return Err(e),
+            Ok(r) => return r,
+        }
+    }
+}
+
+/// The stream failed before the server sent a byte.
+struct Dropped(anyhow::Error);
+
+async fn rust_perf_once(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    upload: u64,
+    download: u64,
+) -> Result<anyhow::Result<()>, Dropped> {
+    let mut stream = control
+        .open_stream(peer, PERF)
+        .await
+        .map_err(|e| Dropped(anyhow::anyhow!("{e}")))?;
+    let early = async {
+        stream.write_all(&download.to_be_bytes()).await?;
+        let zeros = vec![0u8; CHUNK];
+        let mut left = upload;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            stream.write_all(&zeros[..n]).await?;
+            left -= n as u64;
+        }
+        stream.close().await
+    };
+    if let Err(e) = early.await {
+        return Err(Dropped(e.into()));
+    }
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0u64;
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) if got == 0 => return Err(Dropped(e.into())),
+            Err(e) => return Ok(Err(e.into())),
+        }
+    }
+    if got == 0 && download > 0 {
+        return Err(Dropped(anyhow::anyhow!("stream ended without data")));
+    }
+    Ok(if got == download {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("got {got} of {download} bytes"))
+    })
+}
+
+// ---- measurements -----------------------------------------------------------------------
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::from_secs(t.tv_sec().max(0) as u64)
+                    + Duration::from_micros(t.tv_usec().max(0) as u64)
+            };
+            tv(u.user_time()) + tv(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// One transfer's result: MiB/s and CPU seconds per GiB moved.
+#[derive(Clone, Copy)]
+struct Rate {
+    mibs: f64,
+    cpu_per_gib: f64,
+}
+
+async fn timed<F: std::future::Future<Output = anyhow::Result<()>>>(
+    bytes: u64,
+    f: F,
+) -> anyhow::Result<Rate> {
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    f.await?;
+    let (cpu, t) = (cpu_time() - cpu0, t0.elapsed());
+    let gib = bytes as f64 / (MIB * 1024.0);
+    Ok(Rate {
+        mibs: bytes as f64 / MIB / t.as_secs_f64(),
+        cpu_per_gib: cpu.as_secs_f64() / gib,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shape {
+    Upload,
+    Download,
+    /// 16 concurrent downloads on one connection.
+    Streams16,
+    /// 16 concurrent downloads, one per connection (16 clients).
+    Connections16,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Upload => "1 stream, upload",
+            Shape::Download => "1 stream, download",
+            Shape::Streams16 => "16 streams on 1 connection, download",
+            Shape::Connections16 => "16 connections, download",
+        }
+    }
+}
+
+async fn transfer(imp: Imp, kind: Kind, shape: Shape, bytes: u64) -> anyhow::Result<Rate> {
+    let clients = if shape == Shape::Connections16 { 16 } else { 1 };
+    let per = bytes / 16;
+    match imp {
+        Imp::Pylon => {
+            let server = pylon_node(kind, true, true, true).await?;
+            let addr = pylon_addr(&server)?;
+            let mut conns = Vec::new();
+            let mut nodes = Vec::new();
+            for _ in 0..clients {
+                let c = pylon_node(kind, false, false, true).await?;
+                conns.push(c.host.dial(&addr).await?);
+                nodes.push(c);
+            }
+            // Let identify finish on the new connections (outside the timing).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let rate = timed(bytes, async {
+                match shape {
+                    Shape::Upload => drop(perf::run_on(&conns[0], bytes, 0).await?),
+                    Shape::Download => drop(perf::run_on(&conns[0], 0, bytes).await?),
+                    Shape::Streams16 => {
+                        let runs = (0..16).map(|_| perf::run_on(&conns[0], 0, per));
+                        for r in futures::future::join_all(runs).await {
+                            r?;
+                        }
+                    }
+                    Shape::Connections16 => {
+                        let runs = conns.iter().map(|c| perf::run_on(c, 0, per));
+                        for r in futures::future::join_all(runs).await {
+                            r?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            for n in nodes {
+                n.shutdown(Duration::from_secs(2)).await;
+            }
+            server.shutdown(Duration::from_secs(2)).await;
+            Ok(rate)
+        }
+        Imp::Rust => {
+            let server = RustNode::start(kind, true, true).await?;
+            let addr = server
+                .addr
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("no addr"))?;
+            let mut nodes = Vec::new();
+            for _ in 0..clients {
+                let c = RustNode::start(kind, false, false).await?;
+                c.dial(&addr, server.peer_id, false).await?;
+                nodes.push(c);
+            }
+            let peer = server.peer_id;
+            // Let identify finish on the new connections (outside the timing, as for Pylon).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let rate = timed(bytes, async {
+                match shape {
+                    Shape::Upload => {
+                        rust_perf_run(&mut nodes[0].control.clone(), peer, bytes, 0).await?
+                    }
+                    Shape::Download => {
+                        rust_perf_run(&mut nodes[0].control.clone(), peer, 0, bytes).await?
+                    }
+                    Shape::Streams16 => {
+                        let runs = (0..16).map(|_| {
+                            let mut control = nodes[0].control.clone();
+                            async move { rust_perf_run(&mut control, peer, 0, per).await }
+                        });
+                        for r in futures::future::join_all(runs).await {
+                            r?;
+                        }
+                    }
+                    Shape::Connections16 => {
+                        let runs = nodes.iter().map(|n| {
+                            let mut control = n.control.clone();
+                            async move { rust_perf_run(&mut control, peer, 0, per).await }
+                        });
+                        for r in futures::future::join_all(runs).await {
+                            r?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            rate
+        }
+    }
+}
+
+/// Dial → first ping answered, `n` times, one connection at a time.
+async fn connect_latency(
+    imp: Imp,
+    kind: Kind,
+    inline_muxer: bool,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut out = Vec::with_capacity(n);
+    match imp {
+        Imp::Pylon => {
+            let server = pylon_node(kind, true, false, inline_muxer).await?;
+            let client = pylon_node(kind, false, false, inline_muxer).await?;
+            let addr = pylon_addr(&server)?;
+            for _ in 0..n {
+                let started = Instant::now();
+                let conn = client.host.dial(&addr).await?;
+                let mut stream = conn.open_stream_lazy(pylon_ping::PROTOCOL).await?;
+                pylon_ping::ping_on(&mut stream).await?;
+                out.push(started.elapsed());
+                drop(stream);
+                conn.close();
+                conn.closed().await;
+            }
+            client.shutdown(Duration::from_secs(2)).await;
+            server.shutdown(Duration::from_secs(2)).await;
+        }
+        Imp::Rust => {
+            let server = RustNode::start(kind, true, false).await?;
+            let addr = server
+                .addr
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("no addr"))?;
+            // The client's first ping goes out at once on a new connection.
+            let client = RustNode::start(kind, false, false).await?;
+            for _ in 0..n {
+                let started = Instant::now();
+                client.dial(&addr, server.peer_id, true).await?;
+                out.push(started.elapsed());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Server memory per idle connection (KiB) at each of `counts` connections held, and
+/// connections per second accepted while opening the first batch. The server runs in a
+/// child process (this binary, `serve` mode) so its RSS is its own.
+async fn memory(imp: Imp, kind: Kind, counts: &[usize]) -> anyhow::Result<(Vec<f64>, f64)> {
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["serve", imp.arg(), kind.arg()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr: Multiaddr = lines
+        .next_line()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("server printed nothing"))?
+        .parse()?;
+    let Some(libp2p::multiaddr::Protocol::P2p(server_peer)) = addr.iter().last() else {
+        anyhow::bail!("no /p2p/ in {addr}");
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = rss_kib(pid)?;
+    let mut per_conn = Vec::new();
+    let mut accept_rate = 0.0;
+    let mut held = 0usize;
+    const PARALLEL: usize = 64;
+    let pylon_client = match imp {
+        Imp::Pylon => Some(pylon_node(kind, false, false, true).await?),
+        Imp::Rust => None,
+    };
+    let rust_client = match imp {
+        Imp::Rust => Some(RustNode::start(kind, false, false).await?),
+        Imp::Pylon => None,
+    };
+    let mut pylon_conns = Vec::new();
+    for (i, &target) in counts.iter().enumerate() {
+        let todo = target.saturating_sub(held);
+        let started = Instant::now();
+        match (&pylon_client, &rust_client) {
+            (Some(c), _) => {
+                let dials = futures::stream::iter(0..todo)
+                    .map(|_| c.host.dial(&addr))
+                    .buffer_unordered(PARALLEL);
+                let conns: Vec<_> = dials.collect().await;
+                for conn in conns {
+                    pylon_conns.push(conn?);
+                }
+            }
+            (_, Some(c)) => {
+                let dials = futures::stream::iter(0..todo)
+                    .map(|_| c.dial(&addr, server_peer, false))
+                    .buffer_unordered(PARALLEL);
+                let results: Vec<_> = dials.collect().await;
+                for r in results {
+                    r?;
+                }
+            }
+            _ => unreachable!(),
+        }
+        if i == 0 {
+            accept_rate = todo as f64 / started.elapsed().as_secs_f64();
+        }
+        held = target;
+        // Let identify and the muxers settle before reading the server's RSS.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_kib(pid)?;
+        per_conn.push((rss.saturating_sub(base)) as f64 / held as f64);
+    }
+    drop(pylon_conns);
+    if let Some(c) = pylon_client {
+        c.shutdown(Duration::from_secs(5)).await;
+    }
+    drop(rust_client);
+    drop(child);
+    Ok((per_conn, accept_rate))
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
+/// `serve` mode: a server holding connections until stdin closes.
+async fn serve(imp: &str, kind: &str) -> anyhow::Result<()> {
+    let kind = Kind::parse(kind)?;
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    match imp {
+        "pylon" => {
+            let node = pylon_node(kind, true, false, true).await?;
+            println!("{}", pylon_addr(&node)?);
+            while stdin.next_line().await?.is_some() {}
+            node.shutdown(Duration::from_secs(2)).await;
+        }
+        "rust" => {
+            let node = RustNode::start(kind, true, false).await?;
+            println!(
+                "{}",
+                node.addr
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("no addr"))?
+            );
+            while stdin.next_line().await?.is_some() {}
+        }
+        other => anyhow::bail!("unknown implementation {other}"),
+    }
+    Ok(())
+}
+
+/// Plain tokio TCP over loopback, one stream, 64 KiB writes: MiB/s.
+async fn tcp_copy(bytes: u64) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(got);
+            }
+            got += n as u64;
+        }
+    });
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let zeros = vec![0u8; CHUNK];
+    let started = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        s.write_all(&zeros[..n]).await?;
+        left -= n as u64;
+    }
+    s.shutdown().await?;
+    let got = reader.await??;
+    anyhow::ensure!(got == bytes);
+    Ok(bytes as f64 / MIB / started.elapsed().as_secs_f64())
+}
+
+/// One core's AEAD seal rate on 65519-byte records (a full Noise frame's payload): MiB/s.
+fn aead_rate(alg: &'static ring::aead::Algorithm, bytes: u64) -> anyhow::Result<f64> {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+    let key = LessSafeKey::new(
+        UnboundKey::new(alg, &vec![7u8; alg.key_len()]).map_err(|_| anyhow::anyhow!("key"))?,
+    );
+    let mut buf = vec![0u8; 65519];
+    let started = Instant::now();
+    let mut done = 0u64;
+    let mut n = 0u64;
+    while done < bytes {
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&n.to_le_bytes());
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut buf)
+            .map_err(|_| anyhow::anyhow!("seal"))?;
+        let _ = std::hint::black_box(tag);
+        done += buf.len() as u64;
+        n += 1;
+    }
+    Ok(done as f64 / MIB / started.elapsed().as_secs_f64())
+}
+
+// ---- reporting --------------------------------------------------------------------------
+
+/// Median, min and max.
+fn summary(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn fmt(values: &[f64], digits: usize) -> String {
+    let (m, lo, hi) = summary(values);
+    if values.is_empty() {
+        "failed".to_string()
+    } else if values.len() < 2 {
+        format!("{m:.digits$}")
+    } else {
+        format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+    }
+}
+
+fn ratio(pylon: &[f64], rust: &[f64]) -> String {
+    if pylon.is_empty() || rust.is_empty() {
+        return "–".to_string();
+    }
+    format!("{:.2}", summary(pylon).0 / summary(rust).0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+}
+
+struct Options {
+    quick: bool,
+    repeat: usize,
+    size_mib: u64,
+    only: Vec<String>,
+}
+
+impl Options {
+    fn parse() -> anyhow::Result<Options> {
+        let mut o = Options {
+            quick: false,
+            repeat: 3,
+            size_mib: 512,
+            only: Vec::new(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--quick" => {
+                    o.quick = true;
+                    o.repeat = 1;
+                    o.size_mib = 8;
+                }
+                "--repeat" => o.repeat = args.next().unwrap_or_default().parse()?,
+                "--size" => o.size_mib = args.next().unwrap_or_default().parse()?,
+                "--only" => {
+                    o.only = args
+                        .next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::to_string)
+                        .collect()
+                }
+                other => anyhow::bail!("unknown argument {other}"),
+            }
+        }
+        Ok(o)
+    }
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("serve") {
+        let (imp, kind) = (
+            args.next().unwrap_or_default(),
+            args.next().unwrap_or_default(),
+        );
+        return tokio::runtime::Runtime::new()?.block_on(serve(&imp, &kind));
+    }
+    let opts = Options::parse()?;
+    tokio::runtime::Runtime::new()?.block_on(bench(opts))
+}
+
+async fn bench(o: Options) -> anyhow::Result<()> {
+    let bytes = o.size_mib << 20;
+    let kinds = [Kind::Noise, Kind::Tls, Kind::Quic];
+    println!(
+        "Pylon {} vs rust-libp2p 0.57 on loopback; median of {} (min–max); {} MiB per transfer.\n",
+        env!("CARGO_PKG_VERSION"),
+        o.repeat,
+        o.size_mib
+    );
+    let mut limit_tcp = Vec::new();
+    let mut limit_chacha = Vec::new();
+    if o.wants("limits") {
+        let mut aes = Vec::new();
+        for _ in 0..o.repeat {
+            limit_tcp.push(tcp_copy(bytes * 2).await?);
+            limit_chacha.push(aead_rate(&ring::aead::CHACHA20_POLY1305, bytes)?);
+            aes.push(aead_rate(&ring::aead::AES_256_GCM, bytes)?);
+        }
+        println!("| physical limit on this machine | MiB/s |\n|---|---|");
+        println!(
+            "| tokio TCP copy over loopback, 1 stream, no crypto | {} |",
+            fmt(&limit_tcp, 0)
+        );
+        println!(
+            "| ChaCha20-Poly1305 seal, 1 core (ring) | {} |",
+            fmt(&limit_chacha, 0)
+        );
+        println!("| AES-256-GCM seal, 1 core (ring) | {} |\n", fmt(&aes, 0));
+    }
+    let mut shapes = Vec::new();
+    if o.wants("throughput") {
+        shapes.extend([Shape::Upload, Shape::Download]);
+    }
+    if o.wants("concurrency") {
+        shapes.extend([Shape::Streams16, Shape::Connections16]);
+    }
+    let mut failures = Vec::new();
+    if !shapes.is_empty() {
+        println!("| throughput | transport | Pylon MiB/s | rust-libp2p MiB/s | Pylon / rust | Pylon / TCP copy | Pylon CPU s/GiB | rust CPU s/GiB |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for shape in shapes {
+            for kind in kinds {
+                let (mut p, mut r) = (Vec::new(), Vec::new());
+                for _ in 0..o.repeat {
+                    // Alternate so drift on this noisy machine hits both alike.
+                    let run = |imp| async move {
+                        transfer(imp, kind, shape, bytes)
+                            .await
+                            .with_context(|| format!("{imp:?} {kind:?} {shape:?}"))
+                    };
+                    p.push(run(Imp::Pylon).await?);
+                    // rust-libp2p's own failures are reported, not fatal.
+                    match run(Imp::Rust).await {
+                        Ok(rate) => r.push(rate),
+                        Err(e) => failures.push(format!("{e:#}")),
+                    }
+                }
+                let mibs = |v: &[Rate]| v.iter().map(|x| x.mibs).collect::<Vec<_>>();
+                let cpu = |v: &[Rate]| v.iter().map(|x| x.cpu_per_gib).collect::<Vec<_>>();
+                let share = if limit_tcp.is_empty() {
+                    "–".to_string()
+                } else {
+                    format!(
+                        "{:.0} %",
+                        100.0 * summary(&mibs(&p)).0 / summary(&limit_tcp).0
+                    )
+                };
+                println!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    shape.name(),
+                    kind.name(),
+                    fmt(&mibs(&p), 0),
+                    fmt(&mibs(&r), 0),
+                    ratio(&mibs(&p), &mibs(&r)),
+                    share,
+                    fmt(&cpu(&p), 2),
+                    fmt(&cpu(&r), 2),
+                );
+            }
+        }
+        println!();
+        for f in &failures {
+            println!("rust-libp2p run failed: {f}  ");
+        }
+        let retries = RUST_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
+        if retries > 0 {
+            println!(
+                "rust-libp2p: {retries} perf streams dropped by libp2p-stream's accept queue (full channel) were opened again; the retries are inside the timing.\n"
+            );
+        }
+        if !failures.is_empty() {
+            println!();
+        }
+    }
+    if o.wants("connect") {
+        let n = if o.quick { 20 } else { 500 };
+        println!("| dial → first ping answered ({n} per run × {}) | Pylon p50 / p90 / p99 ms | rust-libp2p p50 / p90 / p99 ms | p50 Pylon / rust |", o.repeat);
+        println!("|---|---|---|---|");
+        // QUIC has no muxer negotiation; TCP rows with it inlined and by multistream-select.
+        let rows = [
+            (Kind::Noise, true, "TCP+Noise+yamux, muxer inlined"),
+            (Kind::Noise, false, "TCP+Noise+yamux, muxer by multistream"),
+            (Kind::Tls, true, "TCP+TLS+yamux, muxer inlined"),
+            (Kind::Tls, false, "TCP+TLS+yamux, muxer by multistream"),
+            (Kind::Quic, false, "QUIC"),
+        ];
+        let mut rust: HashMap<&str, Vec<Duration>> = HashMap::new();
+        for (kind, inline, name) in rows {
+            let mut p = Vec::new();
+            // Warm-up, then alternating runs.
+            connect_latency(Imp::Pylon, kind, inline, n / 10).await?;
+            connect_latency(Imp::Rust, kind, false, n / 10).await?;
+            for _ in 0..o.repeat {
+                p.extend(connect_latency(Imp::Pylon, kind, inline, n).await?);
+                let r = connect_latency(Imp::Rust, kind, false, n).await?;
+                rust.entry(kind.name()).or_default().extend(r);
+            }
+            p.sort();
+            let r = rust.entry(kind.name()).or_default();
+            r.sort();
+            println!(
+                "| {name} | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} | {:.2} |",
+                pct(&p, 0.5),
+                pct(&p, 0.9),
+                pct(&p, 0.99),
+                pct(r, 0.5),
+                pct(r, 0.9),
+                pct(r, 0.99),
+                pct(&p, 0.5) / pct(r, 0.5)
+            );
+        }
+        println!();
+    }
+    if o.wants("memory") {
+        let counts: &[usize] = if o.quick { &[50, 100] } else { &[1000, 10_000] };
+        println!(
+            "| server memory per idle connection | Pylon KiB at {} / {} | rust-libp2p KiB at {} / {} | Pylon / rust at {} | accepted conn/s Pylon | rust |",
+            counts[0], counts[1], counts[0], counts[1], counts[1]
+        );
+        println!("|---|---|---|---|---|---|");
+        for kind in [Kind::Noise, Kind::Quic] {
+            let (pm, pa) = memory(Imp::Pylon, kind, counts).await?;
+            let (rm, ra) = memory(Imp::Rust, kind, counts).await?;
+            println!(
+                "| {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.0} | {:.0} |",
+                kind.name(),
+                pm[0],
+                pm[1],
+                rm[0],
+                rm[1],
+                pm[1] / rm[1],
+                pa,
+                ra
+            );
+        }
+        println!();
+    }
+    Ok(())
+}
