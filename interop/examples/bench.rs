@@ -10,8 +10,9 @@
 //! Throughput uses the perf protocol (`/perf/1.0.0`; rust-libp2p's side is the same
 //! protocol on `libp2p-stream`); connection setup is dial → first ping answered with
 //! identify running (the test-plans `handshakePlusOneRTT` measure); memory is the RSS
-//! growth of a server process holding idle connections; CPU is getrusage of this process
-//! (client and server) per GiB moved.
+//! growth of a server process holding idle connections (opened by a Pylon client, 32 at a
+//! time, whose rate is the accept rate); CPU is getrusage of this process (client and
+//! server) per GiB moved.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -564,6 +565,7 @@ async fn connect_latency(
 /// Server memory per idle connection (KiB) at each of `counts` connections held, and
 /// connections per second accepted while opening the first batch. The server runs in a
 /// child process (this binary, `serve` mode) so its RSS is its own.
+/// Stops at the first batch that fails, keeping the figures of the batches before it.
 async fn memory(imp: Imp, kind: Kind, counts: &[usize]) -> anyhow::Result<(Vec<f64>, f64)> {
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
@@ -591,39 +593,36 @@ async fn memory(imp: Imp, kind: Kind, counts: &[usize]) -> anyhow::Result<(Vec<f
     let mut per_conn = Vec::new();
     let mut accept_rate = 0.0;
     let mut held = 0usize;
-    const PARALLEL: usize = 64;
-    let pylon_client = match imp {
-        Imp::Pylon => Some(pylon_node(kind, false, false, true).await?),
-        Imp::Rust => None,
-    };
-    let rust_client = match imp {
-        Imp::Rust => Some(RustNode::start(kind, false, false).await?),
-        Imp::Pylon => None,
-    };
-    let mut pylon_conns = Vec::new();
+    const PARALLEL: usize = 32;
+    // One client for both servers (Pylon's: it holds 10k QUIC connections where a single
+    // rust-libp2p swarm timed out its handshakes), so the figures are the servers'.
+    let client = pylon_node(kind, false, false, true).await?;
+    let mut conns = Vec::new();
     for (i, &target) in counts.iter().enumerate() {
         let todo = target.saturating_sub(held);
         let started = Instant::now();
-        match (&pylon_client, &rust_client) {
-            (Some(c), _) => {
-                let dials = futures::stream::iter(0..todo)
-                    .map(|_| c.host.dial(&addr))
-                    .buffer_unordered(PARALLEL);
-                let conns: Vec<_> = dials.collect().await;
-                for conn in conns {
-                    pylon_conns.push(conn?);
-                }
+        let dials = futures::stream::iter(0..todo)
+            .map(|_| client.host.dial(&addr))
+            .buffer_unordered(PARALLEL);
+        let results: Vec<_> = dials.collect().await;
+        let mut failed = None;
+        for conn in results {
+            match conn {
+                Ok(conn) if conn.peer() == server_peer => conns.push(conn),
+                Ok(_) => anyhow::bail!("connected to the wrong peer"),
+                Err(e) => failed = Some(e),
             }
-            (_, Some(c)) => {
-                let dials = futures::stream::iter(0..todo)
-                    .map(|_| c.dial(&addr, server_peer, false))
-                    .buffer_unordered(PARALLEL);
-                let results: Vec<_> = dials.collect().await;
-                for r in results {
-                    r?;
-                }
+        }
+        if let Some(e) = failed {
+            if per_conn.is_empty() {
+                return Err(e.into());
             }
-            _ => unreachable!(),
+            eprintln!("{imp:?} {kind:?}: opening {target} connections failed: {e}");
+            MEMORY_FAILURES.with(|f| {
+                f.borrow_mut()
+                    .push(format!("{imp:?} {kind:?} at {target}: {e}"))
+            });
+            break;
         }
         if i == 0 {
             accept_rate = todo as f64 / started.elapsed().as_secs_f64();
@@ -634,13 +633,15 @@ async fn memory(imp: Imp, kind: Kind, counts: &[usize]) -> anyhow::Result<(Vec<f
         let rss = rss_kib(pid)?;
         per_conn.push((rss.saturating_sub(base)) as f64 / held as f64);
     }
-    drop(pylon_conns);
-    if let Some(c) = pylon_client {
-        c.shutdown(Duration::from_secs(5)).await;
-    }
-    drop(rust_client);
+    drop(conns);
+    client.shutdown(Duration::from_secs(5)).await;
     drop(child);
     Ok((per_conn, accept_rate))
+}
+
+thread_local! {
+    /// Batches of the memory measure that failed after an earlier one succeeded.
+    static MEMORY_FAILURES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -961,26 +962,46 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     if o.wants("memory") {
         let counts: &[usize] = if o.quick { &[50, 100] } else { &[1000, 10_000] };
         println!(
-            "| server memory per idle connection | Pylon KiB at {} / {} | rust-libp2p KiB at {} / {} | Pylon / rust at {} | accepted conn/s Pylon | rust |",
+                        "| server memory per idle connection (Pylon client for both) | Pylon KiB at {} / {} | rust-libp2p KiB at {} / {} | Pylon / rust at {} | accepted conn/s Pylon | rust |",
             counts[0], counts[1], counts[0], counts[1], counts[1]
         );
         println!("|---|---|---|---|---|---|");
+        let mut failures = Vec::new();
         for kind in [Kind::Noise, Kind::Quic] {
-            let (pm, pa) = memory(Imp::Pylon, kind, counts).await?;
-            let (rm, ra) = memory(Imp::Rust, kind, counts).await?;
+            let (pm, pa) = memory(Imp::Pylon, kind, counts)
+                .await
+                .with_context(|| format!("Pylon {kind:?} memory"))?;
+            let at =
+                |v: &[f64], i: usize| v.get(i).map_or("failed".to_string(), |x| format!("{x:.1}"));
+            let (rust, ratio) = match memory(Imp::Rust, kind, counts).await {
+                Ok((rm, ra)) => (
+                    format!("{} / {} | ", at(&rm, 0), at(&rm, 1)),
+                    match (pm.get(1), rm.get(1)) {
+                        (Some(p), Some(r)) => format!("{:.2} | {pa:.0} | {ra:.0}", p / r),
+                        _ => format!(
+                            "{:.2} (at {}) | {pa:.0} | {ra:.0}",
+                            pm[0] / rm[0],
+                            counts[0]
+                        ),
+                    },
+                ),
+                Err(e) => {
+                    failures.push(format!("rust-libp2p {kind:?}: {e:#}"));
+                    ("failed | ".to_string(), format!("– | {pa:.0} | failed"))
+                }
+            };
             println!(
-                "| {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.0} | {:.0} |",
+                "| {} | {} / {} | {rust}{ratio} |",
                 kind.name(),
-                pm[0],
-                pm[1],
-                rm[0],
-                rm[1],
-                pm[1] / rm[1],
-                pa,
-                ra
+                at(&pm, 0),
+                at(&pm, 1),
             );
         }
         println!();
+        failures.extend(MEMORY_FAILURES.with(|f| f.borrow().clone()));
+        for f in failures {
+            println!("memory run failed: {f}  ");
+        }
     }
     Ok(())
 }

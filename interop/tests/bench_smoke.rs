@@ -34,7 +34,7 @@ async fn benchmark_runs_and_prints_every_table() {
         "| physical limit on this machine |",
         "| throughput | transport | Pylon MiB/s |",
         "| dial → first ping answered",
-        "| server memory per idle connection |",
+        "| server memory per idle connection",
     ] {
         assert!(stdout.contains(header), "missing {header:?} in:\n{stdout}");
     }
