@@ -50,6 +50,22 @@ async fn wait_identified(
     .expect("identify within bound")
 }
 
+/// `dialer` dials `target`'s first listen address naming another PeerId: refused, and the
+/// error names the peer that answered.
+async fn wrong_peer_refused(dialer: &Node, target: &Node) {
+    let other = Keypair::generate_ed25519().public().to_peer_id();
+    let wrong = target.host.listen_addrs()[0]
+        .clone()
+        .with(multiaddr::Protocol::P2p(other));
+    match dialer.host.dial(&wrong).await {
+        Err(DialError::WrongPeer { expected, got }) => {
+            assert_eq!(*expected, other);
+            assert_eq!(*got, target.peer_id());
+        }
+        other => panic!("expected WrongPeer dialing {wrong}, got {other:?}"),
+    }
+}
+
 /// Closes `conn` (ours, `us`) and waits until `remote` saw it go.
 async fn close_seen_by(conn: &host::Connection, us: PeerId, remote: &Node) {
     let mut events = remote.host.subscribe();
@@ -296,17 +312,7 @@ async fn quic_wrong_peer_silent_port_limits_and_port_reuse() {
     let a = start_with("/ip4/127.0.0.1/udp/0/quic-v1", quick.clone()).await;
     let b = start_with("/ip4/127.0.0.1/udp/0/quic-v1", quick).await;
     // Wrong PeerId: refused inside the TLS handshake, naming who answered.
-    let other = Keypair::generate_ed25519().public().to_peer_id();
-    let wrong = a.host.listen_addrs()[0]
-        .clone()
-        .with(multiaddr::Protocol::P2p(other));
-    match b.host.dial(&wrong).await {
-        Err(DialError::WrongPeer { expected, got }) => {
-            assert_eq!(*expected, other);
-            assert_eq!(*got, a.peer_id());
-        }
-        other => panic!("expected WrongPeer over QUIC, got {other:?}"),
-    }
+    wrong_peer_refused(&b, &a).await;
     assert!(a.host.connection(&b.peer_id()).is_none());
     // A UDP port that never answers: the handshake deadline, not a hang.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -364,17 +370,7 @@ async fn quic_wrong_peer_silent_port_limits_and_port_reuse() {
 async fn wrong_peer_id_is_refused() {
     let a = start("/ip4/127.0.0.1/tcp/0").await;
     let b = start("/ip4/127.0.0.1/tcp/0").await;
-    let other = Keypair::generate_ed25519().public().to_peer_id();
-    let addr = a.host.listen_addrs()[0]
-        .clone()
-        .with(multiaddr::Protocol::P2p(other));
-    match b.host.dial(&addr).await {
-        Err(DialError::WrongPeer { expected, got }) => {
-            assert_eq!(*expected, other);
-            assert_eq!(*got, a.peer_id());
-        }
-        other => panic!("expected WrongPeer, got {other:?}"),
-    }
+    wrong_peer_refused(&b, &a).await;
     assert!(b.host.connection(&a.peer_id()).is_none());
     // Refused port: a distinct error.
     let closed: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
@@ -775,17 +771,7 @@ async fn tls_on_tcp_between_pylons() {
     // Negotiated TLS (two proposals), then wrong PeerId over TLS.
     c.host.dial(&addr_of(&a)).await.unwrap();
     ping::ping(&c.host, &a.peer_id()).await.unwrap();
-    let other = Keypair::generate_ed25519().public().to_peer_id();
-    let wrong = a.host.listen_addrs()[0]
-        .clone()
-        .with(multiaddr::Protocol::P2p(other));
-    match b.host.dial(&wrong).await {
-        Err(DialError::WrongPeer { expected, got }) => {
-            assert_eq!(*expected, other);
-            assert_eq!(*got, a.peer_id());
-        }
-        other => panic!("expected WrongPeer over TLS, got {other:?}"),
-    }
+    wrong_peer_refused(&b, &a).await;
 }
 
 #[tokio::test]
