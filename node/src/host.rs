@@ -842,13 +842,7 @@ impl Host {
                         continue;
                     }
                 };
-                let Ok(permit) = host.inner.pending_incoming.clone().try_acquire_owned() else {
-                    count_error(
-                        &host.inner.metrics.handshake_errors,
-                        transport_label,
-                        "pending_limit",
-                        ip_version,
-                    );
+                let Some(permit) = host.pending_permit(transport_label, ip_version) else {
                     continue;
                 };
                 let host2 = host.clone();
@@ -892,13 +886,7 @@ impl Host {
                         None => break,
                     },
                 };
-                let Ok(permit) = host.inner.pending_incoming.clone().try_acquire_owned() else {
-                    count_error(
-                        &host.inner.metrics.handshake_errors,
-                        "quic-v1",
-                        "pending_limit",
-                        ip_version,
-                    );
+                let Some(permit) = host.pending_permit("quic-v1", ip_version) else {
                     incoming.refuse();
                     continue;
                 };
@@ -1121,6 +1109,25 @@ impl Host {
                 ip_version,
             );
         }
+    }
+
+    /// A slot for one more inbound handshake, or `None` (counted) when
+    /// `max_pending_incoming` are already in progress.
+    fn pending_permit(
+        &self,
+        transport: &'static str,
+        ip_version: &'static str,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.inner.pending_incoming.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            count_error(
+                &self.inner.metrics.handshake_errors,
+                transport,
+                "pending_limit",
+                ip_version,
+            );
+        }
+        permit
     }
 
     /// Counts and reports an inbound connection whose handshake failed.
@@ -1824,6 +1831,17 @@ impl Host {
         }
         // Handlers often hold services that hold the host: drop them to break the cycle.
         write(&self.inner.handlers).clear();
+        // The quinn endpoints (and their UDP sockets) live as long as a handle does: close
+        // and drop ours so the ports are free once the connections have drained.
+        let quic = std::mem::take(&mut *lock(&self.inner.quic));
+        for endpoint in quic
+            .listening
+            .iter()
+            .chain(quic.client_v4.iter())
+            .chain(quic.client_v6.iter())
+        {
+            endpoint.close(0u32.into(), b"shutdown");
+        }
     }
 }
 

@@ -362,7 +362,19 @@ async fn quic_wrong_peer_silent_port_limits_and_port_reuse() {
     ping::ping(&b.host, &a.peer_id()).await.unwrap();
     // close() is seen by the remote.
     close_seen_by(&conn, b.peer_id(), &a).await;
+    // Shutdown frees the UDP port (quinn keeps a socket while any endpoint handle lives).
+    let port = match a.host.listen_addrs()[0].iter().nth(1) {
+        Some(multiaddr::Protocol::Udp(p)) => p,
+        _ => unreachable!(),
+    };
     a.shutdown(T).await;
+    tokio::time::timeout(T, async {
+        while std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("QUIC port freed after shutdown");
     b.shutdown(T).await;
 }
 

@@ -78,12 +78,24 @@ async fn allow_list_and_misbehaving_clients() {
     for n in [&allowed, &other] {
         n.host.dial(&addr_of(&server)).await.unwrap();
     }
+    let errors = |reason: &'static str| {
+        server
+            .host
+            .metrics()
+            .protocol_errors
+            .get_or_create(&pylon_node::metrics::ErrorLabels {
+                protocol: "perf",
+                reason,
+            })
+            .get()
+    };
     perf::run(&allowed.host, &server.peer_id(), 10, 10)
         .await
         .unwrap();
     assert!(perf::run(&other.host, &server.peer_id(), 10, 10)
         .await
         .is_err());
+    assert_eq!(errors("not_allowed"), 1);
 
     // A client that sends half a header and stalls is dropped after the idle timeout.
     let conn = allowed.host.connection(&server.peer_id()).unwrap();
@@ -95,11 +107,19 @@ async fn allow_list_and_misbehaving_clients() {
         .await
         .unwrap();
     assert!(ended.is_err() || buf.is_empty());
+    assert_eq!(errors("timeout"), 1);
     // A client that asks for u64::MAX and never reads is dropped too, the server stays up.
     let mut s = conn.open_stream(&[perf::PROTOCOL]).await.unwrap();
     s.write_all(&u64::MAX.to_be_bytes()).await.unwrap();
     s.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The server fills the flow-control window, then gives up after its idle timeout.
+    tokio::time::timeout(T, async {
+        while errors("timeout") < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a client that never reads is dropped");
     drop(s);
     perf::run(&allowed.host, &server.peer_id(), 1 << 20, 1 << 20)
         .await

@@ -147,6 +147,6 @@ pub async fn run_on(conn: &Connection, upload: u64, download: u64) -> Result<Rep
         uploaded: upload,
         downloaded: got,
         upload_time,
-        download_time: started.elapsed() - upload_time,
+        download_time: started.elapsed().saturating_sub(upload_time),
     })
 }
