@@ -822,6 +822,43 @@ fn main() -> anyhow::Result<()> {
         );
         return tokio::runtime::Runtime::new()?.block_on(serve(&imp, &kind));
     }
+    if std::env::args().nth(1).as_deref() == Some("one") {
+        // `bench one pylon|rust noise|tls|quic upload|download|streams16|conns16|connect N`:
+        // a single transfer, for profilers (perf record, valgrind --tool=callgrind).
+        let a: Vec<String> = std::env::args().skip(2).collect();
+        let get = |i: usize| a.get(i).map(String::as_str).unwrap_or_default();
+        let imp = match get(0) {
+            "rust" => Imp::Rust,
+            _ => Imp::Pylon,
+        };
+        let kind = match get(1) {
+            "tls" => Kind::Tls,
+            "quic" => Kind::Quic,
+            _ => Kind::Noise,
+        };
+        let shape = match get(2) {
+            "upload" => Shape::Upload,
+            "streams16" => Shape::Streams16,
+            "conns16" => Shape::Connections16,
+            _ => Shape::Download,
+        };
+        let mib: u64 = get(3).parse().unwrap_or(256);
+        if get(2) == "connect" {
+            // `bench one IMP KIND connect N`: N dials, inlined muxer for Pylon.
+            let rt = tokio::runtime::Runtime::new()?;
+            let mut d = rt.block_on(connect_latency(imp, kind, true, mib as usize))?;
+            d.sort();
+            println!("{imp:?} {kind:?} connect: p50 {:.3} ms", pct(&d, 0.5));
+            return Ok(());
+        }
+        let rate =
+            tokio::runtime::Runtime::new()?.block_on(transfer(imp, kind, shape, mib << 20))?;
+        println!(
+            "{imp:?} {kind:?} {shape:?}: {:.0} MiB/s, {:.2} CPU s/GiB",
+            rate.mibs, rate.cpu_per_gib
+        );
+        return Ok(());
+    }
     let opts = Options::parse()?;
     tokio::runtime::Runtime::new()?.block_on(bench(opts))
 }

@@ -37,6 +37,9 @@ pub const YAMUX_PROTOCOL: &str = "/yamux/1.0.0";
 const MAX_PENDING_OPENS: usize = 64;
 /// Streams yamux accepts beyond our own limit before it treats the remote as abusive.
 const YAMUX_STREAM_HEADROOM: usize = 16;
+/// Largest yamux data frame we send: one frame per 64 KiB write (the default, 16 KiB, means
+/// four frames, four allocations and four channel messages per write).
+const YAMUX_SPLIT_SEND_SIZE: usize = 64 * 1024;
 /// Linux keeps a closed TCP 4-tuple in TIME_WAIT this long.
 const TIME_WAIT: Duration = Duration::from_secs(60);
 /// Remote addresses remembered for [`TIME_WAIT`] after a port-reusing dial.
@@ -1223,6 +1226,7 @@ impl Host {
             self.inner.config.max_streams_per_connection.clamp(1, 4096) + YAMUX_STREAM_HEADROOM;
         cfg.set_max_num_streams(streams);
         cfg.set_max_connection_receive_window(Some(streams * 256 * 1024));
+        cfg.set_split_send_size(YAMUX_SPLIT_SEND_SIZE);
         let mode = if dialer {
             yamux::Mode::Client
         } else {

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use prost::Message;
+use ring::aead;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::identity::{decode_public_key, Keypair, PeerId, PublicKey};
@@ -170,9 +171,12 @@ where
         (remote_key, remote_peer, remote_muxers) = check(&state, &payload[..n])?;
         muxer = pick_muxer(&remote_muxers, &config.muxers)?;
     }
-    let transport = state.into_transport_mode()?;
+    if !state.is_handshake_finished() {
+        return Err(Error::BadPayload("handshake did not finish".into()));
+    }
+    let keys = state.dangerously_get_raw_split();
     Ok(Output {
-        stream: Stream::new(io, transport),
+        stream: Stream::new(io, dialer, keys)?,
         remote_peer,
         remote_key,
         muxer,
@@ -237,37 +241,106 @@ async fn read_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// One direction's cipher after the handshake (`specs/noise/README.md`, Noise `CipherState`):
+/// ChaCha20-Poly1305 with the frame counter as nonce (32 zero bits, then the counter
+/// little-endian) and no associated data.
+struct Cipher {
+    key: aead::LessSafeKey,
+    nonce: u64,
+}
+
+impl Cipher {
+    fn new(key: &[u8; 32]) -> io::Result<Self> {
+        let key = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key)
+            .map_err(|_| invalid("noise key rejected"))?;
+        Ok(Cipher {
+            key: aead::LessSafeKey::new(key),
+            nonce: 0,
+        })
+    }
+
+    fn next_nonce(&mut self) -> io::Result<aead::Nonce> {
+        // Noise reserves 2^64-1; a connection would need 2^64 frames to get there.
+        if self.nonce == u64::MAX {
+            return Err(invalid("noise nonce exhausted"));
+        }
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&self.nonce.to_le_bytes());
+        self.nonce += 1;
+        Ok(aead::Nonce::assume_unique_for_key(n))
+    }
+
+    /// Encrypts `buf` in place and returns the tag to append.
+    fn seal(&mut self, buf: &mut [u8]) -> io::Result<aead::Tag> {
+        let nonce = self.next_nonce()?;
+        self.key
+            .seal_in_place_separate_tag(nonce, aead::Aad::empty(), buf)
+            .map_err(|_| invalid("noise encryption failed"))
+    }
+
+    /// Decrypts ciphertext+tag in place; returns the plaintext length.
+    fn open(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let nonce = self.next_nonce()?;
+        self.key
+            .open_in_place(nonce, aead::Aad::empty(), buf)
+            .map(|plain| plain.len())
+            .map_err(|_| invalid("noise decryption failed"))
+    }
+}
+
+/// Read buffer large enough for two full frames, so one read can bring in more than one.
+const READ_BUF_MAX: usize = 2 * (2 + MAX_FRAME_LEN);
+/// A fresh connection starts with this much; identify and ping fit.
+const READ_BUF_MIN: usize = 2048;
+
 /// An encrypted byte stream after the handshake.
+///
+/// Reads fill one buffer with as many frames as the socket has, open each frame in place
+/// and hand out its plaintext from there. Writes go into an open frame (length prefix,
+/// plaintext) that is sealed in place when full or on flush and then swapped with the
+/// frame being sent, so the next frame fills while the previous one is written. Buffers
+/// grow on demand: an idle connection that only ever saw small frames keeps small ones.
 pub struct Stream<T> {
     io: T,
-    state: snow::TransportState,
-    // Reading: raw bytes from `io` (frame header + ciphertext) and decrypted plaintext.
+    tx: Cipher,
+    rx: Cipher,
+    // Reading: rbuf[rpos..rend] is raw input not yet opened; rbuf[ppos..pend] is the
+    // plaintext of the last frame opened, not yet read.
     rbuf: Vec<u8>,
-    rlen: usize,
-    plain: Vec<u8>,
-    plain_pos: usize,
-    // Writing: plaintext waiting to be sealed, and sealed bytes waiting to be written.
-    wplain: Vec<u8>,
-    wout: Vec<u8>,
-    wout_pos: usize,
+    rpos: usize,
+    rend: usize,
+    ppos: usize,
+    pend: usize,
     read_eof: bool,
+    // Writing: `wopen` is [2-byte length][plaintext] being filled (empty when no frame is
+    // open); `wout[wpos..]` is sealed bytes being written.
+    wopen: Vec<u8>,
+    wout: Vec<u8>,
+    wpos: usize,
 }
 
 impl<T> Stream<T> {
-    fn new(io: T, state: snow::TransportState) -> Self {
-        Stream {
+    fn new(io: T, dialer: bool, keys: ([u8; 32], [u8; 32])) -> io::Result<Self> {
+        // Split(): the first key encrypts initiator -> responder.
+        let (send, recv) = if dialer {
+            (keys.0, keys.1)
+        } else {
+            (keys.1, keys.0)
+        };
+        Ok(Stream {
             io,
-            state,
-            // Buffers grow on demand (an idle connection should cost little memory).
+            tx: Cipher::new(&send)?,
+            rx: Cipher::new(&recv)?,
             rbuf: Vec::new(),
-            rlen: 0,
-            plain: Vec::new(),
-            plain_pos: 0,
-            wplain: Vec::new(),
-            wout: Vec::new(),
-            wout_pos: 0,
+            rpos: 0,
+            rend: 0,
+            ppos: 0,
+            pend: 0,
             read_eof: false,
-        }
+            wopen: Vec::new(),
+            wout: Vec::new(),
+            wpos: 0,
+        })
     }
 }
 
@@ -276,28 +349,75 @@ fn invalid(msg: &'static str) -> io::Error {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Stream<T> {
-    /// Seals buffered plaintext into `wout` (only when `wout` is drained).
-    fn seal_pending(&mut self) -> io::Result<()> {
-        debug_assert_eq!(self.wout_pos, self.wout.len());
-        if self.wplain.is_empty() {
+    /// Plaintext bytes in the open frame.
+    fn open_plain(&self) -> usize {
+        self.wopen.len().saturating_sub(2)
+    }
+
+    /// Seals the open frame and makes it the one being sent (only when `wout` is drained).
+    fn seal_open(&mut self) -> io::Result<()> {
+        debug_assert_eq!(self.wpos, self.wout.len());
+        if self.wopen.is_empty() {
             return Ok(());
         }
-        self.wout.clear();
-        self.wout_pos = 0;
-        self.wout.resize(2 + self.wplain.len() + TAG_LEN, 0);
-        let n = self
-            .state
-            .write_message(&self.wplain, &mut self.wout[2..])
-            .map_err(|_| invalid("noise encryption failed"))?;
-        self.wout[..2].copy_from_slice(&(n as u16).to_be_bytes());
-        self.wout.truncate(2 + n);
-        self.wplain.clear();
+        let tag = self.tx.seal(&mut self.wopen[2..])?;
+        self.wopen.extend_from_slice(tag.as_ref());
+        let len = (self.wopen.len() - 2) as u16;
+        self.wopen[..2].copy_from_slice(&len.to_be_bytes());
+        std::mem::swap(&mut self.wopen, &mut self.wout);
+        self.wopen.clear();
+        self.wpos = 0;
         Ok(())
     }
 
     /// Writes sealed bytes out until none are left.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        crate::io_util::poll_write_from(&mut self.io, cx, &self.wout, &mut self.wout_pos)
+        crate::io_util::poll_write_from(&mut self.io, cx, &self.wout, &mut self.wpos)
+    }
+
+    /// Opens the next complete frame in `rbuf`, if there is one; otherwise returns how many
+    /// raw bytes the next frame needs in all (length prefix included).
+    fn open_next(&mut self) -> io::Result<Result<(), usize>> {
+        let avail = self.rend - self.rpos;
+        if avail < 2 {
+            return Ok(Err(2));
+        }
+        let len = u16::from_be_bytes([self.rbuf[self.rpos], self.rbuf[self.rpos + 1]]) as usize;
+        if avail < 2 + len {
+            return Ok(Err(2 + len));
+        }
+        if len < TAG_LEN {
+            return Err(invalid("noise frame shorter than its tag"));
+        }
+        let start = self.rpos + 2;
+        let n = self.rx.open(&mut self.rbuf[start..start + len])?;
+        self.ppos = start;
+        self.pend = start + n;
+        self.rpos = start + len;
+        Ok(Ok(()))
+    }
+
+    /// Makes room for a frame of `need` raw bytes starting at `rpos`.
+    fn reserve_frame(&mut self, need: usize) {
+        if self.rpos == self.rend {
+            self.rpos = 0;
+            self.rend = 0;
+        }
+        if self.rbuf.len() - self.rpos >= need {
+            return;
+        }
+        // Move the partial frame to the front (at most one frame's worth of bytes).
+        self.rbuf.copy_within(self.rpos..self.rend, 0);
+        self.rend -= self.rpos;
+        self.rpos = 0;
+        if self.rbuf.len() < need {
+            let size = if need > READ_BUF_MIN {
+                READ_BUF_MAX
+            } else {
+                READ_BUF_MIN
+            };
+            self.rbuf.resize(size, 0);
+        }
     }
 }
 
@@ -309,47 +429,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.plain_pos < this.plain.len() {
-                let n = out.remaining().min(this.plain.len() - this.plain_pos);
-                out.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
-                this.plain_pos += n;
+            if this.ppos < this.pend {
+                let n = out.remaining().min(this.pend - this.ppos);
+                out.put_slice(&this.rbuf[this.ppos..this.ppos + n]);
+                this.ppos += n;
                 return Poll::Ready(Ok(()));
             }
             if this.read_eof {
                 return Poll::Ready(Ok(()));
             }
-            // Need a whole frame: 2-byte length then ciphertext.
-            let need = if this.rlen < 2 {
-                2
-            } else {
-                2 + u16::from_be_bytes([this.rbuf[0], this.rbuf[1]]) as usize
+            let need = match this.open_next()? {
+                Ok(()) => continue,
+                Err(need) => need,
             };
-            if this.rlen >= 2 && this.rlen == need {
-                let frame_len = need - 2;
-                this.plain.resize(frame_len, 0);
-                let n = this
-                    .state
-                    .read_message(&this.rbuf[2..2 + frame_len], &mut this.plain)
-                    .map_err(|_| invalid("noise decryption failed"))?;
-                this.plain.truncate(n);
-                this.plain_pos = 0;
-                this.rlen = 0;
-                continue;
-            }
-            if this.rbuf.len() < need {
-                this.rbuf.resize(need, 0);
-            }
-            let mut rb = ReadBuf::new(&mut this.rbuf[this.rlen..need]);
+            this.reserve_frame(need);
+            let mut rb = ReadBuf::new(&mut this.rbuf[this.rend..]);
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
             let got = rb.filled().len();
             if got == 0 {
-                if this.rlen == 0 {
+                if this.rpos == this.rend {
                     this.read_eof = true;
                     continue;
                 }
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
-            this.rlen += got;
+            this.rend += got;
         }
     }
 }
@@ -361,14 +465,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.wplain.len() == MAX_PLAINTEXT {
-            ready!(this.poll_drain(cx))?;
-            this.seal_pending()?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
         }
-        let n = buf.len().min(MAX_PLAINTEXT - this.wplain.len());
-        this.wplain.extend_from_slice(&buf[..n]);
-        if this.wplain.len() == MAX_PLAINTEXT && this.wout_pos == this.wout.len() {
-            this.seal_pending()?;
+        if this.open_plain() == MAX_PLAINTEXT {
+            ready!(this.poll_drain(cx))?;
+            this.seal_open()?;
+        }
+        if this.wopen.is_empty() {
+            this.wopen
+                .reserve(2 + buf.len().min(MAX_PLAINTEXT) + TAG_LEN);
+            this.wopen.extend_from_slice(&[0, 0]);
+        }
+        let n = buf.len().min(MAX_PLAINTEXT - this.open_plain());
+        this.wopen.extend_from_slice(&buf[..n]);
+        if this.open_plain() == MAX_PLAINTEXT && this.wpos == this.wout.len() {
+            this.seal_open()?;
             // Start writing; whatever is left goes out on the next write or flush.
             if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                 return Poll::Ready(Err(e));
@@ -380,8 +492,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
-        if !this.wplain.is_empty() {
-            this.seal_pending()?;
+        if !this.wopen.is_empty() {
+            this.seal_open()?;
             ready!(this.poll_drain(cx))?;
         }
         Pin::new(&mut this.io).poll_flush(cx)
@@ -414,6 +526,80 @@ mod tests {
             handshake(b, &cb, false, None)
         );
         (ra, rb, ka.public().to_peer_id(), kb.public().to_peer_id())
+    }
+
+    #[tokio::test]
+    async fn frames_of_every_size_survive_any_read_split() {
+        // Writes of irregular sizes with flushes in between (frames from 1 byte to full),
+        // read back in irregular pieces: frames straddle the read buffer in every way.
+        let (a, b, _, _) = pair(None).await;
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        let sizes = [
+            1usize, 17, 65519, 65520, 3, 200_000, 4096, 65518, 1, 131_038, 7,
+        ];
+        let total: usize = sizes.iter().sum();
+        let data: Vec<u8> = (0..total as u32).map(|i| (i % 253) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            let mut at = 0;
+            for (k, n) in sizes.iter().enumerate() {
+                a.stream.write_all(&sent[at..at + n]).await.unwrap();
+                if k % 2 == 0 {
+                    a.stream.flush().await.unwrap();
+                }
+                at += n;
+            }
+            a.stream.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        let mut piece = 1;
+        loop {
+            let mut buf = vec![0u8; piece];
+            let n = b.stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            piece = piece * 7 % 70_001 + 1;
+        }
+        writer.await.unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "plaintext differs");
+    }
+
+    #[tokio::test]
+    async fn tampered_or_truncated_frames_are_errors() {
+        for attack in ["flip", "short", "cut"] {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+            let (ca, cb) = (Config::new(&ka).unwrap(), Config::new(&kb).unwrap());
+            let (ra, rb) = tokio::join!(
+                handshake(a, &ca, true, None),
+                handshake(b, &cb, false, None)
+            );
+            let (mut a, mut b) = (ra.unwrap().stream, rb.unwrap().stream);
+            // Write one sealed frame by hand onto the raw pipe.
+            let mut frame = b"hello".to_vec();
+            let tag = a.tx.seal(&mut frame).unwrap();
+            frame.extend_from_slice(tag.as_ref());
+            let mut raw = (frame.len() as u16).to_be_bytes().to_vec();
+            raw.extend_from_slice(&frame);
+            match attack {
+                "flip" => raw[4] ^= 1,
+                "short" => raw = vec![0, 3, 1, 2, 3],
+                _ => raw.truncate(raw.len() - 1),
+            }
+            a.io.write_all(&raw).await.unwrap();
+            a.io.shutdown().await.unwrap();
+            let mut buf = [0u8; 16];
+            let err = b.read(&mut buf).await.unwrap_err();
+            let kind = if attack == "cut" {
+                io::ErrorKind::UnexpectedEof
+            } else {
+                io::ErrorKind::InvalidData
+            };
+            assert_eq!(err.kind(), kind, "{attack}: {err}");
+        }
     }
 
     #[tokio::test]

@@ -85,6 +85,9 @@ pub fn client_config(
     Ok((config, setup))
 }
 
+/// Receive and send buffer asked for on every QUIC socket.
+const UDP_BUFFER: usize = 4 << 20;
+
 /// Binds a UDP socket and runs a quinn endpoint on it; with `server`, it accepts too.
 /// IPv6 sockets are v6-only so `/ip4/0.0.0.0` and `/ip6/::` can share a port number.
 pub fn bind(
@@ -99,6 +102,12 @@ pub fn bind(
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    // Bigger socket buffers than Linux's default (~208 KiB): at a few hundred MiB/s a
+    // burst overflows the default receive buffer, the kernel drops datagrams and
+    // congestion control backs off (go-libp2p asks operators for 7.5 MB for the same
+    // reason). Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
     socket.bind(&addr.into())?;
     let runtime =
         quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime for quinn"))?;

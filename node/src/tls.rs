@@ -7,7 +7,8 @@
 //! signature travels in the libp2p Public Key Extension (OID 1.3.6.1.4.1.53594.1.1).
 //! Stock verifiers reject the critical extension, so both rustls verifiers are ours.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -71,6 +72,8 @@ pub enum Error {
 pub struct Certificate {
     pub cert: CertificateDer<'static>,
     key: PrivatePkcs8KeyDer<'static>,
+    /// The same, loaded for rustls once (loading a P-256 key derives its public point).
+    certified: Arc<rustls::sign::CertifiedKey>,
 }
 
 impl Certificate {
@@ -97,9 +100,17 @@ impl Certificate {
         params.not_before = rcgen::date_time_ymd(1975, 1, 1);
         params.not_after = rcgen::date_time_ymd(4096, 1, 1);
         let cert = params.self_signed(&key).map_err(gen)?;
+        let cert = cert.der().clone();
+        let key = PrivatePkcs8KeyDer::from(key.serialize_der());
+        let signing = provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(key.clone_key()))
+            .map_err(|e| Error::Generate(e.to_string()))?;
+        let certified = Arc::new(rustls::sign::CertifiedKey::new(vec![cert.clone()], signing));
         Ok(Certificate {
-            cert: cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            cert,
+            key,
+            certified,
         })
     }
 
@@ -173,6 +184,17 @@ pub fn verify_certificate(der: &[u8], now_unix: i64) -> Result<PublicKey, Error>
     if der.len() > MAX_CERT_LEN {
         return Err(Error::Parse(format!("{} bytes", der.len())));
     }
+    let digest = der_digest(der);
+    if let Some((key, from, until)) = verified_cache().entries.get(&digest) {
+        if (*from..=*until).contains(&now_unix) {
+            return Ok(key.clone());
+        }
+        return Err(Error::Expired);
+    }
+    verify_uncached(der, now_unix, digest)
+}
+
+fn verify_uncached(der: &[u8], now_unix: i64, digest: [u8; 32]) -> Result<PublicKey, Error> {
     let (rest, cert) = X509Certificate::from_der(der).map_err(|e| Error::Parse(e.to_string()))?;
     if !rest.is_empty() {
         return Err(Error::Parse("trailing bytes".into()));
@@ -211,6 +233,21 @@ pub fn verify_certificate(der: &[u8], now_unix: i64) -> Result<PublicKey, Error>
     if !key.verify(&signed, signature) {
         return Err(Error::BadHostSignature);
     }
+    let validity = cert.validity();
+    let mut cache = verified_cache();
+    if cache.order.len() >= VERIFIED_CACHE_LEN {
+        if let Some(old) = cache.order.pop_front() {
+            cache.entries.remove(&old);
+        }
+    }
+    let entry = (
+        key.clone(),
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    if cache.entries.insert(digest, entry).is_none() {
+        cache.order.push_back(digest);
+    }
     Ok(key)
 }
 
@@ -226,8 +263,43 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// ring's provider, built once (every dial makes a client configuration).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// Certificates verified recently, by SHA-256 of their DER, with the identity key they
+/// carry and their validity. Verifying costs an ECDSA and an identity-signature check; the
+/// same certificate is checked again right after each handshake (to name the peer) and on
+/// every later connection from the same host. Bounded: the oldest entry goes first.
+struct VerifiedCache {
+    order: VecDeque<[u8; 32]>,
+    entries: HashMap<[u8; 32], (PublicKey, i64, i64)>,
+}
+
+/// Most certificates [`VerifiedCache`] remembers.
+const VERIFIED_CACHE_LEN: usize = 1024;
+
+fn verified_cache() -> MutexGuard<'static, VerifiedCache> {
+    static CACHE: OnceLock<Mutex<VerifiedCache>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            Mutex::new(VerifiedCache {
+                order: VecDeque::new(),
+                entries: HashMap::new(),
+            })
+        })
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+fn der_digest(der: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, der).as_ref());
+    out
 }
 
 /// Checks the peer's certificate (and, for a dialer, that it is the expected peer).
@@ -367,19 +439,8 @@ impl ClientCertVerifier for Verifier {
     }
 }
 
-/// Our certificate with its signing key. rustls's `with_single_cert` would run webpki over
-/// it, which refuses the critical libp2p extension; a resolver hands it over unchecked.
-fn certified(cert: &Certificate) -> Result<Arc<rustls::sign::CertifiedKey>, Error> {
-    let key = provider()
-        .key_provider
-        .load_private_key(cert.key())
-        .map_err(|e| Error::Generate(e.to_string()))?;
-    Ok(Arc::new(rustls::sign::CertifiedKey::new(
-        vec![cert.cert.clone()],
-        key,
-    )))
-}
-
+/// Hands our certificate to rustls. rustls's `with_single_cert` would run webpki over it,
+/// which refuses the critical libp2p extension; a resolver hands it over unchecked.
 #[derive(Debug)]
 struct Resolver(Arc<rustls::sign::CertifiedKey>);
 
@@ -432,7 +493,7 @@ pub fn client_config(cert: &Certificate, expected: Option<PeerId>) -> Result<Cli
         .map_err(|e| Error::Generate(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
-        .with_client_cert_resolver(Arc::new(Resolver(certified(cert)?)));
+        .with_client_cert_resolver(Arc::new(Resolver(cert.certified.clone())));
     config.alpn_protocols = vec![ALPN.to_vec()];
     //= specs/tls/tls.md#future-extensibility
     //# clients that only support the version of the handshake defined in this document MUST NOT send any value in the Server Name Indication
@@ -452,7 +513,7 @@ pub fn server_config(cert: &Certificate) -> Result<rustls::ServerConfig, Error> 
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Generate(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(Resolver(certified(cert)?)));
+        .with_cert_resolver(Arc::new(Resolver(cert.certified.clone())));
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }
@@ -541,5 +602,26 @@ mod tests {
             verify_certificate(&der, 4096 * 366 * 86_400),
             Err(Error::Expired)
         );
+        // Once verified (and remembered), validity is still checked on every use.
+        let id = identity.public().to_peer_id();
+        assert_eq!(verify_certificate(&der, NOW).unwrap().to_peer_id(), id);
+        assert_eq!(verify_certificate(&der, NOW).unwrap().to_peer_id(), id);
+        assert_eq!(
+            verify_certificate(&der, 4096 * 366 * 86_400),
+            Err(Error::Expired)
+        );
+        assert_eq!(verify_certificate(&der, 0), Err(Error::Expired));
+    }
+
+    #[test]
+    fn verified_cache_is_bounded() {
+        let identity = Keypair::generate_ed25519();
+        for _ in 0..VERIFIED_CACHE_LEN + 10 {
+            let cert = Certificate::generate(&identity).unwrap();
+            verify_certificate(cert.cert.as_ref(), NOW).unwrap();
+        }
+        let cache = verified_cache();
+        assert!(cache.entries.len() <= VERIFIED_CACHE_LEN);
+        assert_eq!(cache.entries.len(), cache.order.len());
     }
 }
