@@ -635,6 +635,9 @@ async fn memory(imp: Imp, kind: Kind, counts: &[usize]) -> anyhow::Result<(Vec<f
     }
     drop(conns);
     client.shutdown(Duration::from_secs(5)).await;
+    // Closing stdin asks the server to exit; killed if it does not.
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
     drop(child);
     Ok((per_conn, accept_rate))
 }

@@ -1699,15 +1699,28 @@ impl Host {
     async fn drive_quic(&self, quic: quinn::Connection, conn: Connection) -> String {
         let shutdown = self.inner.shutdown.clone();
         let close = conn.inner.close_requested.clone();
+        let most = crate::quic::stream_limit(
+            self.inner.config.max_streams_per_connection + YAMUX_STREAM_HEADROOM,
+        );
+        let mut credit = crate::quic::INITIAL_STREAMS.min(most);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = close.cancelled() => break,
                 accepted = quic.accept_bi() => match accepted {
-                    Ok((send, recv)) => self.handle_inbound_stream(
-                        Substream::Quic(crate::quic::QuicStream::new(send, recv)),
-                        &conn,
-                    ),
+                    Ok((send, recv)) => {
+                        self.handle_inbound_stream(
+                            Substream::Quic(crate::quic::QuicStream::new(send, recv)),
+                            &conn,
+                        );
+                        // Half the credit in use: double it (up to the limit) before the
+                        // remote has to wait for it.
+                        let live = conn.inner.live_streams.load(Ordering::Relaxed);
+                        if credit < most && live.saturating_mul(2) >= credit as usize {
+                            credit = credit.saturating_mul(2).min(most);
+                            quic.set_max_concurrent_bi_streams(credit.into());
+                        }
+                    }
                     Err(quinn::ConnectionError::ApplicationClosed(_)) => {
                         return "closed by remote".to_string()
                     }

@@ -42,10 +42,21 @@ pub enum Error {
     Certificate(String),
 }
 
+/// Streams a remote may have open at once on a new connection. quinn keeps state for every
+/// stream it allows the remote to open (~80 bytes each), so a connection starts with a small
+/// credit and the host raises it towards the configured limit as streams are used
+/// ([`stream_limit`], `quinn::Connection::set_max_concurrent_bi_streams`).
+pub const INITIAL_STREAMS: u32 = 16;
+
+/// The most streams a remote may have open at once (`max_streams` clamped).
+pub fn stream_limit(max_streams: usize) -> u32 {
+    u32::try_from(max_streams.clamp(1, 4096)).unwrap_or(256)
+}
+
 /// Stream and window limits of every QUIC connection.
 fn transport(max_streams: usize) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    let streams = u32::try_from(max_streams.clamp(1, 4096)).unwrap_or(256);
+    let streams = INITIAL_STREAMS.min(stream_limit(max_streams));
     t.max_concurrent_bidi_streams(streams.into());
     // libp2p uses bidirectional streams only.
     t.max_concurrent_uni_streams(0u32.into());

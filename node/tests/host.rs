@@ -379,6 +379,49 @@ async fn quic_wrong_peer_silent_port_limits_and_port_reuse() {
 }
 
 #[tokio::test]
+async fn quic_stream_credit_grows_to_the_limit() {
+    // A QUIC connection starts with a small stream credit (quinn keeps state per allowed
+    // stream) and is raised as streams are used: 200 streams held open at once all work.
+    let a = start("/ip4/127.0.0.1/udp/0/quic-v1").await;
+    let b = start("/ip4/127.0.0.1/udp/0/quic-v1").await;
+    a.host.set_handler(
+        "/echo/1",
+        host::handler(|mut s| async move {
+            let mut buf = [0u8; 4];
+            if s.read_exact(&mut buf).await.is_ok() {
+                let _ = s.write_all(&buf).await;
+                let _ = s.flush().await;
+            }
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        }),
+    );
+    let conn = b.host.dial(&addr_of(&a)).await.unwrap();
+    let opened = tokio::time::timeout(T, async {
+        let opens = (0..200u32).map(|i| {
+            let conn = conn.clone();
+            async move {
+                let mut s = conn.open_stream(&["/echo/1"]).await.unwrap();
+                s.write_all(&i.to_be_bytes()).await.unwrap();
+                s.flush().await.unwrap();
+                let mut back = [0u8; 4];
+                s.read_exact(&mut back).await.unwrap();
+                assert_eq!(u32::from_be_bytes(back), i);
+                s
+            }
+        });
+        futures::future::join_all(opens).await
+    })
+    .await
+    .expect("200 concurrent QUIC streams");
+    let remote = a.host.connection(&b.peer_id()).unwrap();
+    assert!(remote.stream_count() >= 200, "{}", remote.stream_count());
+    drop(opened);
+    a.shutdown(T).await;
+    b.shutdown(T).await;
+}
+
+#[tokio::test]
 async fn wrong_peer_id_is_refused() {
     let a = start("/ip4/127.0.0.1/tcp/0").await;
     let b = start("/ip4/127.0.0.1/tcp/0").await;
