@@ -69,6 +69,19 @@ pub struct RecordLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KadLabels {
+    /// Message type (`find_node`, `get_value`, ...).
+    pub kind: &'static str,
+    /// `ok`, or why the request failed.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -94,6 +107,13 @@ pub struct Metrics {
     pub ping_rtt: Histogram,
     pub peerstore_peers: Gauge,
     pub peerstore_evictions: Counter,
+    pub kad_inbound: Family<KadLabels, Counter>,
+    pub kad_outbound: Family<KadLabels, Counter>,
+    pub kad_table_peers: Gauge,
+    pub kad_table_refusals: Family<ReasonLabels, Counter>,
+    pub kad_records: Gauge,
+    pub kad_provider_records: Gauge,
+    pub kad_network_size: Gauge,
 }
 
 impl Metrics {
@@ -115,6 +135,13 @@ impl Metrics {
             ping_rtt: latency_histogram(),
             peerstore_peers: Gauge::default(),
             peerstore_evictions: Counter::default(),
+            kad_inbound: Family::default(),
+            kad_outbound: Family::default(),
+            kad_table_peers: Gauge::default(),
+            kad_table_refusals: Family::default(),
+            kad_records: Gauge::default(),
+            kad_provider_records: Gauge::default(),
+            kad_network_size: Gauge::default(),
         };
         let swarm = registry.sub_registry_with_prefix("libp2p_swarm");
         swarm.register(
@@ -184,6 +211,38 @@ impl Metrics {
             "peerstore_evictions",
             "Peers dropped from the full peerstore",
             m.peerstore_evictions.clone(),
+        );
+        let kad = registry.sub_registry_with_prefix("libp2p_kad");
+        kad.register(
+            "inbound_requests",
+            "Kademlia requests served, by message type and outcome",
+            m.kad_inbound.clone(),
+        );
+        kad.register(
+            "outbound_requests",
+            "Kademlia requests sent, by message type and outcome",
+            m.kad_outbound.clone(),
+        );
+        kad.register(
+            "routing_table_peers",
+            "Peers in the Kademlia routing table",
+            m.kad_table_peers.clone(),
+        );
+        kad.register(
+            "routing_table_refusals",
+            "Peers kept out of the routing table, by reason",
+            m.kad_table_refusals.clone(),
+        );
+        kad.register("records", "Value records held", m.kad_records.clone());
+        kad.register(
+            "provider_records",
+            "Provider records held",
+            m.kad_provider_records.clone(),
+        );
+        kad.register(
+            "network_size_estimate",
+            "Estimated number of DHT server peers, from lookup distances",
+            m.kad_network_size.clone(),
         );
         Arc::new(m)
     }

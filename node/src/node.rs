@@ -11,7 +11,7 @@ use crate::host::{self, Connection, DialError, Host};
 use crate::identity::{Keypair, PeerId};
 use crate::metrics::Metrics;
 use crate::peerstore::{self, Peerstore, SledStore, Store};
-use crate::protocols::{identify, perf, ping};
+use crate::protocols::{identify, kad, perf, ping};
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -21,6 +21,8 @@ pub struct Config {
     pub peerstore: peerstore::Config,
     /// The perf server (`/perf/1.0.0`); off when `None`.
     pub perf: Option<perf::Config>,
+    /// The Kademlia DHT; off when `None`.
+    pub kad: Option<kad::Config>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,8 @@ pub enum Error {
     Identity(#[from] crate::identity::Error),
     #[error("storage: {0}")]
     Storage(#[from] peerstore::Error),
+    #[error("DHT storage: {0}")]
+    KadStorage(#[from] kad::store::Error),
     #[error("security setup: {0}")]
     Security(#[from] crate::secure::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -50,7 +54,33 @@ pub struct Node {
     pub host: Host,
     pub peerstore: Peerstore,
     pub identify: Arc<identify::Identify>,
+    pub kad: Option<Arc<kad::Kad>>,
     db: Option<sled::Db>,
+}
+
+/// The storage engines of a node's durable state.
+pub struct Stores {
+    pub peers: Arc<dyn Store>,
+    pub kad_records: Arc<dyn Store>,
+    pub kad_providers: Arc<dyn Store>,
+}
+
+impl Stores {
+    /// Volatile stores: nothing survives the node.
+    pub fn memory() -> Self {
+        Stores {
+            peers: Arc::new(crate::peerstore::MemoryStore::default()),
+            kad_records: Arc::new(crate::peerstore::MemoryStore::default()),
+            kad_providers: Arc::new(crate::peerstore::MemoryStore::default()),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Name of the sled database directory inside the data directory.
@@ -67,8 +97,12 @@ impl Node {
         let db_path = data_dir.join(DB_DIR);
         let db = sled::open(&db_path)
             .map_err(|e| peerstore::Error::Storage(format!("{}: {e}", db_path.display())))?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::from_db(db.clone(), "peers")?);
-        let mut node = Self::start(key, config, store, metrics).await?;
+        let stores = Stores {
+            peers: Arc::new(SledStore::from_db(db.clone(), "peers")?),
+            kad_records: Arc::new(SledStore::from_db(db.clone(), "kad_records")?),
+            kad_providers: Arc::new(SledStore::from_db(db.clone(), "kad_providers")?),
+        };
+        let mut node = Self::start(key, config, stores, metrics).await?;
         node.db = Some(db);
         Ok(node)
     }
@@ -76,18 +110,23 @@ impl Node {
     /// Starts a node with a fresh Ed25519 identity and a memory peerstore: nothing survives
     /// it. For tests, benchmarks and short-lived embedded nodes.
     pub async fn start_volatile(config: Config, metrics: Arc<Metrics>) -> Result<Node, Error> {
-        let store: Arc<dyn Store> = Arc::new(crate::peerstore::MemoryStore::default());
-        Self::start(Keypair::generate_ed25519(), config, store, metrics).await
+        Self::start(
+            Keypair::generate_ed25519(),
+            config,
+            Stores::memory(),
+            metrics,
+        )
+        .await
     }
 
-    /// Starts a node with the given key and storage engine.
+    /// Starts a node with the given key and storage.
     pub async fn start(
         key: Keypair,
         config: Config,
-        store: Arc<dyn Store>,
+        stores: Stores,
         metrics: Arc<Metrics>,
     ) -> Result<Node, Error> {
-        let peerstore = Peerstore::open(store, config.peerstore.clone(), metrics.clone())?;
+        let peerstore = Peerstore::open(stores.peers, config.peerstore.clone(), metrics.clone())?;
         let host = Host::new(key, config.host.clone(), metrics)?;
         ping::install(&host);
         if let Some(perf) = &config.perf {
@@ -95,6 +134,24 @@ impl Node {
         }
         let identify =
             identify::Identify::install(&host, peerstore.clone(), config.identify.clone());
+        let kad = match &config.kad {
+            Some(kad_config) => {
+                let store = kad::KadStore::open(
+                    stores.kad_records,
+                    stores.kad_providers,
+                    kad_config.store.clone(),
+                    now_ms(),
+                )?;
+                Some(kad::Kad::install(
+                    &host,
+                    peerstore.clone(),
+                    identify.clone(),
+                    store,
+                    kad_config.clone(),
+                ))
+            }
+            None => None,
+        };
         // An address family this machine lacks (no IPv6 in a container, say) is skipped
         // with a warning as long as another address binds; every other failure is fatal.
         let mut skipped = None;
@@ -123,6 +180,7 @@ impl Node {
             host,
             peerstore,
             identify,
+            kad,
             db: None,
         })
     }
@@ -142,11 +200,7 @@ impl Node {
 
     /// Dials a peer by PeerId using the addresses in the peerstore.
     pub async fn dial_peer(&self, peer: PeerId) -> Result<Connection, DialError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let addrs = self.peerstore.addrs(&peer, now);
+        let addrs = self.peerstore.addrs(&peer, now_ms());
         self.host.connect(peer, &addrs).await
     }
 

@@ -34,6 +34,14 @@ pub trait Store: Send + Sync + 'static {
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), Error>;
     fn delete(&self, key: &[u8]) -> Result<(), Error>;
     fn scan(&self) -> Result<Entries, Error>;
+    /// Every pair whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, Error> {
+        Ok(self
+            .scan()?
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect())
+    }
     /// Makes every earlier write durable.
     async fn flush(&self) -> Result<(), Error>;
 }
@@ -79,6 +87,12 @@ impl Store for SledStore {
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage))
             .collect()
     }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, Error> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage))
+            .collect()
+    }
     async fn flush(&self) -> Result<(), Error> {
         self.db.flush_async().await.map_err(storage).map(|_| ())
     }
@@ -111,6 +125,14 @@ impl Store for MemoryStore {
         Ok(self
             .map()
             .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, Error> {
+        Ok(self
+            .map()
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }

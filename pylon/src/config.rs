@@ -41,6 +41,7 @@ struct Raw {
     dns: RawDns,
     websocket: RawWebsocket,
     perf: Option<RawPerf>,
+    kad: Option<RawKad>,
     #[allow(dead_code)] // checked for unknown roles; no role has settings yet
     roles: RawRoles,
 }
@@ -94,6 +95,63 @@ struct RawPerf {
     allow: Vec<String>,
     #[serde(default = "default_perf_idle")]
     idle_timeout: String,
+}
+
+/// Present = the Kademlia DHT is on. Every key has a default (README, "Configuration").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawKad {
+    protocol: String,
+    server: bool,
+    bootstrap: Vec<String>,
+    k: usize,
+    alpha: usize,
+    request_timeout: String,
+    query_timeout: String,
+    refresh_interval: String,
+    max_message_size: usize,
+    max_records: usize,
+    max_record_size: usize,
+    record_ttl: String,
+    max_provider_records: usize,
+    max_providers_per_key: usize,
+    provider_ttl: String,
+    peer_requests_burst: u32,
+    peer_requests_per_second: u32,
+    subnet_requests_burst: u32,
+    subnet_requests_per_second: u32,
+    max_peers_per_subnet_in_bucket: usize,
+    max_peers_per_subnet: usize,
+    private_addrs_to_public: bool,
+}
+
+impl Default for RawKad {
+    fn default() -> Self {
+        RawKad {
+            protocol: "/ipfs/kad/1.0.0".into(),
+            server: false,
+            bootstrap: Vec::new(),
+            k: 20,
+            alpha: 10,
+            request_timeout: "10s".into(),
+            query_timeout: "10s".into(),
+            refresh_interval: "10m".into(),
+            max_message_size: 65_536,
+            max_records: 65_536,
+            max_record_size: 16_384,
+            record_ttl: "48h".into(),
+            max_provider_records: 262_144,
+            max_providers_per_key: 64,
+            provider_ttl: "48h".into(),
+            peer_requests_burst: 64,
+            peer_requests_per_second: 32,
+            subnet_requests_burst: 256,
+            subnet_requests_per_second: 128,
+            max_peers_per_subnet_in_bucket: 2,
+            max_peers_per_subnet: 8,
+            private_addrs_to_public: false,
+        }
+    }
 }
 
 fn default_perf_idle() -> String {
@@ -385,6 +443,7 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             idle_timeout: Some(duration("perf.idle_timeout", &p.idle_timeout)?),
         }),
     };
+    let kad = raw.kad.as_ref().map(kad).transpose()?;
     let peerstore = pylon_node::peerstore::Config {
         max_peers: raw.peerstore.max_peers,
         max_addrs_per_peer: raw.peerstore.max_addrs_per_peer,
@@ -402,7 +461,107 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             identify,
             peerstore,
             perf,
+            kad,
         },
+    })
+}
+
+/// Checks `[kad]`.
+fn kad(raw: &RawKad) -> Result<pylon_node::protocols::kad::Config, Error> {
+    use pylon_node::protocols::kad;
+    let protocol = &raw.protocol;
+    if !protocol.starts_with('/') || protocol.len() > 128 {
+        return Err(bad(
+            "kad.protocol",
+            protocol,
+            "a protocol id like \"/ipfs/kad/1.0.0\" or \"/myapp/kad/1.0.0\"",
+        ));
+    }
+    for (key, v) in [
+        ("kad.k", raw.k),
+        ("kad.alpha", raw.alpha),
+        ("kad.max_records", raw.max_records),
+        ("kad.max_provider_records", raw.max_provider_records),
+        ("kad.max_providers_per_key", raw.max_providers_per_key),
+        (
+            "kad.max_peers_per_subnet_in_bucket",
+            raw.max_peers_per_subnet_in_bucket,
+        ),
+        ("kad.max_peers_per_subnet", raw.max_peers_per_subnet),
+    ] {
+        if v == 0 {
+            return Err(bad(key, "0", "must be at least 1"));
+        }
+    }
+    if raw.k > 256 {
+        return Err(bad("kad.k", &raw.k.to_string(), "must be at most 256"));
+    }
+    if !(1024..=4 * 1024 * 1024).contains(&raw.max_message_size) {
+        return Err(bad(
+            "kad.max_message_size",
+            &raw.max_message_size.to_string(),
+            "must be between 1024 and 4194304",
+        ));
+    }
+    if raw.max_record_size == 0 || raw.max_record_size > raw.max_message_size {
+        return Err(bad(
+            "kad.max_record_size",
+            &raw.max_record_size.to_string(),
+            "must be at least 1 and at most kad.max_message_size",
+        ));
+    }
+    for (key, v) in [
+        ("kad.peer_requests_burst", raw.peer_requests_burst),
+        ("kad.peer_requests_per_second", raw.peer_requests_per_second),
+        ("kad.subnet_requests_burst", raw.subnet_requests_burst),
+        (
+            "kad.subnet_requests_per_second",
+            raw.subnet_requests_per_second,
+        ),
+    ] {
+        if v == 0 {
+            return Err(bad(key, "0", "must be at least 1"));
+        }
+    }
+    let refresh_interval = match raw.refresh_interval.as_str() {
+        "off" => None,
+        s => Some(duration("kad.refresh_interval", s)?),
+    };
+    let bootstrap = list("kad.bootstrap", &raw.bootstrap, |s| {
+        let addr: Multiaddr = s.parse().map_err(|e: multiaddr::Error| e.to_string())?;
+        match addr.iter().last() {
+            Some(multiaddr::Protocol::P2p(_)) => Ok(addr),
+            _ => Err("must end in /p2p/<peer id>".to_string()),
+        }
+    })?;
+    Ok(kad::Config {
+        protocol: protocol.clone(),
+        server: raw.server,
+        bootstrap,
+        table: kad::table::Config {
+            k: raw.k,
+            max_per_group_bucket: raw.max_peers_per_subnet_in_bucket,
+            max_per_group_table: raw.max_peers_per_subnet,
+            ..Default::default()
+        },
+        store: kad::store::Config {
+            max_records: raw.max_records,
+            max_value_len: raw.max_record_size,
+            record_ttl: duration("kad.record_ttl", &raw.record_ttl)?,
+            max_provider_records: raw.max_provider_records,
+            max_providers_per_key: raw.max_providers_per_key,
+            provider_ttl: duration("kad.provider_ttl", &raw.provider_ttl)?,
+            ..Default::default()
+        },
+        alpha: raw.alpha,
+        request_timeout: duration("kad.request_timeout", &raw.request_timeout)?,
+        query_timeout: duration("kad.query_timeout", &raw.query_timeout)?,
+        max_message_len: raw.max_message_size,
+        peer_rate: (raw.peer_requests_burst, raw.peer_requests_per_second),
+        group_rate: (raw.subnet_requests_burst, raw.subnet_requests_per_second),
+        refresh_interval,
+        private_addrs_to_public: raw.private_addrs_to_public,
+        ..Default::default()
     })
 }
 

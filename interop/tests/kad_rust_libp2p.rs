@@ -1,0 +1,410 @@
+//! Kademlia interop with real rust-libp2p 0.57 DHT nodes, both directions:
+//! - a rust-libp2p network that knows only a Pylon server bootstraps from it, then finds
+//!   its closest peers, stores and fetches a `/pk/` record, provides and finds providers;
+//! - a Pylon client that knows only one rust-libp2p server does the same against them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use pylon_node::metrics::{ErrorLabels, Metrics};
+use pylon_node::node::{self, Node};
+use pylon_node::protocols::kad as pkad;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(NetworkBehaviour)]
+struct KadBehaviour {
+    identify: identify::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+enum Cmd {
+    AddAddress(PeerId, Multiaddr),
+    Bootstrap(Reply<()>),
+    Closest(Vec<u8>, Reply<HashSet<PeerId>>),
+    Put(kad::Record, Reply<()>),
+    Get(kad::RecordKey, Reply<Vec<Vec<u8>>>),
+    Provide(kad::RecordKey, Reply<()>),
+    Providers(kad::RecordKey, Reply<HashSet<PeerId>>),
+}
+
+enum Pending {
+    Bootstrap(Reply<()>),
+    Closest(Reply<HashSet<PeerId>>),
+    Put(Reply<()>),
+    Get(Reply<Vec<Vec<u8>>>, Vec<Vec<u8>>),
+    Provide(Reply<()>),
+    Providers(Reply<HashSet<PeerId>>, HashSet<PeerId>),
+}
+
+/// A rust-libp2p DHT server on loopback TCP, driven through commands.
+struct RustKad {
+    peer_id: PeerId,
+    addr: Multiaddr,
+    commands: mpsc::Sender<Cmd>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RustKad {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RustKad {
+    async fn start() -> RustKad {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|key| {
+                let id = key.public().to_peer_id();
+                let mut config = kad::Config::new(StreamProtocol::new(pkad::DEFAULT_PROTOCOL));
+                config.set_periodic_bootstrap_interval(None);
+                config.set_query_timeout(Duration::from_secs(15));
+                let mut kad =
+                    kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), config);
+                kad.set_mode(Some(kad::Mode::Server));
+                KadBehaviour {
+                    identify: identify::Behaviour::new(
+                        identify::Config::new_with_signed_peer_record("ipfs/0.1.0".into(), key)
+                            .with_agent_version(RUST_AGENT.into()),
+                    ),
+                    kad,
+                }
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let listen = tokio::time::timeout(T, async {
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    return address;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        swarm.add_external_address(listen.clone());
+        let peer_id = *swarm.local_peer_id();
+        let (commands, mut rx) = mpsc::channel::<Cmd>(16);
+        let task = tokio::spawn(async move {
+            let mut pending: HashMap<QueryId, Pending> = HashMap::new();
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => {
+                        let Some(cmd) = cmd else { break };
+                        let kad = &mut swarm.behaviour_mut().kad;
+                        match cmd {
+                            Cmd::AddAddress(p, a) => {
+                                kad.add_address(&p, a);
+                            }
+                            Cmd::Bootstrap(r) => match kad.bootstrap() {
+                                Ok(id) => { pending.insert(id, Pending::Bootstrap(r)); }
+                                Err(e) => { let _ = r.send(Err(e.to_string())); }
+                            },
+                            Cmd::Closest(key, r) => {
+                                pending.insert(kad.get_closest_peers(key), Pending::Closest(r));
+                            }
+                            Cmd::Put(record, r) => match kad.put_record(record, Quorum::One) {
+                                Ok(id) => { pending.insert(id, Pending::Put(r)); }
+                                Err(e) => { let _ = r.send(Err(e.to_string())); }
+                            },
+                            Cmd::Get(key, r) => {
+                                pending.insert(kad.get_record(key), Pending::Get(r, Vec::new()));
+                            }
+                            Cmd::Provide(key, r) => match kad.start_providing(key) {
+                                Ok(id) => { pending.insert(id, Pending::Provide(r)); }
+                                Err(e) => { let _ = r.send(Err(e.to_string())); }
+                            },
+                            Cmd::Providers(key, r) => {
+                                pending.insert(kad.get_providers(key), Pending::Providers(r, HashSet::new()));
+                            }
+                        }
+                    }
+                    event = swarm.select_next_some() => {
+                        let SwarmEvent::Behaviour(KadBehaviourEvent::Kad(
+                            kad::Event::OutboundQueryProgressed { id, result, step, .. },
+                        )) = event else { continue };
+                        let Some(p) = pending.remove(&id) else { continue };
+                        let p = match (p, result) {
+                            (Pending::Bootstrap(r), QueryResult::Bootstrap(res)) => {
+                                if step.last || res.is_err() {
+                                    let _ = r.send(res.map(|_| ()).map_err(|e| format!("{e:?}")));
+                                    continue;
+                                }
+                                Pending::Bootstrap(r)
+                            }
+                            (Pending::Closest(r), QueryResult::GetClosestPeers(res)) => {
+                                let _ = r.send(
+                                    res.map(|ok| ok.peers.into_iter().map(|p| p.peer_id).collect())
+                                        .map_err(|e| format!("{e:?}")),
+                                );
+                                continue;
+                            }
+                            (Pending::Put(r), QueryResult::PutRecord(res)) => {
+                                let _ = r.send(res.map(|_| ()).map_err(|e| format!("{e:?}")));
+                                continue;
+                            }
+                            (Pending::Get(r, mut got), QueryResult::GetRecord(res)) => {
+                                if let Ok(GetRecordOk::FoundRecord(rec)) = res {
+                                    got.push(rec.record.value);
+                                }
+                                if step.last {
+                                    let _ = r.send(Ok(got));
+                                    continue;
+                                }
+                                Pending::Get(r, got)
+                            }
+                            (Pending::Provide(r), QueryResult::StartProviding(res)) => {
+                                let _ = r.send(res.map(|_| ()).map_err(|e| format!("{e:?}")));
+                                continue;
+                            }
+                            (Pending::Providers(r, mut got), QueryResult::GetProviders(res)) => {
+                                if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = res {
+                                    got.extend(providers);
+                                }
+                                if step.last {
+                                    let _ = r.send(Ok(got));
+                                    continue;
+                                }
+                                Pending::Providers(r, got)
+                            }
+                            (p, _) => p,
+                        };
+                        pending.insert(id, p);
+                    }
+                }
+            }
+        });
+        RustKad {
+            peer_id,
+            addr: listen.with(libp2p::multiaddr::Protocol::P2p(peer_id)),
+            commands,
+            task,
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("rust-libp2p query within 30 s")
+            .unwrap()
+    }
+
+    async fn add_address(&self, peer: PeerId, addr: Multiaddr) {
+        self.commands
+            .send(Cmd::AddAddress(peer, addr))
+            .await
+            .unwrap();
+    }
+}
+
+/// A Pylon node with the DHT on (server or client mode), refresh off.
+async fn pylon_kad(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
+    let config = node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        kad: Some(pkad::Config {
+            server,
+            bootstrap,
+            refresh_interval: None,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap()
+}
+
+fn kad_of(node: &Node) -> &std::sync::Arc<pkad::Kad> {
+    node.kad.as_ref().unwrap()
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    tokio::time::timeout(T, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within {T:?}"));
+}
+
+fn kad_errors(node: &Node, reason: &'static str) -> u64 {
+    node.host
+        .metrics()
+        .protocol_errors
+        .get_or_create(&ErrorLabels {
+            protocol: "kad",
+            reason,
+        })
+        .get()
+}
+
+fn pk_key(peer: &PeerId) -> Vec<u8> {
+    let mut k = b"/pk/".to_vec();
+    k.extend_from_slice(&peer.to_bytes());
+    k
+}
+
+fn sha256_multihash(data: &[u8]) -> Vec<u8> {
+    let mut mh = vec![0x12, 0x20];
+    mh.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
+    mh
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_libp2p_network_bootstraps_from_pylon_and_pylon_client_uses_it() {
+    let server = pylon_kad(true, Vec::new()).await;
+    let server_addr = pylon_addr(&server);
+    let mut rusts = Vec::new();
+    for _ in 0..6 {
+        let r = RustKad::start().await;
+        r.add_address(server.peer_id(), server_addr.clone()).await;
+        r.ask(Cmd::Bootstrap).await.unwrap();
+        rusts.push(r);
+    }
+    // Pylon admitted every rust node (they serve the protocol, identify told us).
+    eventually("all rust nodes in Pylon's table", || {
+        kad_of(&server).table_len() == rusts.len()
+    })
+    .await;
+    for r in &rusts {
+        r.ask(Cmd::Bootstrap).await.unwrap();
+    }
+
+    // Peer routing: with fewer than k nodes, the k closest are everyone else.
+    let target = rand::random::<[u8; 32]>().to_vec();
+    let closest = rusts[0]
+        .ask(|r| Cmd::Closest(target.clone(), r))
+        .await
+        .unwrap();
+    let mut everyone_else: HashSet<PeerId> = rusts[1..].iter().map(|r| r.peer_id).collect();
+    everyone_else.insert(server.peer_id());
+    assert_eq!(
+        closest, everyone_else,
+        "rust-libp2p found the whole network through Pylon"
+    );
+
+    // A /pk/ record: stored on Pylon (validated), fetched by another rust node.
+    let record_owner = libp2p_identity::Keypair::generate_ed25519();
+    let key = pk_key(&record_owner.public().to_peer_id());
+    let value = record_owner.public().encode_protobuf();
+    rusts[0]
+        .ask(|r| Cmd::Put(kad::Record::new(key.clone(), value.clone()), r))
+        .await
+        .unwrap();
+    eventually("the record on Pylon", || {
+        kad_of(&server)
+            .store()
+            .get(&key, 0)
+            .unwrap()
+            .is_some_and(|r| r.value == value)
+    })
+    .await;
+    let got = rusts[3]
+        .ask(|r| Cmd::Get(kad::RecordKey::new(&key), r))
+        .await
+        .unwrap();
+    assert!(got.contains(&value), "rust-libp2p fetched the record");
+
+    // A /pk/ record that does not match its key is refused by Pylon and counted.
+    let liar = pk_key(&PeerId::random());
+    let before = kad_errors(&server, "mismatch");
+    let _ = rusts[1]
+        .ask(|r| Cmd::Put(kad::Record::new(liar.clone(), value.clone()), r))
+        .await;
+    eventually("the bogus record counted", || {
+        kad_errors(&server, "mismatch") > before
+    })
+    .await;
+    assert!(kad_of(&server).store().get(&liar, 0).unwrap().is_none());
+
+    // Providers: announced by one rust node, found by another.
+    let content = sha256_multihash(b"pylon kad interop");
+    rusts[1]
+        .ask(|r| Cmd::Provide(kad::RecordKey::new(&content), r))
+        .await
+        .unwrap();
+    let provider = rusts[1].peer_id;
+    eventually("the provider record on Pylon", || {
+        kad_of(&server)
+            .store()
+            .providers(&content, 0)
+            .unwrap()
+            .iter()
+            .any(|p| p.peer == provider)
+    })
+    .await;
+    let found = rusts[4]
+        .ask(|r| Cmd::Providers(kad::RecordKey::new(&content), r))
+        .await
+        .unwrap();
+    assert!(found.contains(&provider), "{found:?}");
+
+    // The other direction: a Pylon client that knows one rust-libp2p server.
+    let client = pylon_kad(false, vec![rusts[2].addr.clone()]).await;
+    let ck = kad_of(&client);
+    eventually("the rust bootstrap peer in the client's table", || {
+        ck.table_len() >= 1
+    })
+    .await;
+    ck.bootstrap().await.unwrap();
+    let found: HashSet<PeerId> = ck
+        .closest_peers(&target)
+        .await
+        .into_iter()
+        .map(|f| f.peer)
+        .collect();
+    let mut all: HashSet<PeerId> = rusts.iter().map(|r| r.peer_id).collect();
+    all.insert(server.peer_id());
+    assert_eq!(found, all, "the Pylon client found every server");
+    assert_eq!(ck.get_value(&key).await.unwrap(), Some(value.clone()));
+    let providers = ck.providers(&content, 4).await.unwrap();
+    assert!(
+        providers.iter().any(|p| p.peer == provider),
+        "{providers:?}"
+    );
+
+    // The Pylon client stores its own /pk/ record on the rust servers and provides.
+    let own_key = pk_key(&client.peer_id());
+    let own_value = client.host.keypair().public().encode_protobuf();
+    let acks = ck.put_value(&own_key, &own_value).await.unwrap();
+    assert!(acks >= 6, "{acks} servers acknowledged");
+    let got = rusts[5]
+        .ask(|r| Cmd::Get(kad::RecordKey::new(&own_key), r))
+        .await
+        .unwrap();
+    assert!(got.contains(&own_value));
+    let content2 = sha256_multihash(b"provided by a pylon client");
+    assert!(ck.provide(&content2).await.unwrap() >= 6);
+    let found = rusts[0]
+        .ask(|r| Cmd::Providers(kad::RecordKey::new(&content2), r))
+        .await
+        .unwrap();
+    assert!(found.contains(&client.peer_id()), "{found:?}");
+    // A client-mode node stays out of everyone's table.
+    assert!(!kad_of(&server)
+        .table_entries()
+        .iter()
+        .any(|e| e.peer == client.peer_id()));
+}
