@@ -60,6 +60,10 @@ pub struct Config {
     pub max_connections_per_peer: usize,
     /// Inbound connections in their handshake at once.
     pub max_pending_incoming: usize,
+    /// Inbound connections (in handshake or established) from one IP address; 0 = no cap.
+    pub max_incoming_per_ip: usize,
+    /// Inbound connections from one subnet (IPv4 /24, IPv6 /48); 0 = no cap.
+    pub max_incoming_per_subnet: usize,
     /// Streams per connection, both directions together. Past it, new inbound streams
     /// are reset and opens fail with [`StreamError::Limit`]; yamux itself allows a little
     /// headroom above it, so reaching the limit never tears the connection down.
@@ -98,6 +102,8 @@ impl Default for Config {
             max_connections: 4096,
             max_connections_per_peer: 8,
             max_pending_incoming: 256,
+            max_incoming_per_ip: 0,
+            max_incoming_per_subnet: 0,
             max_streams_per_connection: 256,
             dns: crate::dns::Config::default(),
             port_reuse: true,
@@ -344,6 +350,65 @@ struct ConnInner {
     live_streams: AtomicUsize,
     max_streams: usize,
     metrics: Arc<Metrics>,
+    /// An inbound connection's share of the per-IP caps, returned when it closes.
+    ip_slot: Mutex<Option<IpSlot>>,
+}
+
+/// Inbound connections per source IP and per subnet.
+#[derive(Default)]
+struct IpCounts {
+    ips: HashMap<std::net::IpAddr, usize>,
+    subnets: HashMap<Subnet, usize>,
+}
+
+/// IPv4 /24 or IPv6 /48.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Subnet {
+    V4([u8; 3]),
+    V6([u8; 6]),
+}
+
+impl Subnet {
+    fn of(ip: std::net::IpAddr) -> Subnet {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                let o = v4.octets();
+                Subnet::V4([o[0], o[1], o[2]])
+            }
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Subnet::of(std::net::IpAddr::V4(v4)),
+                None => {
+                    let o = v6.octets();
+                    Subnet::V6([o[0], o[1], o[2], o[3], o[4], o[5]])
+                }
+            },
+        }
+    }
+}
+
+/// One inbound connection's place in the per-IP and per-subnet counts.
+struct IpSlot {
+    counts: Arc<Mutex<IpCounts>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.counts);
+        let subnet = Subnet::of(self.ip);
+        if let Some(n) = c.ips.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.ips.remove(&self.ip);
+            }
+        }
+        if let Some(n) = c.subnets.get_mut(&subnet) {
+            *n -= 1;
+            if *n == 0 {
+                c.subnets.remove(&subnet);
+            }
+        }
+    }
 }
 
 /// One of a connection's stream slots, held from accept/open until the stream is dropped.
@@ -634,6 +699,7 @@ struct HostInner {
     listen_addrs: RwLock<Vec<Multiaddr>>,
     events: broadcast::Sender<Event>,
     pending_incoming: Arc<Semaphore>,
+    ip_counts: Arc<Mutex<IpCounts>>,
     resolver: std::sync::OnceLock<Arc<crate::dns::Resolver>>,
     reused_tuples: Mutex<HashMap<std::net::SocketAddr, Instant>>,
     dial_gates: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
@@ -725,6 +791,7 @@ impl Host {
                 pending_incoming: pending,
                 resolver: std::sync::OnceLock::new(),
                 reused_tuples: Mutex::new(HashMap::new()),
+                ip_counts: Arc::new(Mutex::new(IpCounts::default())),
                 dial_gates: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(crate::dialer::Backoff::default()),
                 quic: Mutex::new(QuicEndpoints::default()),
@@ -848,12 +915,15 @@ impl Host {
                 let Some(permit) = host.pending_permit(transport_label, ip_version) else {
                     continue;
                 };
+                let Ok(slot) = host.ip_slot(&remote, transport_label, ip_version) else {
+                    continue; // dropping `raw` closes the socket
+                };
                 let host2 = host.clone();
                 let local = local_addr.clone();
                 host.spawn(async move {
                     let _permit = permit;
                     host2
-                        .handle_incoming(raw, remote, local, transport_label, ip_version)
+                        .handle_incoming(raw, remote, local, transport_label, ip_version, slot)
                         .await;
                 });
             }
@@ -893,12 +963,17 @@ impl Host {
                     incoming.refuse();
                     continue;
                 };
+                let remote = crate::quic::multiaddr(incoming.remote_address());
+                let Ok(slot) = host.ip_slot(&remote, "quic-v1", ip_version) else {
+                    incoming.refuse();
+                    continue;
+                };
                 let host2 = host.clone();
                 let local = local_addr.clone();
                 host.spawn(async move {
                     let _permit = permit;
                     host2
-                        .handle_incoming_quic(incoming, local, ip_version)
+                        .handle_incoming_quic(incoming, local, ip_version, slot)
                         .await;
                 });
             }
@@ -911,6 +986,7 @@ impl Host {
         incoming: quinn::Incoming,
         local: Multiaddr,
         ip_version: &'static str,
+        slot: Option<IpSlot>,
     ) {
         let started = Instant::now();
         let remote = crate::quic::multiaddr(incoming.remote_address());
@@ -947,6 +1023,9 @@ impl Host {
                 route,
             )
         });
+        if let Ok(c) = &admitted {
+            *lock(&c.inner.ip_slot) = slot;
+        }
         if let Err(e) = admitted {
             conn.close(0u32.into(), b"connection limit");
             count_error(
@@ -1066,6 +1145,7 @@ impl Host {
         local: Multiaddr,
         transport: &'static str,
         ip_version: &'static str,
+        slot: Option<IpSlot>,
     ) {
         let started = Instant::now();
         let upgraded = tokio::time::timeout(self.inner.config.handshake_timeout, async {
@@ -1104,14 +1184,62 @@ impl Host {
             ..route
         };
         self.observe_handshake(started, route);
-        if let Err(e) = self.establish(mux, peer, key, remote, local, Direction::Inbound, route) {
-            count_error(
+        match self.establish(mux, peer, key, remote, local, Direction::Inbound, route) {
+            Ok(c) => *lock(&c.inner.ip_slot) = slot,
+            Err(e) => count_error(
                 &self.inner.metrics.handshake_errors,
                 transport,
                 e.label(),
                 ip_version,
-            );
+            ),
         }
+    }
+
+    /// A place for one more inbound connection from `remote`'s IP, `Ok(None)` when no
+    /// cap is configured, `Err` (counted) when the IP or its subnet is at its cap.
+    fn ip_slot(
+        &self,
+        remote: &Multiaddr,
+        transport: &'static str,
+        ip_version: &'static str,
+    ) -> Result<Option<IpSlot>, ()> {
+        let (per_ip, per_subnet) = (
+            self.inner.config.max_incoming_per_ip,
+            self.inner.config.max_incoming_per_subnet,
+        );
+        if per_ip == 0 && per_subnet == 0 {
+            return Ok(None);
+        }
+        let ip = match remote.iter().next() {
+            Some(multiaddr::Protocol::Ip4(ip)) => std::net::IpAddr::V4(ip),
+            Some(multiaddr::Protocol::Ip6(ip)) => std::net::IpAddr::V6(ip),
+            _ => return Ok(None),
+        };
+        let subnet = Subnet::of(ip);
+        let mut c = lock(&self.inner.ip_counts);
+        let refused = if per_ip > 0 && c.ips.get(&ip).copied().unwrap_or(0) >= per_ip {
+            Some("ip_limit")
+        } else if per_subnet > 0 && c.subnets.get(&subnet).copied().unwrap_or(0) >= per_subnet {
+            Some("subnet_limit")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            drop(c);
+            count_error(
+                &self.inner.metrics.handshake_errors,
+                transport,
+                reason,
+                ip_version,
+            );
+            return Err(());
+        }
+        *c.ips.entry(ip).or_insert(0) += 1;
+        *c.subnets.entry(subnet).or_insert(0) += 1;
+        Ok(Some(IpSlot {
+            counts: self.inner.ip_counts.clone(),
+            ip,
+        }))
     }
 
     /// A slot for one more inbound handshake, or `None` (counted) when
@@ -1534,6 +1662,7 @@ impl Host {
                 close_requested: CancellationToken::new(),
                 closed: CancellationToken::new(),
                 live_streams: AtomicUsize::new(0),
+                ip_slot: Mutex::new(None),
                 max_streams: self.inner.config.max_streams_per_connection.max(1),
                 metrics: self.inner.metrics.clone(),
             }),
@@ -1588,6 +1717,7 @@ impl Host {
     }
 
     fn remove_connection(&self, conn: &Connection, labels: ConnLabels, reason: String) {
+        drop(lock(&conn.inner.ip_slot).take());
         {
             let mut conns = lock(&self.inner.connections);
             if let Some(list) = conns.get_mut(&conn.peer()) {

@@ -63,6 +63,7 @@ pub struct Stores {
     pub peers: Arc<dyn Store>,
     pub kad_records: Arc<dyn Store>,
     pub kad_providers: Arc<dyn Store>,
+    pub kad_table: Arc<dyn Store>,
 }
 
 impl Stores {
@@ -72,6 +73,7 @@ impl Stores {
             peers: Arc::new(crate::peerstore::MemoryStore::default()),
             kad_records: Arc::new(crate::peerstore::MemoryStore::default()),
             kad_providers: Arc::new(crate::peerstore::MemoryStore::default()),
+            kad_table: Arc::new(crate::peerstore::MemoryStore::default()),
         }
     }
 }
@@ -101,6 +103,7 @@ impl Node {
             peers: Arc::new(SledStore::from_db(db.clone(), "peers")?),
             kad_records: Arc::new(SledStore::from_db(db.clone(), "kad_records")?),
             kad_providers: Arc::new(SledStore::from_db(db.clone(), "kad_providers")?),
+            kad_table: Arc::new(SledStore::from_db(db.clone(), "kad_table")?),
         };
         let mut node = Self::start(key, config, stores, metrics).await?;
         node.db = Some(db);
@@ -139,6 +142,7 @@ impl Node {
                 let store = kad::KadStore::open(
                     stores.kad_records,
                     stores.kad_providers,
+                    stores.kad_table,
                     kad_config.store.clone(),
                     now_ms(),
                 )?;

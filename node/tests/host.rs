@@ -883,3 +883,67 @@ async fn cancelled_connects_leave_nothing_behind() {
     assert_eq!(a.host.dials_in_flight(), 0);
     held.abort();
 }
+
+/// Inbound caps per source IP: the listener refuses a connection past the cap (counted),
+/// and a closed connection frees its place. Loopback clients all share 127.0.0.1.
+async fn per_ip_cap(listen: &str, transport: &'static str) {
+    let mut config = node::Config::default();
+    config.host.max_incoming_per_ip = 2;
+    let server = start_with(listen, config).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(start(listen).await);
+    }
+    let first = clients[0].host.dial(&addr_of(&server)).await.unwrap();
+    clients[1].host.dial(&addr_of(&server)).await.unwrap();
+    let refused = tokio::time::timeout(T, async {
+        // The client may see its side up before the server drops it; ping to be sure.
+        match clients[2].host.dial(&addr_of(&server)).await {
+            Ok(_) => ping::ping(&clients[2].host, &server.peer_id())
+                .await
+                .is_err(),
+            Err(_) => true,
+        }
+    })
+    .await
+    .unwrap();
+    assert!(refused, "third connection from one IP was refused");
+    let counted = server
+        .host
+        .metrics()
+        .handshake_errors
+        .get_or_create(&pylon_node::metrics::DialErrorLabels {
+            transport,
+            error: "ip_limit",
+            ip_version: "ip4",
+        })
+        .get();
+    assert!(counted >= 1, "refusal counted");
+    first.close();
+    first.closed().await;
+    // The server sees the close shortly after; then there is room again.
+    tokio::time::timeout(T, async {
+        loop {
+            if server.host.connections().len() < 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    clients[2].host.dial(&addr_of(&server)).await.unwrap();
+    ping::ping(&clients[2].host, &server.peer_id())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn inbound_connections_are_capped_per_ip_over_tcp() {
+    per_ip_cap("/ip4/127.0.0.1/tcp/0", "tcp").await;
+}
+
+#[tokio::test]
+async fn inbound_connections_are_capped_per_ip_over_quic() {
+    per_ip_cap("/ip4/127.0.0.1/udp/0/quic-v1", "quic-v1").await;
+}

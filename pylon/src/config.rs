@@ -42,7 +42,6 @@ struct Raw {
     websocket: RawWebsocket,
     perf: Option<RawPerf>,
     kad: Option<RawKad>,
-    #[allow(dead_code)] // checked for unknown roles; no role has settings yet
     roles: RawRoles,
 }
 
@@ -70,6 +69,8 @@ struct RawConnections {
     max: usize,
     max_per_peer: usize,
     max_pending_incoming: usize,
+    max_incoming_per_ip: usize,
+    max_incoming_per_subnet: usize,
     max_streams_per_connection: usize,
     dial_timeout: String,
     handshake_timeout: String,
@@ -174,10 +175,34 @@ struct RawPeerstore {
     max_protocols_per_peer: usize,
 }
 
-/// No role exists in this release; any role section is an unknown key.
+/// Roles; a role is on when its section is present.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRoles {}
+struct RawRoles {
+    bootstrap: Option<RawBootstrap>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBootstrap {
+    low_watermark: usize,
+    grace_period: String,
+    max_connections_per_ip: usize,
+    max_connections_per_subnet: usize,
+    verified_within: String,
+}
+
+impl Default for RawBootstrap {
+    fn default() -> Self {
+        RawBootstrap {
+            low_watermark: 2048,
+            grace_period: "30s".into(),
+            max_connections_per_ip: 8,
+            max_connections_per_subnet: 64,
+            verified_within: "1h".into(),
+        }
+    }
+}
 
 // ---- The checked form ----------------------------------------------------------------
 
@@ -188,6 +213,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     pub shutdown_grace: Duration,
     pub node: pylon_node::node::Config,
+    /// The bootstrap role, when `[roles.bootstrap]` is present.
+    pub bootstrap: Option<pylon_roles::bootstrap::Config>,
 }
 
 /// Overrides from the command line, applied last.
@@ -408,6 +435,8 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         max_connections: c.max,
         max_connections_per_peer: c.max_per_peer,
         max_pending_incoming: c.max_pending_incoming,
+        max_incoming_per_ip: c.max_incoming_per_ip,
+        max_incoming_per_subnet: c.max_incoming_per_subnet,
         max_streams_per_connection: c.max_streams_per_connection,
         dns,
         port_reuse: c.port_reuse,
@@ -443,7 +472,33 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             idle_timeout: Some(duration("perf.idle_timeout", &p.idle_timeout)?),
         }),
     };
-    let kad = raw.kad.as_ref().map(kad).transpose()?;
+    let mut kad = raw.kad.as_ref().map(kad).transpose()?;
+    let mut host = host;
+    let bootstrap = match &raw.roles.bootstrap {
+        None => None,
+        Some(b) => {
+            let role = bootstrap(b)?;
+            // The role stands on a DHT server: [kad] as configured (or its defaults),
+            // always in server mode, with a saved table and only verified peers served.
+            let mut k = match kad.take() {
+                Some(k) => k,
+                None => self::kad(&RawKad::default())?,
+            };
+            k.server = true;
+            k.persist_table = true;
+            k.serve_verified_within = Some(role.verified_within);
+            kad = Some(k);
+            // The tighter of the role's caps and [connections]' (0 = none) applies.
+            let tighter = |a: usize, b: usize| if a == 0 { b } else { a.min(b) };
+            host.max_incoming_per_ip =
+                tighter(host.max_incoming_per_ip, role.max_connections_per_ip);
+            host.max_incoming_per_subnet = tighter(
+                host.max_incoming_per_subnet,
+                role.max_connections_per_subnet,
+            );
+            Some(role)
+        }
+    };
     let peerstore = pylon_node::peerstore::Config {
         max_peers: raw.peerstore.max_peers,
         max_addrs_per_peer: raw.peerstore.max_addrs_per_peer,
@@ -463,6 +518,33 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             perf,
             kad,
         },
+        bootstrap,
+    })
+}
+
+/// Checks `[roles.bootstrap]`.
+fn bootstrap(raw: &RawBootstrap) -> Result<pylon_roles::bootstrap::Config, Error> {
+    for (key, v) in [
+        ("roles.bootstrap.low_watermark", raw.low_watermark),
+        (
+            "roles.bootstrap.max_connections_per_ip",
+            raw.max_connections_per_ip,
+        ),
+        (
+            "roles.bootstrap.max_connections_per_subnet",
+            raw.max_connections_per_subnet,
+        ),
+    ] {
+        if v == 0 {
+            return Err(bad(key, "0", "must be at least 1"));
+        }
+    }
+    Ok(pylon_roles::bootstrap::Config {
+        low_watermark: raw.low_watermark,
+        grace_period: duration("roles.bootstrap.grace_period", &raw.grace_period)?,
+        max_connections_per_ip: raw.max_connections_per_ip,
+        max_connections_per_subnet: raw.max_connections_per_subnet,
+        verified_within: duration("roles.bootstrap.verified_within", &raw.verified_within)?,
     })
 }
 
@@ -808,13 +890,103 @@ mod tests {
         };
         assert!(err(None, &[], flags).contains("metrics.listen"));
         let flags = Flags {
-            roles: vec!["bootstrap".into()],
+            roles: vec!["lighthouse".into()],
             ..Default::default()
         };
         let e = err(None, &[], flags);
-        assert!(e.contains("roles") && e.contains("bootstrap"), "{e}");
+        assert!(e.contains("roles") && e.contains("lighthouse"), "{e}");
+        let e = err(
+            Some(
+                "[kad]
+protocol = \"kad\"\n",
+            ),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("kad.protocol"), "{e}");
+        let e = err(
+            Some(
+                "[kad]
+bootstrap = [\"/ip4/1.2.3.4/tcp/1\"]\n",
+            ),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("kad.bootstrap[0]") && e.contains("/p2p/"), "{e}");
+        let e = err(
+            Some(
+                "[kad]
+k = 0\n",
+            ),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("kad.k"), "{e}");
+        let e = err(
+            Some(
+                "[kad]
+max_record_size = 999999999\n",
+            ),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("kad.max_record_size"), "{e}");
+        let e = err(
+            Some(
+                "[kad]
+what = 1\n",
+            ),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("what"), "{e}");
+        let e = err(
+            Some(
+                "[roles.bootstrap]
+grace_period = \"soon\"\n",
+            ),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("roles.bootstrap.grace_period"), "{e}");
         let e = err(Some("not toml ["), &[], Flags::default());
         assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn kad_and_the_bootstrap_role() {
+        let c = load(sources(None, &[], Flags::default())).unwrap();
+        assert!(
+            c.node.kad.is_none() && c.bootstrap.is_none(),
+            "off by default"
+        );
+        let c = load(sources(
+            Some("[kad]\nprotocol = \"/myapp/kad/1.0.0\"\nrefresh_interval = \"off\"\n"),
+            &[],
+            Flags::default(),
+        ))
+        .unwrap();
+        let kad = c.node.kad.unwrap();
+        assert_eq!(kad.protocol, "/myapp/kad/1.0.0");
+        assert!(!kad.server && kad.refresh_interval.is_none());
+        // --role bootstrap: a DHT server with the role's limits, [kad] settings kept.
+        let flags = Flags {
+            roles: vec!["bootstrap".into()],
+            ..Default::default()
+        };
+        let c = load(sources(
+            Some("[kad]\nk = 16\n[connections]\nmax_incoming_per_ip = 4\n"),
+            &[],
+            flags,
+        ))
+        .unwrap();
+        let kad = c.node.kad.unwrap();
+        assert!(kad.server && kad.persist_table);
+        assert_eq!(kad.table.k, 16);
+        assert_eq!(kad.serve_verified_within, Some(Duration::from_secs(3600)));
+        assert_eq!(c.node.host.max_incoming_per_ip, 4, "the tighter cap");
+        assert_eq!(c.node.host.max_incoming_per_subnet, 64);
+        assert_eq!(c.bootstrap.unwrap().grace_period, Duration::from_secs(30));
     }
 
     #[test]

@@ -325,6 +325,22 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let node =
         pylon_node::node::Node::start_in(&config.data_dir, config.node.clone(), metrics).await?;
+    let _bootstrap = match &config.bootstrap {
+        Some(b) => {
+            let role = pylon_roles::bootstrap::Bootstrap::start(&node, b.clone(), &mut registry)?;
+            tracing::info!("role: bootstrap");
+            Some(role)
+        }
+        None => None,
+    };
+    if let Some(kad) = &node.kad {
+        tracing::info!(
+            protocol = %kad.config().protocol,
+            server = kad.config().server,
+            table = kad.table_len(),
+            "kademlia on"
+        );
+    }
     let metrics_task = match config.metrics {
         Some(addr) => Some(metrics_server::start(addr, registry).await?),
         None => None,

@@ -99,6 +99,14 @@ pub struct Config {
     /// Also give private and loopback addresses to peers that reached us from a public
     /// address.
     pub private_addrs_to_public: bool,
+    /// Save the routing table's peers and reload them at start (a warm start).
+    pub persist_table: bool,
+    /// Hand out only table peers seen (answered, identified, or passed a liveness check)
+    /// within this window; `None` hands out every table peer.
+    pub serve_verified_within: Option<Duration>,
+    /// Apply the per-subnet request rate to requesters on private and loopback
+    /// addresses too (by default only public subnets share a budget).
+    pub limit_private_subnets: bool,
 }
 
 impl Default for Config {
@@ -128,6 +136,9 @@ impl Default for Config {
             liveness_interval: Duration::from_secs(600),
             learned_addr_ttl: Duration::from_secs(600),
             private_addrs_to_public: false,
+            persist_table: true,
+            serve_verified_within: None,
+            limit_private_subnets: false,
         }
     }
 }
@@ -302,6 +313,9 @@ impl Kad {
             metrics,
         });
         kad.update_store_gauges();
+        if kad.config.persist_table {
+            kad.warm_start();
+        }
         if kad.config.server {
             let me = kad.clone();
             host.set_handler(
@@ -369,6 +383,56 @@ impl Kad {
         *lock(&self.network_size)
     }
 
+    /// Puts the saved routing-table peers back, with the last time each was seen.
+    fn warm_start(&self) {
+        let saved = match self.store.saved_peers() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("kad: saved routing table unreadable: {e}");
+                return;
+            }
+        };
+        let mut table = lock(&self.table);
+        for p in saved {
+            if !matches!(
+                table.insert(p.peer, p.addrs, p.last_seen_ms),
+                table::Insert::Added
+            ) {
+                let _ = self.store.forget_peer(&p.peer);
+            }
+        }
+        self.metrics.kad_table_peers.set(table.len() as i64);
+    }
+
+    /// Takes a peer out of the table (and its saved copy).
+    fn forget(&self, peer: &PeerId) {
+        if lock(&self.table).remove(peer).is_some() {
+            if self.config.persist_table {
+                let _ = self.store.forget_peer(peer);
+            }
+            self.metrics.kad_table_peers.set(self.table_len() as i64);
+        }
+    }
+
+    /// Saves a table peer's current entry.
+    fn save(&self, peer: &PeerId) {
+        if !self.config.persist_table {
+            return;
+        }
+        let entry = lock(&self.table).get(peer).cloned();
+        if let Some(e) = entry {
+            let saved = store::SavedPeer {
+                peer: e.peer,
+                addrs: e.addrs,
+                added_ms: e.added_ms,
+                last_seen_ms: e.last_seen_ms,
+            };
+            if let Err(e) = self.store.save_peer(&saved) {
+                tracing::warn!("kad: saving a table peer failed: {e}");
+            }
+        }
+    }
+
     fn update_store_gauges(&self) {
         let c = self.store.counts();
         self.metrics.kad_records.set(c.records as i64);
@@ -395,9 +459,7 @@ impl Kad {
         let serves = info.protocols.iter().any(|p| *p == self.config.protocol);
         if !serves {
             // Client-mode peers stay out; a peer that stopped serving leaves.
-            if lock(&self.table).remove(&info.peer).is_some() {
-                self.metrics.kad_table_peers.set(self.table_len() as i64);
-            }
+            self.forget(&info.peer);
             return;
         }
         let addrs = match &info.record {
@@ -413,8 +475,15 @@ impl Kad {
         match outcome {
             table::Insert::Added => {
                 self.metrics.kad_table_peers.set(self.table_len() as i64);
+                self.save(&peer);
+                if self.config.persist_table {
+                    let me = self.clone();
+                    self.host.spawn(async move {
+                        let _ = me.store.flush().await;
+                    });
+                }
             }
-            table::Insert::Updated => {}
+            table::Insert::Updated => self.save(&peer),
             table::Insert::Full { oldest } => self.check_then_replace(oldest, peer, addrs),
             table::Insert::Refused(r) => {
                 self.metrics
@@ -439,10 +508,10 @@ impl Kad {
             lock(&me.checking).remove(&oldest);
             if alive {
                 lock(&me.table).seen(&oldest, now_ms());
+                me.save(&oldest);
             } else {
-                lock(&me.table).remove(&oldest);
+                me.forget(&oldest);
                 me.consider(peer, addrs);
-                me.metrics.kad_table_peers.set(me.table_len() as i64);
             }
         });
     }
@@ -510,7 +579,7 @@ impl Kad {
             if self.check_alive(&p).await {
                 lock(&self.table).seen(&p, now_ms());
             } else {
-                lock(&self.table).remove(&p);
+                self.forget(&p);
             }
         });
         futures::stream::iter(checks)
@@ -518,6 +587,13 @@ impl Kad {
             .collect::<Vec<()>>()
             .await;
         self.metrics.kad_table_peers.set(self.table_len() as i64);
+        if self.config.persist_table {
+            let peers: Vec<PeerId> = lock(&self.table).iter().map(|e| e.peer).collect();
+            for p in &peers {
+                self.save(p);
+            }
+            let _ = self.store.flush().await;
+        }
         if let Ok(n) = self.store.sweep(now_ms()) {
             if n > 0 {
                 self.update_store_gauges();
@@ -546,7 +622,8 @@ impl Kad {
         let peer = stream.peer();
         let remote = stream.connection().remote_addr().clone();
         let public_requester = addresses::is_public(&remote);
-        let group = IpGroup::of_addr(&remote).filter(|_| public_requester);
+        let group = IpGroup::of_addr(&remote)
+            .filter(|_| public_requester || self.config.limit_private_subnets);
         let Ok(_permit) = self.inbound.clone().try_acquire_owned() else {
             self.metrics.protocol_error("kad", "streams_full");
             return; // dropped: reset
@@ -659,6 +736,13 @@ impl Kad {
                         time_received: validator::format_rfc3339(r.received_ms),
                     });
                 }
+                if let Some(envelope) = self.peer_record_for(&msg.key, reply.record.as_ref()) {
+                    reply.record = Some(proto::Record {
+                        key: msg.key.clone(),
+                        value: envelope,
+                        time_received: validator::format_rfc3339(now),
+                    });
+                }
                 reply.closer_peers =
                     self.closer_peers(from, remote, public_requester, &msg.key, false);
                 Ok(Some(reply))
@@ -736,6 +820,33 @@ impl Kad {
         }
     }
 
+    /// For a `/peer-record/<id>` key: the peer's verified signed record from the
+    /// peerstore (or ours), when it is newer than the stored value.
+    fn peer_record_for(&self, key: &[u8], stored: Option<&proto::Record>) -> Option<Vec<u8>> {
+        let (ns, id) = validator::split_key(key)?;
+        if ns != validator::PEER_RECORD_NAMESPACE.as_bytes() {
+            return None;
+        }
+        let peer = PeerId::from_bytes(id).ok()?;
+        let envelope = if peer == self.host.peer_id() {
+            self.identify.own_record()?
+        } else {
+            self.peerstore.get(&peer)?.record?.envelope().to_vec()
+        };
+        match stored {
+            Some(s)
+                if self
+                    .config
+                    .validators
+                    .select(key, &[s.value.as_slice(), envelope.as_slice()])
+                    == 0 =>
+            {
+                None
+            }
+            _ => Some(envelope),
+        }
+    }
+
     /// A peer as we describe it to others: addresses from its verified signed record
     /// when we hold one, else `known`, else the peerstore's; private ones only to
     /// private requesters. `None` when no address is left.
@@ -783,13 +894,23 @@ impl Kad {
     ) -> Vec<proto::Peer> {
         let k = self.config.table.k;
         let target = Key::new(key);
-        let closest: Vec<(PeerId, Vec<Multiaddr>)> = lock(&self.table)
-            .closest(&target, k + 1)
-            .into_iter()
-            .filter(|e| e.peer != from)
-            .take(k)
-            .map(|e| (e.peer, e.addrs.clone()))
-            .collect();
+        let seen_since = self
+            .config
+            .serve_verified_within
+            .map_or(0, |w| now_ms().saturating_sub(w.as_millis() as u64));
+        let closest: Vec<(PeerId, Vec<Multiaddr>)> = {
+            let table = lock(&self.table);
+            let mut near = table.closest(&target, k + 1);
+            if seen_since > 0 && near.iter().any(|e| e.last_seen_ms < seen_since) {
+                // Some near peers are unverified: look further for verified ones.
+                near = table.closest(&target, table.len());
+            }
+            near.into_iter()
+                .filter(|e| e.peer != from && e.last_seen_ms >= seen_since)
+                .take(k)
+                .map(|e| (e.peer, e.addrs.clone()))
+                .collect()
+        };
         let mut out: Vec<proto::Peer> = closest
             .iter()
             .filter_map(|(p, addrs)| self.peer_entry(p, addrs, public_requester))
@@ -850,6 +971,18 @@ impl Kad {
             Err(e) => self.outbound_count(kind, e.label()),
         }
         result
+    }
+
+    /// One request to one peer, and its reply (not for ADD_PROVIDER, which has none).
+    pub async fn query(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        msg: &proto::Message,
+    ) -> Result<proto::Message, Error> {
+        self.request(peer, addrs, msg, true)
+            .await?
+            .ok_or(Error::BadResponse("no reply"))
     }
 
     /// An iterative lookup of `key` with `kind` requests (FIND_NODE, GET_VALUE or
@@ -925,6 +1058,11 @@ impl Kad {
             let reply = match result {
                 Ok(Some(reply)) => reply,
                 Ok(None) | Err(_) => {
+                    if matches!(result, Err(Error::Dial(_))) {
+                        // Unreachable: it leaves the table (it comes back through
+                        // identify when it connects again).
+                        self.forget(&found.peer);
+                    }
                     out.failed += 1;
                     if let Some((_, s)) = candidates.get_mut(&d) {
                         *s = CandidateState::Failed;

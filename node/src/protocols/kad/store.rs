@@ -1,5 +1,6 @@
-//! The DHT's durable state: value records and provider records, each in its own
-//! [`Store`](crate::peerstore::Store) tree (sled in a node with a data directory).
+//! The DHT's durable state: value records, provider records and the routing table's
+//! peers, each in its own [`Store`](crate::peerstore::Store) tree (sled in a node with a
+//! data directory).
 //!
 //! Bounded: a record's key and value sizes, the number of records, providers per key and
 //! provider records in total; a full store refuses new entries (updates of held ones still
@@ -115,6 +116,25 @@ pub struct Provider {
     pub expires_ms: u64,
 }
 
+#[derive(Clone, PartialEq, Message)]
+struct StoredPeer {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    addrs: Vec<Vec<u8>>,
+    #[prost(uint64, tag = "2")]
+    added_ms: u64,
+    #[prost(uint64, tag = "3")]
+    last_seen_ms: u64,
+}
+
+/// A routing-table peer as saved for a warm start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedPeer {
+    pub peer: PeerId,
+    pub addrs: Vec<Multiaddr>,
+    pub added_ms: u64,
+    pub last_seen_ms: u64,
+}
+
 /// Most addresses kept per provider.
 const MAX_PROVIDER_ADDRS: usize = 16;
 
@@ -122,6 +142,7 @@ const MAX_PROVIDER_ADDRS: usize = 16;
 pub struct KadStore {
     records: Arc<dyn Store>,
     providers: Arc<dyn Store>,
+    table: Arc<dyn Store>,
     config: Config,
     counts: Mutex<Counts>,
 }
@@ -145,12 +166,14 @@ impl KadStore {
     pub fn open(
         records: Arc<dyn Store>,
         providers: Arc<dyn Store>,
+        table: Arc<dyn Store>,
         config: Config,
         now_ms: u64,
     ) -> Result<Self, Error> {
         let store = KadStore {
             records,
             providers,
+            table,
             config,
             counts: Mutex::new(Counts::default()),
         };
@@ -314,6 +337,58 @@ impl KadStore {
         Ok(())
     }
 
+    /// Saves (or refreshes) a routing-table peer. Not flushed: see [`KadStore::flush`].
+    pub fn save_peer(&self, peer: &SavedPeer) -> Result<(), Error> {
+        let stored = StoredPeer {
+            addrs: peer
+                .addrs
+                .iter()
+                .take(MAX_PROVIDER_ADDRS)
+                .map(|a| a.to_vec())
+                .collect(),
+            added_ms: peer.added_ms,
+            last_seen_ms: peer.last_seen_ms,
+        };
+        self.table
+            .put(&peer.peer.to_bytes(), &stored.encode_to_vec())?;
+        Ok(())
+    }
+
+    pub fn forget_peer(&self, peer: &PeerId) -> Result<(), Error> {
+        self.table.delete(&peer.to_bytes())?;
+        Ok(())
+    }
+
+    /// Every saved routing-table peer (undecodable entries are deleted).
+    pub fn saved_peers(&self) -> Result<Vec<SavedPeer>, Error> {
+        let mut out = Vec::new();
+        for (k, v) in self.table.scan()? {
+            let decoded = PeerId::from_bytes(&k)
+                .ok()
+                .zip(StoredPeer::decode(v.as_slice()).ok());
+            match decoded {
+                Some((peer, p)) => out.push(SavedPeer {
+                    peer,
+                    addrs: p
+                        .addrs
+                        .into_iter()
+                        .filter_map(|a| Multiaddr::try_from(a).ok())
+                        .collect(),
+                    added_ms: p.added_ms,
+                    last_seen_ms: p.last_seen_ms,
+                }),
+                None => self.table.delete(&k)?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the saved routing table durable.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.table.flush().await?;
+        Ok(())
+    }
+
     /// The live providers of `key`.
     pub fn providers(&self, key: &[u8], now_ms: u64) -> Result<Vec<Provider>, Error> {
         if self.check_key(key).is_err() {
@@ -362,6 +437,7 @@ mod tests {
 
     fn memory(config: Config) -> KadStore {
         KadStore::open(
+            Arc::new(MemoryStore::default()),
             Arc::new(MemoryStore::default()),
             Arc::new(MemoryStore::default()),
             config,
@@ -457,12 +533,25 @@ mod tests {
             let s = KadStore::open(
                 Arc::new(SledStore::from_db(db.clone(), "r").unwrap()),
                 Arc::new(SledStore::from_db(db.clone(), "p").unwrap()),
+                Arc::new(SledStore::from_db(db.clone(), "t").unwrap()),
                 Config::default(),
                 0,
             )
             .unwrap();
             s.put(b"/pk/x", b"v", 0).await.unwrap();
             s.add_provider(b"mh", p, &[], 0).await.unwrap();
+            s.save_peer(&SavedPeer {
+                peer: p,
+                addrs: vec!["/ip4/1.2.3.4/tcp/4001".parse().unwrap()],
+                added_ms: 1,
+                last_seen_ms: 2,
+            })
+            .unwrap();
+            s.flush().await.unwrap();
+            db.open_tree("t")
+                .unwrap()
+                .insert(b"not a peer", &[][..])
+                .unwrap();
             db.open_tree("r")
                 .unwrap()
                 .insert(b"junk", &[0xff, 0xff][..])
@@ -477,6 +566,7 @@ mod tests {
         let s = KadStore::open(
             Arc::new(SledStore::from_db(db.clone(), "r").unwrap()),
             Arc::new(SledStore::from_db(db.clone(), "p").unwrap()),
+            Arc::new(SledStore::from_db(db.clone(), "t").unwrap()),
             Config::default(),
             1,
         )
@@ -490,5 +580,8 @@ mod tests {
         );
         assert_eq!(s.get(b"/pk/x", 1).unwrap().unwrap().value, b"v");
         assert_eq!(s.providers(b"mh", 1).unwrap()[0].peer, p);
+        let saved = s.saved_peers().unwrap();
+        assert_eq!(saved.len(), 1, "the undecodable entry was dropped");
+        assert_eq!((saved[0].peer, saved[0].last_seen_ms), (p, 2));
     }
 }

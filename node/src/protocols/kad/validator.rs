@@ -2,10 +2,10 @@
 //! checked by the validator of its key's namespace (`/<namespace>/...`) before it is stored
 //! and when a lookup receives it; a key in a namespace without a validator is refused.
 //!
-//! Built in: `/pk/` (a public key stored under the multihash of its PeerId) and `/ipns/`
+//! Built in: `/pk/` (a public key stored under the multihash of its PeerId), `/ipns/`
 //! (IPNS records, `specs`-external: the IPNS Record specification, V2 signatures over the
-//! DAG-CBOR `data` field, EOL validity). Others are plugged in with
-//! [`Validators::with`].
+//! DAG-CBOR `data` field, EOL validity) and `/peer-record/` (a peer's signed peer record,
+//! see [`PEER_RECORD_NAMESPACE`]). Others are plugged in with [`Validators::with`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,11 +85,12 @@ pub fn split_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 impl Validators {
-    /// `/pk/` and `/ipns/`.
+    /// `/pk/`, `/ipns/` and `/peer-record/`.
     pub fn standard() -> Self {
         Validators::default()
             .with("pk", Arc::new(PkValidator))
             .with("ipns", Arc::new(IpnsValidator))
+            .with(PEER_RECORD_NAMESPACE, Arc::new(PeerRecordValidator))
     }
 
     /// Adds (or replaces) the validator of a namespace.
@@ -128,6 +129,56 @@ impl Validator for PkValidator {
             return Err(Error::Mismatch);
         }
         Ok(())
+    }
+}
+
+// ---- signed peer records ------------------------------------------------------------------
+
+/// The namespace under which signed peer records are served: key
+/// `/peer-record/<binary PeerId>`, value the peer's signed envelope (RFC 0002) holding its
+/// peer record (RFC 0003, or rust-libp2p's legacy routing-state format) exactly as the
+/// peer signed it. Any client can GET_VALUE it and verify the signature itself; a peer may
+/// PUT_VALUE its own. The newest `seq` wins.
+pub const PEER_RECORD_NAMESPACE: &str = "peer-record";
+
+/// The `/peer-record/` key of a peer.
+pub fn peer_record_key(peer: &PeerId) -> Vec<u8> {
+    let mut k = format!("/{PEER_RECORD_NAMESPACE}/").into_bytes();
+    k.extend_from_slice(&peer.to_bytes());
+    k
+}
+
+pub struct PeerRecordValidator;
+
+impl PeerRecordValidator {
+    fn open(key: &[u8], value: &[u8]) -> Result<crate::record::VerifiedPeerRecord, Error> {
+        let (_, id) = split_key(key).ok_or(Error::BadKey)?;
+        let peer = PeerId::from_bytes(id).map_err(|_| Error::BadKey)?;
+        let record = crate::record::open_peer_record(value).map_err(|e| match e {
+            crate::record::Error::BadSignature => Error::BadSignature,
+            _ => Error::BadValue,
+        })?;
+        if record.peer_id() != peer {
+            return Err(Error::Mismatch);
+        }
+        Ok(record)
+    }
+}
+
+impl Validator for PeerRecordValidator {
+    fn validate(&self, key: &[u8], value: &[u8], _now_ms: u64) -> Result<(), Error> {
+        Self::open(key, value).map(|_| ())
+    }
+
+    fn select(&self, key: &[u8], values: &[&[u8]]) -> usize {
+        let seq = |v: &[u8]| Self::open(key, v).ok().map(|r| r.seq());
+        let mut best = 0;
+        for (i, v) in values.iter().enumerate().skip(1) {
+            if seq(v) > seq(values[best]) {
+                best = i;
+            }
+        }
+        best
     }
 }
 
@@ -544,6 +595,27 @@ mod tests {
         assert_eq!(v.select(&k, &[&newer, &good]), 0);
         assert_eq!(v.select(&k, &[&newer, &longer, &good]), 1);
         assert_eq!(v.select(&k, &[b"junk", &good]), 1);
+    }
+
+    #[test]
+    fn peer_records_verify_and_newest_wins() {
+        let v = Validators::standard();
+        let key = Keypair::generate_ed25519();
+        let peer = key.public().to_peer_id();
+        let addr: multiaddr::Multiaddr = "/ip4/1.2.3.4/tcp/4001".parse().unwrap();
+        let old = crate::record::seal_peer_record(&key, 1, std::slice::from_ref(&addr)).unwrap();
+        let new = crate::record::seal_peer_record(&key, 2, &[addr]).unwrap();
+        let k = peer_record_key(&peer);
+        assert_eq!(v.validate(&k, &old, 0), Ok(()));
+        assert_eq!(v.select(&k, &[&old, &new]), 1);
+        assert_eq!(v.select(&k, &[&new, &old]), 0);
+        let other = peer_record_key(&Keypair::generate_ed25519().public().to_peer_id());
+        assert_eq!(v.validate(&other, &old, 0), Err(Error::Mismatch));
+        let mut tampered = old.clone();
+        let n = tampered.len();
+        tampered[n - 1] ^= 1;
+        assert!(v.validate(&k, &tampered, 0).is_err());
+        assert_eq!(v.validate(&k, b"junk", 0), Err(Error::BadValue));
     }
 
     #[test]
