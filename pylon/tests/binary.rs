@@ -24,16 +24,15 @@ struct Running {
 
 impl Running {
     async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Running {
+        Self::start_on(data_dir, "/ip4/127.0.0.1/tcp/0", extra).await
+    }
+
+    async fn start_on(data_dir: &std::path::Path, listen: &str, extra: &[&str]) -> Running {
         let mut child = Command::new(BIN)
             .arg("run")
             .arg("--data-dir")
             .arg(data_dir)
-            .args([
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--metrics",
-                "127.0.0.1:0",
-            ])
+            .args(["--listen", listen, "--metrics", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -348,4 +347,149 @@ async fn perf_client_measures_a_perf_server() {
         assert!(!out.stderr.is_empty());
     }
     server.stop("-INT").await;
+}
+
+/// A Pylon DHT node in this process (server or client mode), refresh off.
+async fn kad_node(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
+    let config = node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        kad: Some(pylon_node::protocols::kad::Config {
+            server,
+            bootstrap,
+            refresh_interval: None,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap()
+}
+
+/// Polls the metrics endpoint until `line` (a sample, value included) shows up.
+async fn wait_metric(hostport: &str, line: &str) {
+    let found = tokio::time::timeout(T, async {
+        loop {
+            if http_get(hostport, "/metrics").await.contains(line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no {line:?} in the metrics within {T:?}");
+}
+
+/// The bootstrap role across `kill -9`: records, providers and the routing table that
+/// were acknowledged are still there after a restart, and the first FIND_NODE is
+/// answered from the saved table before any peer has reconnected.
+#[tokio::test]
+async fn bootstrap_role_survives_kill_9_with_its_table_and_records() {
+    use pylon_node::protocols::kad::{proto, MessageType};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pylon.toml"),
+        "[roles.bootstrap]\nmax_connections_per_ip = 64\n",
+    )
+    .unwrap();
+    let config = dir.path().join("pylon.toml").display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let args = ["--config", config.as_str()];
+    let mut pylon = Running::start_on(dir.path(), &listen, &args).await;
+    pylon.wait_log("role: bootstrap").await;
+    let addr: Multiaddr = field_after(&pylon.wait_log("listening on").await, "listening on ")
+        .parse()
+        .unwrap();
+    let metrics_url = field_after(&pylon.wait_log("metrics on").await, "metrics on ").to_string();
+    let hostport = metrics_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let boot: PeerId = match addr.iter().last() {
+        Some(multiaddr::Protocol::P2p(p)) => p,
+        _ => panic!("no /p2p/ in {addr}"),
+    };
+
+    // Five DHT servers join through it; a client stores a record and provides content.
+    let mut servers = Vec::new();
+    for _ in 0..5 {
+        servers.push(kad_node(true, vec![addr.clone()]).await);
+    }
+    wait_metric(&hostport, "libp2p_kad_routing_table_peers 5").await;
+    let client = kad_node(false, vec![addr.clone()]).await;
+    let ck = client.kad.as_ref().unwrap();
+    tokio::time::timeout(T, async {
+        while ck.table_len() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let mut key = b"/pk/".to_vec();
+    key.extend_from_slice(&client.peer_id().to_bytes());
+    let value = client.host.keypair().public().encode_protobuf();
+    assert_eq!(
+        ck.put_value(&key, &value).await.unwrap(),
+        6,
+        "all six acknowledged"
+    );
+    let mut content = vec![0x12, 0x20]; // a SHA-256 multihash
+    content.extend_from_slice(&[7u8; 32]);
+    assert!(ck.provide(&content).await.unwrap() >= 6);
+    // ADD_PROVIDER has no reply: the server counts it once it is stored and flushed.
+    wait_metric(
+        &hostport,
+        "libp2p_kad_inbound_requests_total{kind=\"add_provider\",outcome=\"ok\"} 1",
+    )
+    .await;
+
+    pylon.child.kill().await.unwrap(); // SIGKILL: no shutdown, no flush
+    client.shutdown(T).await;
+
+    let mut pylon = Running::start_on(dir.path(), &listen, &args).await;
+    pylon.wait_log("role: bootstrap").await;
+    let started = pylon.wait_log("kademlia on").await;
+    assert!(started.contains("table=5"), "{started}");
+    // A newcomer's first request: answered from the saved table.
+    let newcomer = kad_node(false, Vec::new()).await;
+    let nk = newcomer.kad.as_ref().unwrap();
+    let ask = |kind, key: &[u8]| proto::Message::new(kind, key.to_vec());
+    let reply = nk
+        .query(
+            boot,
+            std::slice::from_ref(&addr),
+            &ask(MessageType::FindNode, &newcomer.peer_id().to_bytes()),
+        )
+        .await
+        .unwrap();
+    let mut got: Vec<Vec<u8>> = reply.closer_peers.iter().map(|p| p.id.clone()).collect();
+    let mut want: Vec<Vec<u8>> = servers.iter().map(|s| s.peer_id().to_bytes()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the five servers, from the saved table");
+    let reply = nk
+        .query(
+            boot,
+            std::slice::from_ref(&addr),
+            &ask(MessageType::GetValue, &key),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.record.map(|r| r.value), Some(value));
+    let reply = nk
+        .query(
+            boot,
+            std::slice::from_ref(&addr),
+            &ask(MessageType::GetProviders, &content),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.provider_peers.len(), 1);
+    assert_eq!(reply.provider_peers[0].id, client.peer_id().to_bytes());
+    pylon.stop("-TERM").await;
 }

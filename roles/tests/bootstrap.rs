@@ -1,0 +1,109 @@
+//! The bootstrap role on real nodes over loopback: peers that were served are shed once
+//! the node is above its low watermark; peers that were not served are left alone.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use pylon_node::metrics::Metrics;
+use pylon_node::node::{self, Node};
+use pylon_node::protocols::kad::{self, proto, MessageType};
+use pylon_roles::bootstrap::{self, Bootstrap};
+
+const T: Duration = Duration::from_secs(10);
+
+async fn start(kad: Option<kad::Config>) -> Node {
+    let config = node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        kad,
+        ..Default::default()
+    };
+    Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn served_peers_are_shed_above_the_low_watermark() {
+    let server = start(Some(kad::Config {
+        server: true,
+        refresh_interval: None,
+        ..Default::default()
+    }))
+    .await;
+    let role = Bootstrap::start(
+        &server,
+        bootstrap::Config {
+            low_watermark: 1,
+            grace_period: Duration::from_millis(300),
+            ..Default::default()
+        },
+        &mut Registry::default(),
+    )
+    .unwrap();
+    let addr = server.host.listen_addrs()[0].clone();
+    let client_config = kad::Config {
+        refresh_interval: None,
+        ..Default::default()
+    };
+    let (a, b, c) = (
+        start(Some(client_config.clone())).await,
+        start(Some(client_config.clone())).await,
+        start(Some(client_config)).await,
+    );
+    for n in [&a, &b, &c] {
+        n.host
+            .connect(server.peer_id(), std::slice::from_ref(&addr))
+            .await
+            .unwrap();
+    }
+    // a and b ask the DHT; c only stays connected.
+    for n in [&a, &b] {
+        let msg = proto::Message::new(MessageType::FindNode, n.peer_id().to_bytes());
+        let reply = n
+            .kad
+            .as_ref()
+            .unwrap()
+            .query(server.peer_id(), std::slice::from_ref(&addr), &msg)
+            .await
+            .unwrap();
+        assert_eq!(reply.kind(), Some(MessageType::FindNode));
+    }
+    tokio::time::timeout(T, async {
+        while role.shed_count() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both served peers shed");
+    tokio::time::timeout(T, async {
+        while server.host.connection(&a.peer_id()).is_some()
+            || server.host.connection(&b.peer_id()).is_some()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("their connections closed");
+    assert!(
+        server.host.connection(&c.peer_id()).is_some(),
+        "c was never served"
+    );
+    assert_eq!(role.shed_count(), 2);
+
+    // Now only c is connected: at the watermark, a served peer keeps its connection.
+    let msg = proto::Message::new(MessageType::FindNode, c.peer_id().to_bytes());
+    c.kad
+        .as_ref()
+        .unwrap()
+        .query(server.peer_id(), std::slice::from_ref(&addr), &msg)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(server.host.connection(&c.peer_id()).is_some());
+    assert_eq!(role.shed_count(), 2);
+
+    // The role refuses to run without a DHT server.
+    let d = start(None).await;
+    assert!(Bootstrap::start(&d, bootstrap::Config::default(), &mut Registry::default()).is_err());
+}
