@@ -408,3 +408,103 @@ async fn rust_libp2p_network_bootstraps_from_pylon_and_pylon_client_uses_it() {
         .iter()
         .any(|e| e.peer == client.peer_id()));
 }
+
+/// The `n` peers of `among` closest to `target`, by the spec's XOR metric.
+fn true_closest(among: &[PeerId], target: &[u8], n: usize) -> HashSet<PeerId> {
+    let t = pkad::Key::new(target);
+    let mut sorted: Vec<PeerId> = among.to_vec();
+    sorted.sort_by_key(|p| pkad::Key::from_peer(p).distance(&t));
+    sorted.into_iter().take(n).collect()
+}
+
+/// 50 DHT servers, half Pylon and half rust-libp2p, joined through one Pylon node: lookups
+/// from either kind find the true k closest peers; then a third of the nodes die and
+/// lookups find the true k closest of the survivors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_network_of_50_finds_the_true_closest_through_churn() {
+    const K: usize = 20;
+    let seed = pylon_kad(true, Vec::new()).await;
+    let seed_addr = pylon_addr(&seed);
+    let mut pylons = Vec::new();
+    for _ in 0..24 {
+        pylons.push(pylon_kad(true, vec![seed_addr.clone()]).await);
+    }
+    let mut rusts = Vec::new();
+    for _ in 0..25 {
+        let r = RustKad::start().await;
+        r.add_address(seed.peer_id(), seed_addr.clone()).await;
+        rusts.push(r);
+    }
+    for p in &pylons {
+        eventually("a Pylon node joined", || kad_of(p).table_len() > 0).await;
+    }
+    // Two rounds of self lookups fill everyone's table.
+    for _ in 0..2 {
+        for p in pylons.iter().chain(std::iter::once(&seed)) {
+            kad_of(p).bootstrap().await.unwrap();
+        }
+        for r in &rusts {
+            r.ask(Cmd::Bootstrap).await.unwrap();
+        }
+    }
+
+    let everyone = |pylons: &[Node], rusts: &[RustKad]| -> Vec<PeerId> {
+        pylons
+            .iter()
+            .map(|p| p.peer_id())
+            .chain(std::iter::once(seed.peer_id()))
+            .chain(rusts.iter().map(|r| r.peer_id))
+            .collect()
+    };
+    async fn lookups_are_exact(
+        label: &str,
+        pylons: &[Node],
+        rusts: &[RustKad],
+        all: &[PeerId],
+        k: usize,
+    ) {
+        for i in 0..4 {
+            let target = rand::random::<[u8; 32]>().to_vec();
+            let p = &pylons[i * 5 % pylons.len()];
+            let others: Vec<PeerId> = all.iter().copied().filter(|x| *x != p.peer_id()).collect();
+            let got: HashSet<PeerId> = kad_of(p)
+                .closest_peers(&target)
+                .await
+                .into_iter()
+                .map(|f| f.peer)
+                .collect();
+            assert_eq!(
+                got,
+                true_closest(&others, &target, k),
+                "{label}: Pylon lookup {i}"
+            );
+            let r = &rusts[i * 7 % rusts.len()];
+            let others: Vec<PeerId> = all.iter().copied().filter(|x| *x != r.peer_id).collect();
+            let got = r.ask(|tx| Cmd::Closest(target.clone(), tx)).await.unwrap();
+            assert_eq!(
+                got,
+                true_closest(&others, &target, k),
+                "{label}: rust lookup {i}"
+            );
+        }
+    }
+    let all = everyone(&pylons, &rusts);
+    assert_eq!(all.len(), 50);
+    lookups_are_exact("full network", &pylons, &rusts, &all, K).await;
+
+    // Churn: a third of the nodes die at once (8 Pylon, 9 rust-libp2p).
+    for p in pylons.drain(..8) {
+        p.shutdown(Duration::from_secs(1)).await;
+    }
+    rusts.drain(..9);
+    let survivors = everyone(&pylons, &rusts);
+    assert_eq!(survivors.len(), 33);
+    // Recovery: one round of lookups on every node (what the periodic refresh does).
+    for p in pylons.iter().chain(std::iter::once(&seed)) {
+        kad_of(p).bootstrap().await.unwrap();
+    }
+    for r in &rusts {
+        let _ = r.ask(Cmd::Bootstrap).await;
+    }
+    lookups_are_exact("after churn", &pylons, &rusts, &survivors, K).await;
+}
