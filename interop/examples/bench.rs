@@ -6,13 +6,15 @@
 //! cargo run --release -p pylon-interop --example bench -- [--quick] [--repeat N] [--size MiB] [--only SECTIONS]
 //! ```
 //! Sections (comma-separated for `--only`): `limits`, `throughput`, `concurrency`,
-//! `connect`, `memory`. Every figure is the median of `--repeat` runs with min–max.
+//! `connect`, `memory`, `kad`. Every figure is the median of `--repeat` runs with min–max.
 //! Throughput uses the perf protocol (`/perf/1.0.0`; rust-libp2p's side is the same
 //! protocol on `libp2p-stream`); connection setup is dial → first ping answered with
 //! identify running (the test-plans `handshakePlusOneRTT` measure); memory is the RSS
 //! growth of a server process holding idle connections (opened by a Pylon client, 32 at a
 //! time, whose rate is the accept rate); CPU is getrusage of this process (client and
-//! server) per GiB moved.
+//! server) per GiB moved. `kad` measures the Kademlia requests per second a server
+//! answers (FIND_NODE, GET_PROVIDERS; the same Pylon load generator for both servers) and
+//! Pylon's memory per routing-table peer and per stored record.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -682,6 +684,354 @@ async fn serve(imp: &str, kind: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---- Kademlia ---------------------------------------------------------------------------
+
+/// Load generator: connections × streams per connection, each a request loop.
+const KAD_CONNS: usize = 4;
+const KAD_STREAMS: usize = 8;
+/// Peers the server's table is filled with, and providers of the benchmark key.
+const KAD_TABLE_PEERS: usize = 200;
+const KAD_PROVIDERS: usize = 10;
+
+fn synthetic_peers(n: usize) -> Vec<(PeerId, Multiaddr)> {
+    (0..n)
+        .map(|i| {
+            let peer = libp2p_identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id();
+            let addr: Multiaddr = format!("/ip4/10.{}.{}.1/tcp/4001", i / 250, i % 250)
+                .parse()
+                .unwrap_or_else(|_| Multiaddr::empty());
+            (peer, addr)
+        })
+        .collect()
+}
+
+fn provider_key() -> Vec<u8> {
+    let mut k = vec![0x12, 0x20];
+    k.extend_from_slice(&[0x5a; 32]);
+    k
+}
+
+#[derive(NetworkBehaviour)]
+struct KadServer {
+    identify: identify::Behaviour,
+    kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
+}
+
+/// A rust-libp2p DHT server on loopback TCP with the same table and providers as Pylon's;
+/// returns its address and the task driving it.
+async fn rust_kad_server(
+    peers: &[(PeerId, Multiaddr)],
+) -> anyhow::Result<(Multiaddr, tokio::task::JoinHandle<()>)> {
+    use libp2p::kad::{self, store::RecordStore};
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|key| {
+            let id = key.public().to_peer_id();
+            let mut config = kad::Config::new(StreamProtocol::new("/ipfs/kad/1.0.0"));
+            config.set_periodic_bootstrap_interval(None);
+            let mut kad = kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), config);
+            kad.set_mode(Some(kad::Mode::Server));
+            KadServer {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "ipfs/0.1.0".into(),
+                    key.public(),
+                )),
+                kad,
+            }
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let listen = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let kad = &mut swarm.behaviour_mut().kad;
+    for (p, a) in peers {
+        kad.add_address(p, a.clone());
+    }
+    for (p, a) in peers.iter().take(KAD_PROVIDERS) {
+        kad.store_mut().add_provider(kad::ProviderRecord {
+            key: kad::RecordKey::new(&provider_key()),
+            provider: *p,
+            expires: None,
+            addresses: vec![a.clone()],
+        })?;
+    }
+    let addr = listen.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id()));
+    let task = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    Ok((addr, task))
+}
+
+/// A Pylon DHT server with the same table and providers, limits out of the way.
+async fn pylon_kad_server(peers: &[(PeerId, Multiaddr)]) -> anyhow::Result<Node> {
+    use pylon_node::protocols::kad;
+    let config = node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        kad: Some(kad::Config {
+            server: true,
+            refresh_interval: None,
+            peer_rate: (u32::MAX / 2, u32::MAX / 2),
+            group_rate: (u32::MAX / 2, u32::MAX / 2),
+            max_inbound_streams_per_peer: 64,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = Node::start_volatile(config, Metrics::unregistered()).await?;
+    let k = node.kad.as_ref().context("kad on")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    for (p, a) in peers {
+        k.add_peer(*p, vec![a.clone()]);
+    }
+    for (p, a) in peers.iter().take(KAD_PROVIDERS) {
+        k.store()
+            .add_provider(&provider_key(), *p, std::slice::from_ref(a), now)
+            .await?;
+    }
+    Ok(node)
+}
+
+/// Requests per second a server answers, and client+server CPU µs per request.
+async fn kad_rate(
+    server: &Multiaddr,
+    kind: pylon_node::protocols::kad::MessageType,
+    secs: f64,
+) -> anyhow::Result<(f64, f64)> {
+    use pylon_node::protocols::kad::{proto, MessageType};
+    use pylon_node::varint;
+    use tokio::io::AsyncWriteExt;
+    let target = match server.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
+        _ => anyhow::bail!("no /p2p/ in {server}"),
+    };
+    let mut clients = Vec::new();
+    for _ in 0..KAD_CONNS {
+        let config = node::Config {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            ..Default::default()
+        };
+        let c = Node::start_volatile(config, Metrics::unregistered()).await?;
+        c.host.connect(target, std::slice::from_ref(server)).await?;
+        clients.push(c);
+    }
+    let requests: Vec<Vec<u8>> = (0..256)
+        .map(|_| {
+            let key = match kind {
+                MessageType::GetProviders => provider_key(),
+                _ => libp2p_identity::Keypair::generate_ed25519()
+                    .public()
+                    .to_peer_id()
+                    .to_bytes(),
+            };
+            varint::length_prefixed(&proto::Message::new(kind, key).to_bytes())
+        })
+        .collect();
+    let requests = &requests;
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    let mut loops = Vec::new();
+    for c in &clients {
+        let conn = c.host.connection(&target).context("connected")?;
+        for s in 0..KAD_STREAMS {
+            let conn = conn.clone();
+            loops.push(async move {
+                let mut stream = conn.open_stream(&["/ipfs/kad/1.0.0"]).await?;
+                let mut n = 0u64;
+                let mut i = s * 31;
+                while Instant::now() < deadline {
+                    stream.write_all(&requests[i % requests.len()]).await?;
+                    stream.flush().await?;
+                    let reply = varint::read_frame(&mut stream, 1 << 20).await?;
+                    anyhow::ensure!(!reply.is_empty(), "empty reply");
+                    n += 1;
+                    i += 1;
+                }
+                Ok::<u64, anyhow::Error>(n)
+            });
+        }
+    }
+    let total: u64 = futures::future::try_join_all(loops)
+        .await?
+        .into_iter()
+        .sum();
+    let (cpu, t) = (cpu_time() - cpu0, t0.elapsed());
+    for c in clients {
+        c.shutdown(Duration::from_secs(1)).await;
+    }
+    Ok((
+        total as f64 / t.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / total.max(1) as f64,
+    ))
+}
+
+/// Pylon's memory per routing-table peer (k = 1024 so thousands fit) and per stored
+/// record and provider record on sled, as the RSS growth of a fresh process
+/// (`bench kadmem N`), in bytes per entry.
+async fn kad_memory(n: usize) -> anyhow::Result<(f64, usize, f64, f64)> {
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["kadmem", &n.to_string()])
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kadmem failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(v.len() == 4, "kadmem printed {text:?}");
+    Ok((v[0], v[1] as usize, v[2], v[3]))
+}
+
+/// `kadmem` mode: measures in this (fresh) process and prints the four figures.
+async fn kad_memory_here(n: usize) -> anyhow::Result<(f64, usize, f64, f64)> {
+    use pylon_node::protocols::kad;
+    use std::sync::Arc;
+    let config = node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        kad: Some(kad::Config {
+            server: true,
+            refresh_interval: None,
+            persist_table: false,
+            table: kad::table::Config {
+                k: 1024,
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = Node::start_volatile(config, Metrics::unregistered()).await?;
+    let k = node.kad.as_ref().context("kad on")?;
+    let peers = synthetic_peers(n);
+    let before = rss_kib(std::process::id())?;
+    for (p, a) in &peers {
+        k.add_peer(
+            *p,
+            vec![
+                a.clone(),
+                a.clone().with(libp2p::multiaddr::Protocol::P2p(*p)),
+            ],
+        );
+    }
+    let table = k.table_len();
+    let per_peer =
+        (rss_kib(std::process::id())?.saturating_sub(before)) as f64 * 1024.0 / table.max(1) as f64;
+    drop(peers);
+    node.shutdown(Duration::from_secs(1)).await;
+
+    let dir = tempfile::tempdir()?;
+    let db = sled::open(dir.path())?;
+    let tree = |name: &str| -> anyhow::Result<Arc<dyn pylon_node::peerstore::Store>> {
+        Ok(Arc::new(pylon_node::peerstore::SledStore::from_db(
+            db.clone(),
+            name,
+        )?))
+    };
+    let store = kad::KadStore::open(
+        tree("r")?,
+        tree("p")?,
+        tree("t")?,
+        kad::store::Config::default(),
+        0,
+    )?;
+    let records = n * 4;
+    let before = rss_kib(std::process::id())?;
+    for _ in 0..records {
+        let key = libp2p_identity::Keypair::generate_ed25519().public();
+        let mut k = b"/pk/".to_vec();
+        k.extend_from_slice(&key.to_peer_id().to_bytes());
+        store.put(&k, &key.encode_protobuf(), 1).await?;
+    }
+    let per_record =
+        (rss_kib(std::process::id())?.saturating_sub(before)) as f64 * 1024.0 / records as f64;
+    let before = rss_kib(std::process::id())?;
+    let addr: Multiaddr = "/ip4/192.0.2.1/tcp/4001".parse()?;
+    for i in 0..records {
+        let mut key = vec![0x12, 0x20];
+        key.extend_from_slice(&[(i % 251) as u8; 32]);
+        key[2..10].copy_from_slice(&(i as u64).to_be_bytes());
+        let provider = libp2p_identity::PeerId::random();
+        store
+            .add_provider(&key, provider, std::slice::from_ref(&addr), 1)
+            .await?;
+    }
+    let per_provider =
+        (rss_kib(std::process::id())?.saturating_sub(before)) as f64 * 1024.0 / records as f64;
+    Ok((per_peer, table, per_record, per_provider))
+}
+
+async fn kad_section(o: &Options) -> anyhow::Result<()> {
+    use pylon_node::protocols::kad::MessageType;
+    let secs = if o.quick { 0.5 } else { 3.0 };
+    let peers = synthetic_peers(KAD_TABLE_PEERS);
+    println!(
+        "| Kademlia server, requests/s ({KAD_CONNS} connections × {KAD_STREAMS} streams, {secs} s per run) | Pylon | rust-libp2p | Pylon / rust | Pylon CPU µs/request | rust CPU µs/request |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let pylon = pylon_kad_server(&peers).await?;
+    let pylon_addr = pylon_addr(&pylon)?;
+    let (rust_addr, rust_task) = rust_kad_server(&peers).await?;
+    for (kind, name) in [
+        (MessageType::FindNode, "FIND_NODE (random key)"),
+        (MessageType::GetProviders, "GET_PROVIDERS (10 providers)"),
+    ] {
+        let (mut p, mut r, mut pc, mut rc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..o.repeat {
+            let (rate, cpu) = kad_rate(&pylon_addr, kind, secs).await?;
+            p.push(rate);
+            pc.push(cpu);
+            let (rate, cpu) = kad_rate(&rust_addr, kind, secs).await?;
+            r.push(rate);
+            rc.push(cpu);
+        }
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            fmt(&p, 0),
+            fmt(&r, 0),
+            ratio(&p, &r),
+            fmt(&pc, 1),
+            fmt(&rc, 1)
+        );
+    }
+    println!();
+    rust_task.abort();
+    pylon.shutdown(Duration::from_secs(1)).await;
+    let n = if o.quick { 500 } else { 5000 };
+    let (per_peer, table, per_record, per_provider) = kad_memory(n).await?;
+    println!("| Pylon DHT memory (RSS growth of this process) | bytes per entry |\n|---|---|");
+    println!(
+        "| routing-table peer (k = 1024, {table} peers held, 2 addresses each) | {per_peer:.0} |"
+    );
+    println!(
+        "| value record on sled (/pk/ Ed25519, {} records) | {per_record:.0} |",
+        n * 4
+    );
+    println!(
+        "| provider record on sled (1 address, {} records) | {per_provider:.0} |\n",
+        n * 4
+    );
+    Ok(())
+}
+
 /// Plain tokio TCP over loopback, one stream, 64 KiB writes: MiB/s.
 async fn tcp_copy(bytes: u64) -> anyhow::Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -824,6 +1174,12 @@ fn main() -> anyhow::Result<()> {
             args.next().unwrap_or_default(),
         );
         return tokio::runtime::Runtime::new()?.block_on(serve(&imp, &kind));
+    }
+    if std::env::args().nth(1).as_deref() == Some("kadmem") {
+        let n: usize = std::env::args().nth(2).unwrap_or_default().parse()?;
+        let (a, b, c, d) = tokio::runtime::Runtime::new()?.block_on(kad_memory_here(n))?;
+        println!("{a} {b} {c} {d}");
+        return Ok(());
     }
     if std::env::args().nth(1).as_deref() == Some("one") {
         // `bench one pylon|rust noise|tls|quic upload|download|streams16|conns16|connect N`:
@@ -1042,6 +1398,9 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         for f in failures {
             println!("memory run failed: {f}  ");
         }
+    }
+    if o.wants("kad") {
+        kad_section(&o).await?;
     }
     Ok(())
 }

@@ -17,6 +17,14 @@
 //   --security noise|tls[,...]  connection encrypters offered, in preference order (a comma list
 //                             such as tls,noise offers both). Default: noise. Ignored by QUIC, which
 //                             has its own TLS 1.3 handshake.
+//   --kad server|client       also run a Kademlia DHT (@libp2p/kad-dht, protocol /ipfs/kad/1.0.0):
+//                             server mode answers DHT requests and advertises the protocol through
+//                             identify (only such peers enter js-libp2p's routing table); client mode
+//                             only queries. Default: no DHT. Loopback addresses are kept
+//                             (peerInfoMapper: passthroughMapper; the default mapper drops private
+//                             addresses, so no loopback peer would ever enter the routing table). Records:
+//                             js-libp2p's built-in validator and selector for /pk/ only (other
+//                             namespaces are refused). Driven by the kad_* commands below.
 // The stream muxer is always yamux (except on QUIC, which muxes natively).
 //
 // Node 20: js-libp2p 3.x wants Node >= 22, so this script polyfills Promise.withResolvers, and
@@ -53,6 +61,27 @@
 //   {"event":"connection_close","peerId","remoteAddr"}
 //   {"event":"done"}                       (dial mode: identify + ping of the dialed peer finished)
 //   {"event":"error","error"}              (fatal, exit code 1)
+//
+// Commands: stdin takes one JSON object a line, {"cmd":NAME,"id":N,...}, answered (in any order, as
+// each finishes) by {"event":NAME,"id":N,...} or, if it failed, {"event":"NAME_error","id":N,"error"}.
+// Every command takes an optional "timeoutMs" (default 20000) after which it is aborted. Bytes are hex.
+// The kad_* commands need --kad. A DHT query does not fail because some peer failed: such failures
+// are listed in its "errors" as {"from","error"} (js-libp2p's QUERY_ERROR events).
+//   {"cmd":"kad_bootstrap","addr"}   dial addr (ending in /p2p/<id>) and wait until that peer is in the
+//       routing table (js-libp2p admits a peer once identify showed it serves the protocol and a
+//       ping answered) -> {"peerId","tableSize"}
+//   {"cmd":"kad_table"}              -> {"peers":[peer ids in the routing table]}
+//   {"cmd":"kad_closest","key"}      getClosestPeers(key) -> {"peers":[...],"errors"}
+//       (js-libp2p's first query waits for its initial self-query, about a second after start)
+//   {"cmd":"kad_put","key","value"}  put(key, value) -> {"acks":[peers that echoed the record],"errors"}
+//   {"cmd":"kad_get","key"}          get(key) -> {"value":hex|null (the best, js-libp2p's VALUE event),
+//       "from":peer|null (who gave the best; our own id if it came from the local store),
+//       "records":[{"from","value"}] (every GET_VALUE answer that carried a record),"errors"}
+//   {"cmd":"kad_provide","key"}      provide(CIDv1 raw of the multihash key) -> {"sentTo":[peers that
+//       were sent ADD_PROVIDER],"addrs":[the addresses announced],"errors"}
+//   {"cmd":"kad_providers","key"}    findProviders(CIDv1 raw of the multihash key) ->
+//       {"providers":[{"from","peerId","addrs"}] (every provider in every GET_PROVIDERS answer, so one
+//       entry per provider per answering peer; "from" is our own id for the local store),"errors"}
 
 // js-libp2p 3.x targets Node >= 22; Node 20 lacks Promise.withResolvers. Polyfill it before any
 // libp2p module is loaded (hence the dynamic imports below).
@@ -118,12 +147,30 @@ process.on('SIGINT', () => { shutdown(0) })
 process.stdin.on('end', () => { shutdown(0) })
 process.stdin.on('close', () => { shutdown(0) })
 process.stdin.on('error', () => { shutdown(0) })
+// Command lines (see "Commands" above) arriving before the node is ready wait in `pendingLines`
+// (data events of a flowing stream without a listener would be lost).
+const pendingLines = []
+let onCommandLine = (line) => { pendingLines.push(line) }
+let stdinBuffered = ''
+process.stdin.setEncoding('utf8')
+process.stdin.on('data', (chunk) => {
+  stdinBuffered += chunk
+  let nl
+  while ((nl = stdinBuffered.indexOf('\n')) >= 0) {
+    const line = stdinBuffered.slice(0, nl).trim()
+    stdinBuffered = stdinBuffered.slice(nl + 1)
+    if (line !== '') onCommandLine(line)
+  }
+})
 process.stdin.resume()
 
-const USAGE = 'usage: node peer.mjs listen [--transport tcp|ws|quic] [--security noise|tls[,...]]\n' +
-  '       node peer.mjs dial <multiaddr-with-/p2p/> [--transport tcp|ws|quic] [--security noise|tls[,...]]'
+const USAGE = 'usage: node peer.mjs listen [--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client]\n' +
+  '       node peer.mjs dial <multiaddr-with-/p2p/> [--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client]'
 const TRANSPORTS = ['tcp', 'ws', 'quic']
 const SECURITIES = ['noise', 'tls']
+const KAD_MODES = ['server', 'client']
+const KAD_PROTOCOL = '/ipfs/kad/1.0.0'
+const COMMAND_TIMEOUT_MS = 20_000
 const LISTEN_ADDRS = {
   tcp: '/ip4/127.0.0.1/tcp/0',
   ws: '/ip4/127.0.0.1/tcp/0/ws',
@@ -138,11 +185,11 @@ try {
   emit({ event: 'error', error: `bad arguments: ${err.message}: ${process.argv.slice(2).join(' ')}` })
   process.exit(1)
 }
-const { mode, target, security } = args
+const { mode, target, security, kad } = args
 // For dial mode without --transport, listen on the transport of the dialed address.
 const transport = args.transport ?? (mode === 'dial' ? transportOfAddr(target) : null) ?? 'tcp'
 
-/** Parses `listen|dial <maddr>` followed by `--transport X` / `--security X` (or `--opt=X`). */
+/** Parses `listen|dial <maddr>` followed by `--transport X` / `--security X` / `--kad X` (or `--opt=X`). */
 function parseArgs (argv) {
   const positional = []
   const opts = {}
@@ -157,7 +204,7 @@ function parseArgs (argv) {
       value = argv[++i]
       if (value == null) throw new Error(`--${name} needs a value`)
     }
-    if (name !== 'transport' && name !== 'security') throw new Error(`unknown option --${name}`)
+    if (!['transport', 'security', 'kad'].includes(name)) throw new Error(`unknown option --${name}`)
     if (name in opts) throw new Error(`--${name} given twice`)
     opts[name] = value
   }
@@ -174,7 +221,10 @@ function parseArgs (argv) {
     if (!SECURITIES.includes(s)) throw new Error(`unknown security ${s} (expected ${SECURITIES.join('|')})`)
   }
   if (new Set(security).size !== security.length) throw new Error(`duplicate security in ${opts.security}`)
-  return { mode, target, transport: opts.transport, security }
+  if (opts.kad != null && !KAD_MODES.includes(opts.kad)) {
+    throw new Error(`unknown kad mode ${opts.kad} (expected ${KAD_MODES.join('|')})`)
+  }
+  return { mode, target, transport: opts.transport, security, kad: opts.kad ?? null }
 }
 
 /** "tcp", "ws", "wss" or "quic" for a multiaddr string, from its protocol names; null if none. */
@@ -247,6 +297,26 @@ async function main () {
   }
   const encrypters = { noise, tls }
 
+  const services = {
+    // We run identify ourselves on connection:open so that failures are reported
+    // (the built-in runOnConnectionOpen swallows them).
+    identify: identify({ runOnConnectionOpen: false, timeout: IDENTIFY_TIMEOUT_MS }),
+    // With the DHT, our ping of each new connection runs alongside the routing table's ping of the
+    // same peer (js-libp2p pings a DHT server before admitting it); ping's default of one outbound
+    // stream per connection would fail one of them, and a peer whose admission ping failed is not
+    // admitted again until it reconnects.
+    ping: kad == null ? ping() : ping({ maxOutboundStreams: 4 })
+  }
+  if (kad != null) {
+    const { kadDHT, passthroughMapper } = await import('@libp2p/kad-dht')
+    services.dht = kadDHT({
+      protocol: KAD_PROTOCOL,
+      // Explicit, so the mode never switches on its own (it would follow public addresses).
+      clientMode: kad === 'client',
+      peerInfoMapper: passthroughMapper
+    })
+  }
+
   node = await createLibp2p({
     addresses: { listen: [LISTEN_ADDRS[transport]] },
     transports,
@@ -257,12 +327,7 @@ async function main () {
     // The connection monitor pings every connection every 10 s and by default aborts the
     // connection if that ping fails; keep the connection so failures show up as ping_error.
     connectionMonitor: { abortConnectionOnPingFailure: false },
-    services: {
-      // We run identify ourselves on connection:open so that failures are reported
-      // (the built-in runOnConnectionOpen swallows them).
-      identify: identify({ runOnConnectionOpen: false, timeout: IDENTIFY_TIMEOUT_MS }),
-      ping: ping()
-    }
+    services
   })
 
   // peer:identify detail object -> promise that resolves once its line is printed.
@@ -371,6 +436,8 @@ async function main () {
     security
   })
 
+  readCommands(node, multiaddr)
+
   if (mode === 'dial') {
     const ma = multiaddr(target)
     if (ma.getComponents().every((c) => c.name !== 'p2p')) {
@@ -380,5 +447,165 @@ async function main () {
     // handleConnection is itself bounded by the identify and ping timeouts.
     await handledFor(conn.id).promise
     emit({ event: 'done' })
+  }
+}
+
+/** Reads commands from stdin (see "Commands" at the top) and answers each as it finishes. */
+function readCommands (node, multiaddr) {
+  const handlers = {
+    kad_bootstrap: kadBootstrap,
+    kad_table: kadTable,
+    kad_closest: kadClosest,
+    kad_put: kadPut,
+    kad_get: kadGet,
+    kad_provide: kadProvide,
+    kad_providers: kadProviders
+  }
+  onCommandLine = runCommand
+  for (const line of pendingLines.splice(0)) runCommand(line)
+
+  function runCommand (line) {
+    let cmd
+    try {
+      cmd = JSON.parse(line)
+    } catch (err) {
+      emit({ event: 'command_error', id: null, error: `not JSON: ${line}` })
+      return
+    }
+    const name = typeof cmd?.cmd === 'string' ? cmd.cmd : null
+    const id = cmd?.id ?? null
+    const handler = name != null && Object.hasOwn(handlers, name) ? handlers[name] : null
+    if (handler == null) {
+      emit({ event: `${name ?? 'command'}_error`, id, error: `unknown command: ${line}` })
+      return
+    }
+    Promise.resolve().then(async () => {
+      if (node.services.dht == null) throw new Error('no DHT: start the peer with --kad server|client')
+      const signal = AbortSignal.timeout(cmd.timeoutMs ?? COMMAND_TIMEOUT_MS)
+      const result = await handler(node.services.dht, cmd, signal)
+      emit({ event: name, id, ...result })
+    }).catch((err) => {
+      console.error(`peer.mjs: command ${line} failed:`, err)
+      emit({ event: `${name}_error`, id, error: errorString(err) })
+    })
+  }
+
+  function hexBytes (cmd, field) {
+    const hex = cmd[field]
+    if (typeof hex !== 'string' || !/^([0-9a-f]{2})*$/i.test(hex)) {
+      throw new Error(`"${field}" must be a hex string`)
+    }
+    return new Uint8Array(Buffer.from(hex, 'hex'))
+  }
+
+  const hex = (bytes) => Buffer.from(bytes).toString('hex')
+
+  /** The CIDv1 (raw codec) whose multihash is the command's "key": what provide/findProviders take. */
+  async function cidOf (cmd) {
+    const { CID } = await import('multiformats/cid')
+    const Digest = await import('multiformats/hashes/digest')
+    const RAW_CODEC = 0x55
+    return CID.createV1(RAW_CODEC, Digest.decode(hexBytes(cmd, 'key')))
+  }
+
+  function queryError (event) {
+    return { from: event.from.toString(), error: errorString(event.error) }
+  }
+
+  async function kadBootstrap (dht, cmd, signal) {
+    const ma = multiaddr(cmd.addr)
+    const peerId = ma.getComponents().findLast((c) => c.name === 'p2p')?.value
+    if (peerId == null) throw new Error(`address has no /p2p/<peer id>: ${cmd.addr}`)
+    await node.dial(ma, { signal })
+    while (!(await inTable(dht, peerId))) {
+      signal.throwIfAborted()
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    return { peerId, tableSize: dht.routingTable.size }
+  }
+
+  function tablePeers (dht) {
+    return [...dht.routingTable.kb.toIterable()].map((contact) => contact.peerId.toString())
+  }
+
+  async function inTable (dht, peerId) {
+    return tablePeers(dht).includes(peerId)
+  }
+
+  async function kadTable (dht) {
+    return { peers: tablePeers(dht) }
+  }
+
+  async function kadClosest (dht, cmd, signal) {
+    const peers = []
+    const errors = []
+    for await (const event of dht.getClosestPeers(hexBytes(cmd, 'key'), { signal })) {
+      if (event.name === 'FINAL_PEER') peers.push(event.peer.id.toString())
+      if (event.name === 'QUERY_ERROR') errors.push(queryError(event))
+    }
+    return { peers, errors }
+  }
+
+  async function kadPut (dht, cmd, signal) {
+    const value = hexBytes(cmd, 'value')
+    const acks = []
+    const errors = []
+    for await (const event of dht.put(hexBytes(cmd, 'key'), value, { signal })) {
+      if (event.name === 'PEER_RESPONSE' && event.messageName === 'PUT_VALUE' &&
+          event.record != null && hex(event.record.value) === hex(value)) {
+        acks.push(event.from.toString())
+      }
+      if (event.name === 'QUERY_ERROR') errors.push(queryError(event))
+    }
+    return { acks, errors }
+  }
+
+  async function kadGet (dht, cmd, signal) {
+    let best = null
+    const records = []
+    const errors = []
+    for await (const event of dht.get(hexBytes(cmd, 'key'), { signal })) {
+      if (event.name === 'VALUE') best = { value: hex(event.value), from: event.from.toString() }
+      if (event.name === 'PEER_RESPONSE' && event.messageName === 'GET_VALUE' && event.record != null) {
+        records.push({ from: event.from.toString(), value: hex(event.record.value) })
+      }
+      if (event.name === 'QUERY_ERROR') errors.push(queryError(event))
+    }
+    return { value: best?.value ?? null, from: best?.from ?? null, records, errors }
+  }
+
+  async function kadProvide (dht, cmd, signal) {
+    const cid = await cidOf(cmd)
+    const sentTo = []
+    const errors = []
+    for await (const event of dht.provide(cid, { signal })) {
+      if (event.name === 'PEER_RESPONSE' && event.messageName === 'ADD_PROVIDER') {
+        sentTo.push(event.from.toString())
+      }
+      if (event.name === 'QUERY_ERROR') errors.push(queryError(event))
+    }
+    const addrs = node.getMultiaddrs().map((ma) => ma.toString())
+    return { sentTo, addrs, errors }
+  }
+
+  async function kadProviders (dht, cmd, signal) {
+    const cid = await cidOf(cmd)
+    const providers = []
+    const errors = []
+    for await (const event of dht.findProviders(cid, { signal })) {
+      // Not the PROVIDER events: js-libp2p reports each provider once, with the first peer
+      // that named it; every answer's full list is in its PEER_RESPONSE event.
+      if (event.name === 'PEER_RESPONSE' && event.messageName === 'GET_PROVIDERS') {
+        for (const p of event.providers) {
+          providers.push({
+            from: event.from.toString(),
+            peerId: p.id.toString(),
+            addrs: p.multiaddrs.map((ma) => ma.toString())
+          })
+        }
+      }
+      if (event.name === 'QUERY_ERROR') errors.push(queryError(event))
+    }
+    return { providers, errors }
   }
 }

@@ -12,6 +12,10 @@
 //! [`JsPeer::dial_with`] take [`JsOptions`] to pick the transport and the security protocol. Every
 //! `connection_open` event reports what js-libp2p negotiated; parse it as [`ConnectionOpen`].
 //!
+//! [`JsPeer::listen_kad`] adds a Kademlia DHT (`@libp2p/kad-dht` on `/ipfs/kad/1.0.0`, server or
+//! client mode); the `kad_*` methods run its operations through `peer.mjs`'s stdin commands
+//! ([`JsPeer::command`]) and return what js-libp2p reported, per-peer failures included.
+//!
 //! The npm dependencies must be installed first: `npm ci --prefix interop/js`.
 //!
 //! ```text
@@ -26,6 +30,10 @@
 //! // ... dial it ...
 //! let open: ConnectionOpen = serde_json::from_value(js.wait_for("connection_open", T).await?)?;
 //! assert_eq!(open.encryption.as_deref(), Some(JsSecurity::Tls.protocol_id()));
+//!
+//! let mut js = JsPeer::listen_kad(JsKadMode::Server).await?;
+//! js.kad_bootstrap(&bootstrap_addr).await?; // dials, waits until it is in js's routing table
+//! let closest = js.kad_closest(b"some key").await?.peers;
 //! ```
 
 use std::fmt::Write as _;
@@ -48,6 +56,12 @@ pub const JS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/js");
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`JsPeer::stop`] waits for the process to exit before killing it.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the `kad_*` methods let a DHT operation run (js aborts it then); the wait for the
+/// answer is [`COMMAND_SLACK`] longer so that js's own error arrives first.
+pub const KAD_TIMEOUT: Duration = Duration::from_secs(20);
+/// Added to a command's timeout when waiting for its answer.
+pub const COMMAND_SLACK: Duration = Duration::from_secs(3);
 
 /// How many recent events an error message quotes.
 const CONTEXT_EVENTS: usize = 5;
@@ -128,6 +142,126 @@ impl JsOptions {
     }
 }
 
+/// The mode of a js peer's Kademlia DHT (`peer.mjs --kad`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsKadMode {
+    /// Answers DHT requests and advertises `/ipfs/kad/1.0.0` (js-libp2p `clientMode: false`).
+    Server,
+    /// Only queries (js-libp2p `clientMode: true`); stays out of other peers' routing tables.
+    Client,
+}
+
+impl JsKadMode {
+    /// The `--kad` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            JsKadMode::Server => "server",
+            JsKadMode::Client => "client",
+        }
+    }
+}
+
+/// A peer that failed during a DHT query (js-libp2p's `QUERY_ERROR` event). The query goes on
+/// without it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KadQueryError {
+    pub from: String,
+    pub error: String,
+}
+
+/// Answer to [`JsPeer::kad_closest`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct KadClosest {
+    /// What `getClosestPeers` returned (peers that answered, nearest first).
+    pub peers: Vec<String>,
+    pub errors: Vec<KadQueryError>,
+}
+
+/// Answer to [`JsPeer::kad_put`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct KadPut {
+    /// Peers that answered PUT_VALUE by echoing the record.
+    pub acks: Vec<String>,
+    pub errors: Vec<KadQueryError>,
+}
+
+/// A record a peer returned to GET_VALUE.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KadRecord {
+    pub from: String,
+    #[serde(deserialize_with = "hex_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// Answer to [`JsPeer::kad_get`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct KadGet {
+    /// The value js-libp2p picked (its `get` result), if any.
+    #[serde(deserialize_with = "opt_hex_bytes")]
+    pub value: Option<Vec<u8>>,
+    /// Who gave that value; the js peer's own id if it came from its local store.
+    pub from: Option<String>,
+    /// Every GET_VALUE answer that carried a (valid) record.
+    pub records: Vec<KadRecord>,
+    pub errors: Vec<KadQueryError>,
+}
+
+/// Answer to [`JsPeer::kad_provide`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KadProvide {
+    /// Peers ADD_PROVIDER was sent to (it has no reply).
+    pub sent_to: Vec<String>,
+    /// The js peer's addresses (what the announcement carried).
+    pub addrs: Vec<String>,
+    pub errors: Vec<KadQueryError>,
+}
+
+/// A provider as one peer reported it (or the js peer's own store, `from` = its own id).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KadProvider {
+    pub from: String,
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+}
+
+/// Answer to [`JsPeer::kad_providers`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct KadProviders {
+    pub providers: Vec<KadProvider>,
+    pub errors: Vec<KadQueryError>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        bail!("not hex: {s:?}");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("not hex: {s:?}")))
+        .collect()
+}
+
+fn hex_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let s = String::deserialize(d)?;
+    unhex(&s).map_err(serde::de::Error::custom)
+}
+
+fn opt_hex_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| unhex(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 /// A `connection_open` event: a connection js-libp2p upgraded, and what it negotiated on it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -188,6 +322,7 @@ pub struct JsPeer {
     stdin: Option<ChildStdin>,
     lines: Lines<BufReader<ChildStdout>>,
     history: Vec<Value>,
+    next_command_id: u64,
     /// The js node's peer id.
     pub peer_id: String,
     /// The js node's listen addresses, each with a `/p2p/<peer id>` suffix.
@@ -221,6 +356,13 @@ impl JsPeer {
         Self::spawn(&["dial", addr, a, b, c, d]).await
     }
 
+    /// Spawns `node peer.mjs listen --kad MODE` (TCP + noise, plus a Kademlia DHT on
+    /// `/ipfs/kad/1.0.0`) and waits for its `listening` line. It knows no DHT peer until
+    /// [`JsPeer::kad_bootstrap`].
+    pub async fn listen_kad(mode: JsKadMode) -> Result<JsPeer> {
+        Self::spawn(&["listen", "--kad", mode.name()]).await
+    }
+
     async fn spawn(args: &[&str]) -> Result<JsPeer> {
         let modules = Path::new(JS_DIR).join("node_modules");
         if !modules.is_dir() {
@@ -249,6 +391,7 @@ impl JsPeer {
             stdin,
             lines: BufReader::new(stdout).lines(),
             history: Vec::new(),
+            next_command_id: 1,
             peer_id: String::new(),
             addrs: Vec::new(),
         };
@@ -341,6 +484,129 @@ impl JsPeer {
                 bail!("js peer reported {error_name}: {ev}");
             }
         }
+    }
+
+    /// Sends the command `{"cmd":cmd,"id":N,"timeoutMs":..,...args}` (see "Commands" in
+    /// `peer.mjs`; `args` must be a JSON object) and waits for its answer: the `cmd` event with
+    /// id N, returned as is. js aborts the command after `timeout`; this waits
+    /// [`COMMAND_SLACK`] longer. Errors on the command's `{cmd}_error` event, on a fatal
+    /// `error` event, on timeout and on EOF. Events in between are kept in the history.
+    pub async fn command(&mut self, cmd: &str, args: Value, timeout: Duration) -> Result<Value> {
+        use tokio::io::AsyncWriteExt as _;
+        let id = self.next_command_id;
+        self.next_command_id += 1;
+        let mut line = match args {
+            Value::Object(map) => map,
+            Value::Null => serde_json::Map::new(),
+            other => bail!("command arguments must be a JSON object, not {other}"),
+        };
+        line.insert("cmd".into(), cmd.into());
+        line.insert("id".into(), id.into());
+        line.insert("timeoutMs".into(), (timeout.as_millis() as u64).into());
+        let mut text = Value::Object(line).to_string();
+        text.push('\n');
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("the js peer's stdin is closed"))?;
+        stdin
+            .write_all(text.as_bytes())
+            .await
+            .with_context(|| format!("sending {cmd:?} to the js peer"))?;
+        stdin
+            .flush()
+            .await
+            .context("flushing the js peer's stdin")?;
+
+        let deadline = Instant::now() + timeout + COMMAND_SLACK;
+        let error_name = format!("{cmd}_error");
+        loop {
+            let ev = self
+                .next_event_until(deadline)
+                .await
+                .with_context(|| format!("waiting for the answer to {cmd:?} (id {id})"))?;
+            let name = ev["event"].as_str().unwrap_or_default();
+            if name == "error" {
+                bail!("js peer failed while running {cmd:?}: {ev}");
+            }
+            if ev["id"].as_u64() != Some(id) {
+                continue;
+            }
+            if name == cmd {
+                return Ok(ev);
+            }
+            if name == error_name {
+                bail!("js peer: {cmd} failed: {}", ev["error"]);
+            }
+        }
+    }
+
+    async fn kad<T: serde::de::DeserializeOwned>(&mut self, cmd: &str, args: Value) -> Result<T> {
+        let answer = self.command(cmd, args, KAD_TIMEOUT).await?;
+        serde_json::from_value(answer.clone())
+            .with_context(|| format!("unexpected answer to {cmd}: {answer}"))
+    }
+
+    /// Dials `addr` (ending in `/p2p/<peer id>`) and waits until that peer is in the js DHT's
+    /// routing table (js-libp2p admits a peer once identify shows it serves the DHT protocol and
+    /// a ping answers). Returns the table's size.
+    pub async fn kad_bootstrap(&mut self, addr: &str) -> Result<usize> {
+        let answer = self
+            .command(
+                "kad_bootstrap",
+                serde_json::json!({ "addr": addr }),
+                KAD_TIMEOUT,
+            )
+            .await?;
+        answer["tableSize"]
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| anyhow!("kad_bootstrap answer without tableSize: {answer}"))
+    }
+
+    /// The peer ids in the js DHT's routing table.
+    pub async fn kad_table(&mut self) -> Result<Vec<String>> {
+        let answer = self.command("kad_table", Value::Null, KAD_TIMEOUT).await?;
+        serde_json::from_value(answer["peers"].clone())
+            .with_context(|| format!("unexpected answer to kad_table: {answer}"))
+    }
+
+    /// `getClosestPeers(key)`.
+    pub async fn kad_closest(&mut self, key: &[u8]) -> Result<KadClosest> {
+        self.kad("kad_closest", serde_json::json!({ "key": hex(key) }))
+            .await
+    }
+
+    /// `put(key, value)`: stores the record locally and sends PUT_VALUE to the closest peers.
+    pub async fn kad_put(&mut self, key: &[u8], value: &[u8]) -> Result<KadPut> {
+        self.kad(
+            "kad_put",
+            serde_json::json!({ "key": hex(key), "value": hex(value) }),
+        )
+        .await
+    }
+
+    /// `get(key)`: the local record if any, and every record the network returns.
+    pub async fn kad_get(&mut self, key: &[u8]) -> Result<KadGet> {
+        self.kad("kad_get", serde_json::json!({ "key": hex(key) }))
+            .await
+    }
+
+    /// `provide(cid)` for the CIDv1 (raw codec) of `multihash`; the DHT key is the multihash.
+    /// js-libp2p decodes ADD_PROVIDER and GET_PROVIDERS keys as CIDs, so `multihash` should be
+    /// a sha2-256 one.
+    pub async fn kad_provide(&mut self, multihash: &[u8]) -> Result<KadProvide> {
+        self.kad("kad_provide", serde_json::json!({ "key": hex(multihash) }))
+            .await
+    }
+
+    /// `findProviders(cid)` for the CIDv1 (raw codec) of `multihash`.
+    pub async fn kad_providers(&mut self, multihash: &[u8]) -> Result<KadProviders> {
+        self.kad(
+            "kad_providers",
+            serde_json::json!({ "key": hex(multihash) }),
+        )
+        .await
     }
 
     /// All events received so far, oldest first.

@@ -35,6 +35,8 @@ async fn benchmark_runs_and_prints_every_table() {
         "| throughput | transport | Pylon MiB/s |",
         "| dial → first ping answered",
         "| server memory per idle connection",
+        "| Kademlia server, requests/s",
+        "| Pylon DHT memory",
     ] {
         assert!(stdout.contains(header), "missing {header:?} in:\n{stdout}");
     }
@@ -43,6 +45,9 @@ async fn benchmark_runs_and_prints_every_table() {
         "| 1 stream, upload | QUIC |",
         "| 16 connections, download | TCP+Noise+yamux |",
         "| QUIC | ",
+        "| FIND_NODE (random key) |",
+        "| GET_PROVIDERS (10 providers) |",
+        "| value record on sled",
     ] {
         let line = stdout
             .lines()

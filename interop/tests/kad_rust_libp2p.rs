@@ -14,8 +14,8 @@ use futures::StreamExt;
 use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
-use pylon_node::metrics::{ErrorLabels, Metrics};
-use pylon_node::node::{self, Node};
+use pylon_node::metrics::ErrorLabels;
+use pylon_node::node::Node;
 use pylon_node::protocols::kad as pkad;
 use tokio::sync::{mpsc, oneshot};
 
@@ -218,37 +218,6 @@ impl RustKad {
     }
 }
 
-/// A Pylon node with the DHT on (server or client mode), refresh off.
-async fn pylon_kad(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
-    let config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        kad: Some(pkad::Config {
-            server,
-            bootstrap,
-            refresh_interval: None,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
-}
-
-fn kad_of(node: &Node) -> &std::sync::Arc<pkad::Kad> {
-    node.kad.as_ref().unwrap()
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    tokio::time::timeout(T, async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what} within {T:?}"));
-}
-
 fn kad_errors(node: &Node, reason: &'static str) -> u64 {
     node.host
         .metrics()
@@ -258,18 +227,6 @@ fn kad_errors(node: &Node, reason: &'static str) -> u64 {
             reason,
         })
         .get()
-}
-
-fn pk_key(peer: &PeerId) -> Vec<u8> {
-    let mut k = b"/pk/".to_vec();
-    k.extend_from_slice(&peer.to_bytes());
-    k
-}
-
-fn sha256_multihash(data: &[u8]) -> Vec<u8> {
-    let mut mh = vec![0x12, 0x20];
-    mh.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
-    mh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

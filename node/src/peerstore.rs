@@ -360,6 +360,12 @@ impl Peerstore {
         self.peers().get(peer).cloned()
     }
 
+    /// Reads what we know about `peer` without copying all of it (hot paths). `f` runs
+    /// under the peerstore's lock: keep it short.
+    pub fn inspect<R>(&self, peer: &PeerId, f: impl FnOnce(&PeerInfo) -> R) -> Option<R> {
+        self.peers().get(peer).map(f)
+    }
+
     pub fn len(&self) -> usize {
         self.peers().len()
     }

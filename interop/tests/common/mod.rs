@@ -307,3 +307,49 @@ impl RustPeer {
         .unwrap()
     }
 }
+
+/// A Pylon node with the DHT on (server or client mode), refresh off.
+pub async fn pylon_kad(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
+    let config = node::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        kad: Some(pylon_node::protocols::kad::Config {
+            server,
+            bootstrap,
+            refresh_interval: None,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap()
+}
+
+pub fn kad_of(node: &Node) -> &std::sync::Arc<pylon_node::protocols::kad::Kad> {
+    node.kad.as_ref().unwrap()
+}
+
+/// Polls `check` until it holds, failing after [`T`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    tokio::time::timeout(T, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within {T:?}"));
+}
+
+/// The `/pk/` record key of a peer.
+pub fn pk_key(peer: &PeerId) -> Vec<u8> {
+    let mut k = b"/pk/".to_vec();
+    k.extend_from_slice(&peer.to_bytes());
+    k
+}
+
+/// The SHA-256 multihash of `data` (a provider key every implementation accepts).
+pub fn sha256_multihash(data: &[u8]) -> Vec<u8> {
+    let mut mh = vec![0x12, 0x20];
+    mh.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
+    mh
+}

@@ -494,6 +494,17 @@ impl Kad {
         }
     }
 
+    /// Adds a peer the caller vouches for (serves the protocol at `addrs`) without a
+    /// liveness check of a full bucket's oldest peer: static peers, tests, benchmarks.
+    pub fn add_peer(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> table::Insert {
+        let outcome = lock(&self.table).insert(peer, addrs, now_ms());
+        if outcome == table::Insert::Added {
+            self.metrics.kad_table_peers.set(self.table_len() as i64);
+            self.save(&peer);
+        }
+        outcome
+    }
+
     /// A full bucket: the newcomer takes the oldest peer's place only if that one is gone.
     fn check_then_replace(self: &Arc<Self>, oldest: PeerId, peer: PeerId, addrs: Vec<Multiaddr>) {
         {
@@ -831,7 +842,8 @@ impl Kad {
         let envelope = if peer == self.host.peer_id() {
             self.identify.own_record()?
         } else {
-            self.peerstore.get(&peer)?.record?.envelope().to_vec()
+            self.peerstore
+                .inspect(&peer, |i| i.record.as_ref().map(|r| r.envelope().to_vec()))??
         };
         match stored {
             Some(s)
@@ -856,12 +868,15 @@ impl Kad {
         known: &[Multiaddr],
         public_requester: bool,
     ) -> Option<proto::Peer> {
-        let info = self.peerstore.get(peer);
-        let mut addrs: Vec<Multiaddr> = match info.as_ref().and_then(|i| i.record.as_ref()) {
-            Some(record) => record.addrs().to_vec(),
-            None if !known.is_empty() => known.to_vec(),
-            None => info.map(|i| i.live_addrs(now_ms())).unwrap_or_default(),
-        };
+        let now = now_ms();
+        let mut addrs: Vec<Multiaddr> = self
+            .peerstore
+            .inspect(peer, |info| match &info.record {
+                Some(record) => record.addrs().to_vec(),
+                None if !known.is_empty() => known.to_vec(),
+                None => info.live_addrs(now),
+            })
+            .unwrap_or_else(|| known.to_vec());
         if public_requester && !self.config.private_addrs_to_public {
             addrs.retain(addresses::is_public);
         }
