@@ -333,7 +333,9 @@ impl Kad {
                 match events.recv().await {
                     Ok(identify::Event::Identified(info)) => me.on_identified(&info),
                     Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        me.sweep_connected()
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
@@ -467,6 +469,25 @@ impl Kad {
             None => info.listen_addrs.clone(),
         };
         self.consider(info.peer, addrs);
+    }
+
+    /// After missed identify events: offers every connected peer the peerstore says
+    /// serves the protocol.
+    fn sweep_connected(self: &Arc<Self>) {
+        let now = now_ms();
+        for peer in self.host.connected_peers() {
+            let found = self.peerstore.inspect(&peer, |i| {
+                let serves = i.protocols.iter().any(|p| *p == self.config.protocol);
+                let addrs = match &i.record {
+                    Some(r) => r.addrs().to_vec(),
+                    None => i.live_addrs(now),
+                };
+                serves.then_some(addrs)
+            });
+            if let Some(Some(addrs)) = found {
+                self.consider(peer, addrs);
+            }
+        }
     }
 
     /// Offers a peer known to serve the protocol to the table.
