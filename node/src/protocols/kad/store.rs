@@ -7,8 +7,11 @@
 //! go through). Records and providers expire (`specs/kad-dht/README.md` "Provider Record
 //! Expiration Interval", 48 h); reads skip expired entries and [`KadStore::sweep`] deletes
 //! them. A write returns after the store flushed it, so whatever we acknowledged survives
-//! a crash. Time is an input (`now_ms`, Unix milliseconds).
+//! a crash. Provider records are also indexed in memory (GET_PROVIDERS is a hot path);
+//! sled is the durable copy the index is rebuilt from at start. Time is an input
+//! (`now_ms`, Unix milliseconds).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -145,6 +148,17 @@ pub struct KadStore {
     table: Arc<dyn Store>,
     config: Config,
     counts: Mutex<Counts>,
+    /// Provider records by key, mirroring the `providers` tree.
+    index: Mutex<HashMap<Vec<u8>, Vec<Held>>>,
+}
+
+/// A provider record as indexed in memory.
+#[derive(Debug, Clone)]
+struct Held {
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    expires_ms: u64,
+    addrs_expire_ms: u64,
 }
 
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +190,7 @@ impl KadStore {
             table,
             config,
             counts: Mutex::new(Counts::default()),
+            index: Mutex::new(HashMap::new()),
         };
         store.sweep(now_ms)?;
         Ok(store)
@@ -193,6 +208,10 @@ impl KadStore {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<Held>>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Deletes expired and undecodable entries and recounts; returns how many went.
     pub fn sweep(&self, now_ms: u64) -> Result<usize, Error> {
         let mut removed = 0;
@@ -206,18 +225,34 @@ impl KadStore {
                 }
             }
         }
+        let mut index: HashMap<Vec<u8>, Vec<Held>> = HashMap::new();
         for (k, v) in self.providers.scan()? {
-            let valid_key = k.first().is_some_and(|&n| {
-                k.len() > 1 + n as usize && PeerId::from_bytes(&k[1 + n as usize..]).is_ok()
+            let parts = k.first().and_then(|&n| {
+                let n = n as usize;
+                let peer = PeerId::from_bytes(k.get(1 + n..)?).ok()?;
+                Some((k[1..1 + n].to_vec(), peer))
             });
-            match StoredProvider::decode(v.as_slice()) {
-                Ok(p) if valid_key && p.expires_ms > now_ms => counts.providers += 1,
+            match (parts, StoredProvider::decode(v.as_slice())) {
+                (Some((key, peer)), Ok(p)) if p.expires_ms > now_ms => {
+                    counts.providers += 1;
+                    index.entry(key).or_default().push(Held {
+                        peer,
+                        addrs: p
+                            .addrs
+                            .into_iter()
+                            .filter_map(|a| Multiaddr::try_from(a).ok())
+                            .collect(),
+                        expires_ms: p.expires_ms,
+                        addrs_expire_ms: p.addrs_expire_ms,
+                    });
+                }
                 _ => {
                     self.providers.delete(&k)?;
                     removed += 1;
                 }
             }
         }
+        *self.index() = index;
         *self.lock() = counts;
         Ok(removed)
     }
@@ -303,20 +338,38 @@ impl KadStore {
         now_ms: u64,
     ) -> Result<(), Error> {
         self.check_key(key)?;
-        let prefix = provider_prefix(key);
-        let mut full_key = prefix.clone();
+        let mut full_key = provider_prefix(key);
         full_key.extend_from_slice(&peer.to_bytes());
-        let existed = self.providers.get(&full_key)?.is_some();
-        if !existed {
-            if self.providers.scan_prefix(&prefix)?.len() >= self.config.max_providers_per_key {
-                return Err(Error::KeyFull);
+        let held = Held {
+            peer,
+            addrs: addrs.iter().take(MAX_PROVIDER_ADDRS).cloned().collect(),
+            expires_ms: now_ms.saturating_add(self.config.provider_ttl.as_millis() as u64),
+            addrs_expire_ms: now_ms
+                .saturating_add(self.config.provider_addr_ttl.as_millis() as u64),
+        };
+        // Decide and reserve under the index lock, so concurrent adds cannot overshoot.
+        let previous = {
+            let mut index = self.index();
+            let list = index.entry(key.to_vec()).or_default();
+            match list.iter().position(|h| h.peer == peer) {
+                Some(i) => Some(std::mem::replace(&mut list[i], held.clone())),
+                None => {
+                    if list.len() >= self.config.max_providers_per_key {
+                        return Err(Error::KeyFull);
+                    }
+                    let mut counts = self.lock();
+                    if counts.providers >= self.config.max_provider_records {
+                        if list.is_empty() {
+                            index.remove(key);
+                        }
+                        return Err(Error::Full);
+                    }
+                    counts.providers += 1;
+                    list.push(held.clone());
+                    None
+                }
             }
-            let mut counts = self.lock();
-            if counts.providers >= self.config.max_provider_records {
-                return Err(Error::Full);
-            }
-            counts.providers += 1;
-        }
+        };
         let stored = StoredProvider {
             addrs: addrs
                 .iter()
@@ -328,8 +381,23 @@ impl KadStore {
                 .saturating_add(self.config.provider_addr_ttl.as_millis() as u64),
         };
         if let Err(e) = self.providers.put(&full_key, &stored.encode_to_vec()) {
-            if !existed {
-                self.lock().providers -= 1;
+            // Undo the reservation: back to what sled holds.
+            let mut index = self.index();
+            if let Some(list) = index.get_mut(key) {
+                match previous {
+                    Some(p) => {
+                        if let Some(h) = list.iter_mut().find(|h| h.peer == peer) {
+                            *h = p;
+                        }
+                    }
+                    None => {
+                        list.retain(|h| h.peer != peer);
+                        self.lock().providers -= 1;
+                        if list.is_empty() {
+                            index.remove(key);
+                        }
+                    }
+                }
             }
             return Err(e.into());
         }
@@ -391,36 +459,23 @@ impl KadStore {
 
     /// The live providers of `key`.
     pub fn providers(&self, key: &[u8], now_ms: u64) -> Result<Vec<Provider>, Error> {
-        if self.check_key(key).is_err() {
+        let index = self.index();
+        let Some(list) = index.get(key) else {
             return Ok(Vec::new());
-        }
-        let prefix = provider_prefix(key);
-        let mut out = Vec::new();
-        for (k, v) in self.providers.scan_prefix(&prefix)? {
-            let (Ok(peer), Ok(p)) = (
-                PeerId::from_bytes(&k[prefix.len()..]),
-                StoredProvider::decode(v.as_slice()),
-            ) else {
-                continue;
-            };
-            if p.expires_ms <= now_ms {
-                continue;
-            }
-            let addrs = if p.addrs_expire_ms > now_ms {
-                p.addrs
-                    .into_iter()
-                    .filter_map(|a| Multiaddr::try_from(a).ok())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            out.push(Provider {
-                peer,
-                addrs,
-                expires_ms: p.expires_ms,
-            });
-        }
-        Ok(out)
+        };
+        Ok(list
+            .iter()
+            .filter(|h| h.expires_ms > now_ms)
+            .map(|h| Provider {
+                peer: h.peer,
+                addrs: if h.addrs_expire_ms > now_ms {
+                    h.addrs.clone()
+                } else {
+                    Vec::new()
+                },
+                expires_ms: h.expires_ms,
+            })
+            .collect())
     }
 }
 
