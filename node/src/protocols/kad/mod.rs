@@ -1316,3 +1316,120 @@ impl Kad {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::node::{self, Node};
+
+    async fn server(verified_within: Option<Duration>) -> Node {
+        let config = node::Config {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            kad: Some(Config {
+                server: true,
+                refresh_interval: None,
+                serve_verified_within: verified_within,
+                ..Config::default()
+            }),
+            ..Default::default()
+        };
+        Node::start_volatile(config, Metrics::unregistered())
+            .await
+            .unwrap()
+    }
+
+    fn peer() -> PeerId {
+        crate::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    fn ma(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    fn listed(reply: &[proto::Peer]) -> HashMap<PeerId, Vec<Multiaddr>> {
+        reply
+            .iter()
+            .map(|p| (PeerId::from_bytes(&p.id).unwrap(), parse_addrs(&p.addrs)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn public_requesters_get_only_public_addresses() {
+        let node = server(None).await;
+        let kad = node.kad.as_ref().unwrap();
+        let (mixed, private) = (peer(), peer());
+        kad.add_peer(
+            mixed,
+            vec![ma("/ip4/10.0.0.1/tcp/1"), ma("/ip4/8.8.8.8/tcp/1")],
+        );
+        kad.add_peer(private, vec![ma("/ip4/192.168.1.1/tcp/1")]);
+        let from = peer();
+        let key = peer().to_bytes();
+        let public = listed(&kad.closer_peers(from, &ma("/ip4/9.9.9.9/tcp/5"), true, &key, true));
+        assert_eq!(public.len(), 1, "the private-only peer is left out");
+        assert_eq!(public[&mixed], vec![ma("/ip4/8.8.8.8/tcp/1")]);
+        let local = listed(&kad.closer_peers(from, &ma("/ip4/10.1.1.1/tcp/5"), false, &key, true));
+        assert_eq!(local.len(), 2);
+        assert_eq!(local[&mixed].len(), 2);
+        // Never the requester itself.
+        let asked_by_mixed =
+            listed(&kad.closer_peers(mixed, &ma("/ip4/10.1.1.1/tcp/5"), false, &key, true));
+        assert!(!asked_by_mixed.contains_key(&mixed));
+    }
+
+    #[tokio::test]
+    async fn only_recently_seen_peers_are_handed_out() {
+        let node = server(Some(Duration::from_secs(3600))).await;
+        let kad = node.kad.as_ref().unwrap();
+        let (fresh, stale) = (peer(), peer());
+        kad.add_peer(fresh, vec![ma("/ip4/10.0.0.1/tcp/1")]);
+        let two_hours_ago = now_ms() - 2 * 3600 * 1000;
+        lock(&kad.table).insert(stale, vec![ma("/ip4/10.0.0.2/tcp/1")], two_hours_ago);
+        let remote = ma("/ip4/10.1.1.1/tcp/5");
+        let key = peer().to_bytes();
+        let got = listed(&kad.closer_peers(peer(), &remote, false, &key, false));
+        assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![fresh]);
+        // A liveness check or an answer refreshes it.
+        lock(&kad.table).seen(&stale, now_ms());
+        let got = listed(&kad.closer_peers(peer(), &remote, false, &key, false));
+        assert_eq!(got.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn find_node_for_ourselves_or_a_known_peer_includes_it() {
+        let node = server(None).await;
+        let kad = node.kad.as_ref().unwrap();
+        let remote = ma("/ip4/127.0.0.1/tcp/5");
+        // Our own key: we answer with ourselves and our addresses, as go-libp2p does.
+        let own = node.peer_id().to_bytes();
+        let got = listed(&kad.closer_peers(peer(), &remote, false, &own, true));
+        assert!(!got[&node.peer_id()].is_empty());
+        // GET_VALUE/GET_PROVIDERS closer peers never list us.
+        assert!(kad
+            .closer_peers(peer(), &remote, false, &own, false)
+            .is_empty());
+        // A peer known to the peerstore but not in the table is added for FIND_NODE.
+        let known = peer();
+        node.peerstore
+            .apply(
+                known,
+                crate::peerstore::Update {
+                    addrs: vec![ma("/ip4/10.9.9.9/tcp/1")],
+                    addr_ttl_ms: 60_000,
+                    ..Default::default()
+                },
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        let got = listed(&kad.closer_peers(peer(), &remote, false, &known.to_bytes(), true));
+        assert_eq!(got[&known], vec![ma("/ip4/10.9.9.9/tcp/1")]);
+        // ... but never to itself.
+        assert!(kad
+            .closer_peers(known, &remote, false, &known.to_bytes(), true)
+            .is_empty());
+    }
+}
