@@ -158,6 +158,60 @@ pub fn key_type_label(key: &PublicKey) -> &'static str {
     }
 }
 
+/// Signature checks that passed, remembered so a peer that reconnects (or resends the
+/// same signed record) is not verified again. Keyed by the SHA-256 of the encoded key, the
+/// message and the signature together, so only the exact same check can hit; bounded,
+/// oldest forgotten first.
+struct VerifiedSignatures {
+    set: std::collections::HashSet<[u8; 32]>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+/// Most checks [`verify_cached`] remembers.
+const VERIFIED_SIGNATURES: usize = 4096;
+
+fn verified_signatures() -> std::sync::MutexGuard<'static, VerifiedSignatures> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<VerifiedSignatures>> =
+        std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            std::sync::Mutex::new(VerifiedSignatures {
+                set: std::collections::HashSet::new(),
+                order: std::collections::VecDeque::new(),
+            })
+        })
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// `key.verify(msg, sig)`, answered from memory when this exact check passed before.
+/// `key_bytes` is the key's protobuf encoding as received.
+pub fn verify_cached(key: &PublicKey, key_bytes: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [key_bytes, msg, sig] {
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(h.finish().as_ref());
+    if verified_signatures().set.contains(&digest) {
+        return true;
+    }
+    if !key.verify(msg, sig) {
+        return false;
+    }
+    let mut cache = verified_signatures();
+    if cache.set.insert(digest) {
+        cache.order.push_back(digest);
+        if cache.order.len() > VERIFIED_SIGNATURES {
+            if let Some(old) = cache.order.pop_front() {
+                cache.set.remove(&old);
+            }
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +294,34 @@ mod tests {
             load_or_generate(dir.path()),
             Err(Error::BadKeyFile { .. })
         ));
+    }
+
+    #[test]
+    fn cached_verification_matches_the_real_one_and_is_bounded() {
+        let k = Keypair::generate_ed25519();
+        let public = k.public();
+        let bytes = public.encode_protobuf();
+        let sig = k.sign(b"message").unwrap();
+        assert!(verify_cached(&public, &bytes, b"message", &sig));
+        assert!(verify_cached(&public, &bytes, b"message", &sig), "cached");
+        // Any other input misses the cache and fails.
+        assert!(!verify_cached(&public, &bytes, b"messagE", &sig));
+        let mut bad = sig.clone();
+        bad[0] ^= 1;
+        assert!(!verify_cached(&public, &bytes, b"message", &bad));
+        let other = Keypair::generate_ed25519().public();
+        assert!(!verify_cached(
+            &other,
+            &other.encode_protobuf(),
+            b"message",
+            &sig
+        ));
+        for i in 0..VERIFIED_SIGNATURES + 10 {
+            let m = i.to_be_bytes();
+            let s = k.sign(&m).unwrap();
+            assert!(verify_cached(&public, &bytes, &m, &s));
+        }
+        let cache = verified_signatures();
+        assert!(cache.set.len() <= VERIFIED_SIGNATURES && cache.order.len() == cache.set.len());
     }
 }

@@ -201,7 +201,7 @@ pub fn verify_payload(
     let key = decode_public_key(&key_bytes).map_err(|e| Error::BadPayload(e.to_string()))?;
     let mut signed = STATIC_KEY_DOMAIN.to_vec();
     signed.extend_from_slice(remote_static);
-    if !key.verify(&signed, &sig) {
+    if !crate::identity::verify_cached(&key, &key_bytes, &signed, &sig) {
         return Err(Error::BadSignature);
     }
     let mut muxers = msg.extensions.map(|e| e.stream_muxers).unwrap_or_default();

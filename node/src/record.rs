@@ -184,7 +184,9 @@ pub fn open_peer_record(envelope: &[u8]) -> Result<VerifiedPeerRecord, Error> {
     } else {
         return Err(Error::WrongType);
     };
-    if !key.verify(
+    if !crate::identity::verify_cached(
+        &key,
+        &env.public_key,
         &signing_input(domain, &env.payload_type, &env.payload),
         &env.signature,
     ) {
