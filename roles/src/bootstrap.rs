@@ -6,7 +6,8 @@
 //! - **answer then shed**: once a peer has been served over the DHT protocol and the node
 //!   holds more connections than its low watermark, that peer's inbound connections are
 //!   closed politely after a grace period, so the node keeps room for newcomers instead
-//!   of falling over;
+//!   of falling over; connections that sit idle (no stream open) past the grace period
+//!   are closed the same way while the node is above its low watermark, oldest first;
 //! - per-IP and per-subnet inbound connection caps (the host's
 //!   `max_incoming_per_ip`/`max_incoming_per_subnet`, set by the binary from this role's
 //!   config) and the global cap (`connections.max`).
@@ -61,6 +62,7 @@ pub struct Bootstrap {
     /// Peers with a shed pending (bounded by the connection limit).
     pending: Mutex<HashSet<PeerId>>,
     shed: Counter,
+    idle_closed: Counter,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,14 +82,30 @@ impl Bootstrap {
             config,
             pending: Mutex::new(HashSet::new()),
             shed: Counter::default(),
+            idle_closed: Counter::default(),
         });
-        registry
-            .sub_registry_with_prefix("pylon_bootstrap")
-            .register(
-                "shed_connections",
-                "Inbound connections closed after their peer was served, above the low watermark",
-                role.shed.clone(),
-            );
+        let sub = registry.sub_registry_with_prefix("pylon_bootstrap");
+        sub.register(
+            "shed_connections",
+            "Inbound connections closed after their peer was served, above the low watermark",
+            role.shed.clone(),
+        );
+        sub.register(
+            "idle_connections_closed",
+            "Inbound connections closed for sitting idle past the grace period, above the low watermark",
+            role.idle_closed.clone(),
+        );
+        let me = role.clone();
+        let shutdown = node.host.shutdown_token();
+        let every = (role.config.grace_period / 2).max(Duration::from_millis(100));
+        node.host.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(every) => me.close_idle(),
+                }
+            }
+        });
         let mut events = node.host.subscribe();
         let me = role.clone();
         node.host.spawn(async move {
@@ -110,6 +128,34 @@ impl Bootstrap {
     /// Connections shed so far.
     pub fn shed_count(&self) -> u64 {
         self.shed.get()
+    }
+
+    /// Idle connections closed so far.
+    pub fn idle_closed_count(&self) -> u64 {
+        self.idle_closed.get()
+    }
+
+    /// Above the watermark: closes inbound connections with no open stream that are older
+    /// than the grace period, oldest first, down to the watermark.
+    fn close_idle(&self) {
+        let conns = self.node.host.connections();
+        let excess = conns.len().saturating_sub(self.config.low_watermark);
+        if excess == 0 {
+            return;
+        }
+        let mut idle: Vec<_> = conns
+            .into_iter()
+            .filter(|c| {
+                c.direction() == Direction::Inbound
+                    && c.stream_count() == 0
+                    && c.established().elapsed() >= self.config.grace_period
+            })
+            .collect();
+        idle.sort_by_key(|c| c.established());
+        for c in idle.into_iter().take(excess) {
+            c.close();
+            self.idle_closed.inc();
+        }
     }
 
     /// A peer was served: after the grace period, shed it if we are above the watermark.

@@ -51,11 +51,16 @@ async fn served_peers_are_shed_above_the_low_watermark() {
         start(Some(client_config.clone())).await,
         start(Some(client_config)).await,
     );
+    // Each keeps a (ping) stream open, so none of them is idle: only being served can
+    // get a connection closed here.
+    let mut held = Vec::new();
     for n in [&a, &b, &c] {
-        n.host
+        let conn = n
+            .host
             .connect(server.peer_id(), std::slice::from_ref(&addr))
             .await
             .unwrap();
+        held.push(conn.open_stream(&["/ipfs/ping/1.0.0"]).await.unwrap());
     }
     // a and b ask the DHT; c only stays connected.
     for n in [&a, &b] {
@@ -102,8 +107,62 @@ async fn served_peers_are_shed_above_the_low_watermark() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(server.host.connection(&c.peer_id()).is_some());
     assert_eq!(role.shed_count(), 2);
+    assert_eq!(role.idle_closed_count(), 0);
+    drop(held);
 
     // The role refuses to run without a DHT server.
     let d = start(None).await;
     assert!(Bootstrap::start(&d, bootstrap::Config::default(), &mut Registry::default()).is_err());
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_above_the_low_watermark_oldest_first() {
+    let server = start(Some(kad::Config {
+        server: true,
+        refresh_interval: None,
+        ..Default::default()
+    }))
+    .await;
+    let role = Bootstrap::start(
+        &server,
+        bootstrap::Config {
+            low_watermark: 2,
+            grace_period: Duration::from_millis(300),
+            ..Default::default()
+        },
+        &mut Registry::default(),
+    )
+    .unwrap();
+    let addr = server.host.listen_addrs()[0].clone();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let c = start(None).await;
+        c.host
+            .connect(server.peer_id(), std::slice::from_ref(&addr))
+            .await
+            .unwrap();
+        clients.push(c);
+        tokio::time::sleep(Duration::from_millis(20)).await; // distinct ages
+    }
+    tokio::time::timeout(T, async {
+        while role.idle_closed_count() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("two idle connections closed");
+    tokio::time::timeout(T, async {
+        while server.host.connections().len() > 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    // The two oldest went; the two youngest stay (at the watermark nobody else goes).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(server.host.connection(&clients[0].peer_id()).is_none());
+    assert!(server.host.connection(&clients[1].peer_id()).is_none());
+    assert!(server.host.connection(&clients[2].peer_id()).is_some());
+    assert!(server.host.connection(&clients[3].peer_id()).is_some());
+    assert_eq!(role.idle_closed_count(), 2);
 }
