@@ -6,8 +6,9 @@
 //! - **answer then shed**: once a peer has been served over the DHT protocol and the node
 //!   holds more connections than its low watermark, that peer's inbound connections are
 //!   closed politely after a grace period, so the node keeps room for newcomers instead
-//!   of falling over; connections that sit idle (no stream open) past the grace period
-//!   are closed the same way while the node is above its low watermark, oldest first;
+//!   of falling over; inbound connections older than the grace period with no stream
+//!   open are closed the same way while the node is above its low watermark, oldest
+//!   first;
 //! - per-IP and per-subnet inbound connection caps (the host's
 //!   `max_incoming_per_ip`/`max_incoming_per_subnet`, set by the binary from this role's
 //!   config) and the global cap (`connections.max`).
@@ -92,7 +93,7 @@ impl Bootstrap {
         );
         sub.register(
             "idle_connections_closed",
-            "Inbound connections closed for sitting idle past the grace period, above the low watermark",
+            "Inbound connections older than the grace period with no stream open, closed above the low watermark",
             role.idle_closed.clone(),
         );
         let me = role.clone();
