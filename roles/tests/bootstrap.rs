@@ -23,8 +23,8 @@ async fn start(kad: Option<kad::Config>) -> Node {
         .unwrap()
 }
 
-#[tokio::test]
-async fn served_peers_are_shed_above_the_low_watermark() {
+/// A DHT server with the role on: the given low watermark, a 300 ms grace period.
+async fn bootstrap_node(low_watermark: usize) -> (Node, std::sync::Arc<Bootstrap>) {
     let server = start(Some(kad::Config {
         server: true,
         refresh_interval: None,
@@ -34,13 +34,19 @@ async fn served_peers_are_shed_above_the_low_watermark() {
     let role = Bootstrap::start(
         &server,
         bootstrap::Config {
-            low_watermark: 1,
+            low_watermark,
             grace_period: Duration::from_millis(300),
             ..Default::default()
         },
         &mut Registry::default(),
     )
     .unwrap();
+    (server, role)
+}
+
+#[tokio::test]
+async fn served_peers_are_shed_above_the_low_watermark() {
+    let (server, role) = bootstrap_node(1).await;
     let addr = server.host.listen_addrs()[0].clone();
     let client_config = kad::Config {
         refresh_interval: None,
@@ -117,22 +123,7 @@ async fn served_peers_are_shed_above_the_low_watermark() {
 
 #[tokio::test]
 async fn idle_connections_are_closed_above_the_low_watermark_oldest_first() {
-    let server = start(Some(kad::Config {
-        server: true,
-        refresh_interval: None,
-        ..Default::default()
-    }))
-    .await;
-    let role = Bootstrap::start(
-        &server,
-        bootstrap::Config {
-            low_watermark: 2,
-            grace_period: Duration::from_millis(300),
-            ..Default::default()
-        },
-        &mut Registry::default(),
-    )
-    .unwrap();
+    let (server, role) = bootstrap_node(2).await;
     let addr = server.host.listen_addrs()[0].clone();
     let mut clients = Vec::new();
     for _ in 0..4 {
