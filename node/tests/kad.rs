@@ -216,6 +216,35 @@ async fn bad_messages_and_bogus_records_are_refused_and_counted() {
     );
     assert_eq!(ask(&mut s, &good).await, Some(good.clone()));
     assert_eq!(k.store().counts().records, 1);
+
+    // ADD_PROVIDER keeps the sender's entry once and only counts entries for others.
+    let mut add = proto::Message::new(MessageType::AddProvider, vec![0x12, 0x20, 7, 7]);
+    let entry = |id: Vec<u8>| proto::Peer {
+        id,
+        addrs: vec![addr_for(&honest, &server).to_vec()],
+        connection: 0,
+    };
+    add.provider_peers = vec![
+        entry(attacker.peer_id().to_bytes()),
+        entry(honest.peer_id().to_bytes()),
+        entry(honest.peer_id().to_bytes()),
+    ];
+    let before = errors(&server, "foreign_provider");
+    s.write_all(&varint::length_prefixed(&add.to_bytes()))
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    tokio::time::timeout(T, async {
+        while k.store().counts().providers == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let held = k.store().providers(&add.key, 0).unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].peer, honest.peer_id());
+    assert_eq!(errors(&server, "foreign_provider"), before + 1);
 }
 
 /// Sends FIND_NODE on one stream until the server resets it; returns how many were answered.

@@ -491,7 +491,8 @@ impl Kad {
     }
 
     /// Offers a peer known to serve the protocol to the table.
-    pub fn consider(self: &Arc<Self>, peer: PeerId, addrs: Vec<Multiaddr>) {
+    pub fn consider(self: &Arc<Self>, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+        addrs.truncate(MAX_PEER_ADDRS);
         let outcome = lock(&self.table).insert(peer, addrs.clone(), now_ms());
         match outcome {
             table::Insert::Added => {
@@ -813,20 +814,21 @@ impl Kad {
                 //= specs/kad-dht/README.md#rpc-messages
                 //# all `providerPeers` that match the RPC sender's PeerID are recorded as
                 //# providers.
-                let mut added = false;
+                // The sender's first entry is its record (one store write, however many
+                // times it repeats itself); entries for other peers are counted, not kept.
+                let mut own = None;
                 for p in msg.provider_peers.iter().take(MAX_RESPONSE_PEERS) {
                     if PeerId::from_bytes(&p.id).ok() != Some(from) {
                         self.metrics.protocol_error("kad", "foreign_provider");
-                        continue;
+                    } else if own.is_none() {
+                        own = Some(parse_addrs(&p.addrs));
                     }
-                    let addrs = parse_addrs(&p.addrs);
+                }
+                if let Some(addrs) = own {
                     self.store
                         .add_provider(&msg.key, from, &addrs, now)
                         .await
                         .map_err(|e| e.label())?;
-                    added = true;
-                }
-                if added {
                     self.update_store_gauges();
                 }
                 Ok(None)
@@ -934,19 +936,13 @@ impl Kad {
             .config
             .serve_verified_within
             .map_or(0, |w| now_ms().saturating_sub(w.as_millis() as u64));
-        let closest: Vec<(PeerId, Vec<Multiaddr>)> = {
-            let table = lock(&self.table);
-            let mut near = table.closest(&target, k + 1);
-            if seen_since > 0 && near.iter().any(|e| e.last_seen_ms < seen_since) {
-                // Some near peers are unverified: look further for verified ones.
-                near = table.closest(&target, table.len());
-            }
-            near.into_iter()
-                .filter(|e| e.peer != from && e.last_seen_ms >= seen_since)
-                .take(k)
-                .map(|e| (e.peer, e.addrs.clone()))
-                .collect()
-        };
+        let closest: Vec<(PeerId, Vec<Multiaddr>)> = lock(&self.table)
+            .closest_where(&target, k, |e| {
+                e.peer != from && e.last_seen_ms >= seen_since
+            })
+            .into_iter()
+            .map(|e| (e.peer, e.addrs.clone()))
+            .collect();
         let mut out: Vec<proto::Peer> = closest
             .iter()
             .filter_map(|(p, addrs)| self.peer_entry(p, addrs, public_requester))

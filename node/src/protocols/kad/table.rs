@@ -300,8 +300,16 @@ impl RoutingTable {
 
     /// The `n` peers closest to `key`, nearest first.
     pub fn closest(&self, key: &Key, n: usize) -> Vec<&Entry> {
-        let mut all: Vec<(super::key::Distance, &Entry)> =
-            self.iter().map(|e| (e.key.distance(key), e)).collect();
+        self.closest_where(key, n, |_| true)
+    }
+
+    /// The `n` peers closest to `key` among those `keep` accepts, nearest first.
+    pub fn closest_where(&self, key: &Key, n: usize, keep: impl Fn(&Entry) -> bool) -> Vec<&Entry> {
+        let mut all: Vec<(super::key::Distance, &Entry)> = self
+            .iter()
+            .filter(|e| keep(e))
+            .map(|e| (e.key.distance(key), e))
+            .collect();
         if all.len() > n && n > 0 {
             all.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
             all.truncate(n);
