@@ -180,6 +180,9 @@ impl Node {
         if let (Some(e), true) = (skipped, host.listen_addrs().is_empty()) {
             return Err(e);
         }
+        if let Some(k) = &kad {
+            k.start();
+        }
         Ok(Node {
             host,
             peerstore,

@@ -234,6 +234,20 @@ fn parse_addrs(raw: &[Vec<u8>]) -> Vec<Multiaddr> {
         .collect()
 }
 
+/// Does a dial error say the peer is gone, rather than something about us (no address
+/// we may dial yet, our limits, backoff, shutdown)?
+fn unreachable(e: &DialError) -> bool {
+    matches!(
+        e,
+        DialError::Refused
+            | DialError::Timeout
+            | DialError::WrongPeer { .. }
+            | DialError::NoCommonProtocol(_)
+            | DialError::Handshake(_)
+            | DialError::Io(_)
+    )
+}
+
 /// A peer's entry in a lookup's answers, checked.
 fn parse_peer(p: &proto::Peer) -> Option<Found> {
     Some(Found {
@@ -278,8 +292,10 @@ impl Drop for PeerStreamGuard<'_> {
 }
 
 impl Kad {
-    /// Starts the DHT on `host`: the server (in server mode), the routing table fed by
-    /// identify, and the refresh task.
+    /// Installs the DHT on `host`: the server (in server mode) and the routing table fed
+    /// by identify (warm-started from the saved table). Joining and the refresh task
+    /// start with [`Kad::start`], once the host listens (before that, loopback and private
+    /// peers are not dialable and would look unreachable).
     pub fn install(
         host: &Host,
         peerstore: Peerstore,
@@ -340,9 +356,14 @@ impl Kad {
                 }
             }
         });
-        let me = kad.clone();
-        let shutdown = host.shutdown_token();
-        host.spawn(async move {
+        kad
+    }
+
+    /// Joins through the bootstrap peers and runs the periodic refresh.
+    pub fn start(self: &Arc<Self>) {
+        let me = self.clone();
+        let shutdown = self.host.shutdown_token();
+        self.host.spawn(async move {
             me.join().await;
             let Some(every) = me.config.refresh_interval else {
                 return;
@@ -359,7 +380,6 @@ impl Kad {
                 }
             }
         });
-        kad
     }
 
     pub fn config(&self) -> &Config {
@@ -539,30 +559,37 @@ impl Kad {
         self.host.spawn(async move {
             let alive = me.check_alive(&oldest).await;
             lock(&me.checking).remove(&oldest);
-            if alive {
-                lock(&me.table).seen(&oldest, now_ms());
-                me.save(&oldest);
-            } else {
-                me.forget(&oldest);
-                me.consider(peer, addrs);
+            match alive {
+                Some(true) => {
+                    lock(&me.table).seen(&oldest, now_ms());
+                    me.save(&oldest);
+                }
+                Some(false) => {
+                    me.forget(&oldest);
+                    me.consider(peer, addrs);
+                }
+                None => {} // could not tell: the incumbent stays
             }
         });
     }
 
-    /// Does a table peer still answer? (Dial if needed, then ping.)
-    async fn check_alive(&self, peer: &PeerId) -> bool {
+    /// Does a table peer still answer? (Dial if needed, then ping.) `None` when the dial
+    /// failed for a reason of ours (no address we may dial, limits, backoff, shutdown).
+    async fn check_alive(&self, peer: &PeerId) -> Option<bool> {
         let addrs = lock(&self.table)
             .get(peer)
             .map(|e| e.addrs.clone())
             .unwrap_or_default();
         let attempt = async {
-            self.host.connect(*peer, &addrs).await.ok()?;
-            ping::ping(&self.host, peer).await.ok()
+            match self.host.connect(*peer, &addrs).await {
+                Ok(_) => Some(ping::ping(&self.host, peer).await.is_ok()),
+                Err(e) if unreachable(&e) => Some(false),
+                Err(_) => None,
+            }
         };
-        matches!(
-            tokio::time::timeout(self.config.request_timeout, attempt).await,
-            Ok(Some(_))
-        )
+        tokio::time::timeout(self.config.request_timeout, attempt)
+            .await
+            .unwrap_or(Some(false))
     }
 
     /// Dials the bootstrap peers and waits (a few seconds at most) for identify to put
@@ -609,10 +636,10 @@ impl Kad {
             lock(&self.table).stale(before, MAX_CHECKS * 4)
         };
         let checks = stale.into_iter().map(|p| async move {
-            if self.check_alive(&p).await {
-                lock(&self.table).seen(&p, now_ms());
-            } else {
-                self.forget(&p);
+            match self.check_alive(&p).await {
+                Some(true) => lock(&self.table).seen(&p, now_ms()),
+                Some(false) => self.forget(&p),
+                None => {}
             }
         });
         futures::stream::iter(checks)
@@ -1090,10 +1117,12 @@ impl Kad {
             let reply = match result {
                 Ok(Some(reply)) => reply,
                 Ok(None) | Err(_) => {
-                    if matches!(result, Err(Error::Dial(_))) {
-                        // Unreachable: it leaves the table (it comes back through
-                        // identify when it connects again).
-                        self.forget(&found.peer);
+                    if let Err(Error::Dial(e)) = &result {
+                        if unreachable(e) {
+                            // It leaves the table (and comes back through identify when
+                            // it connects again).
+                            self.forget(&found.peer);
+                        }
                     }
                     out.failed += 1;
                     if let Some((_, s)) = candidates.get_mut(&d) {
