@@ -11,7 +11,7 @@
 //! - **routing table** ([`table`]): only peers that identify says serve the protocol, with
 //!   dialable addresses (from their verified signed record when we hold one), under IP
 //!   diversity limits; a full bucket keeps its peers unless the least recently seen one
-//!   fails a liveness check. A refresh task looks up our own key and random keys, and
+//!   fails a liveness check (a FIND_NODE it must answer). A refresh task looks up our own key and random keys, and
 //!   checks peers not seen for a while.
 //! - **records** ([`store`], [`validator`]): value records validated per namespace and
 //!   provider records, both durable and bounded.
@@ -39,7 +39,7 @@ use crate::host::{self, DialError, Host, Stream, StreamError};
 use crate::identity::PeerId;
 use crate::metrics::{KadLabels, Metrics, ReasonLabels};
 use crate::peerstore::Peerstore;
-use crate::protocols::{identify, ping};
+use crate::protocols::identify;
 use crate::varint::{self, FrameError};
 
 pub use key::{Distance, Key};
@@ -573,23 +573,21 @@ impl Kad {
         });
     }
 
-    /// Does a table peer still answer? (Dial if needed, then ping.) `None` when the dial
-    /// failed for a reason of ours (no address we may dial, limits, backoff, shutdown).
+    /// Does a table peer still answer the DHT protocol? (Dial if needed, then a FIND_NODE
+    /// for our own key: the protocol it is in the table for, not ping, which a DHT peer
+    /// need not serve.) `None` when the dial failed for a reason of ours (no address we
+    /// may dial, limits, backoff, shutdown).
     async fn check_alive(&self, peer: &PeerId) -> Option<bool> {
         let addrs = lock(&self.table)
             .get(peer)
             .map(|e| e.addrs.clone())
             .unwrap_or_default();
-        let attempt = async {
-            match self.host.connect(*peer, &addrs).await {
-                Ok(_) => Some(ping::ping(&self.host, peer).await.is_ok()),
-                Err(e) if unreachable(&e) => Some(false),
-                Err(_) => None,
-            }
-        };
-        tokio::time::timeout(self.config.request_timeout, attempt)
-            .await
-            .unwrap_or(Some(false))
+        let msg = proto::Message::new(MessageType::FindNode, self.host.peer_id().to_bytes());
+        match self.request(*peer, &addrs, &msg, true).await {
+            Ok(Some(_)) => Some(true),
+            Err(Error::Dial(e)) if !unreachable(&e) => None,
+            _ => Some(false),
+        }
     }
 
     /// Dials the bootstrap peers and waits (a few seconds at most) for identify to put
