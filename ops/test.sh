@@ -12,6 +12,11 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   echo "node/npm missing: installing Debian's nodejs and npm"
   apt-get update -qq && apt-get install -y -qq nodejs npm
 fi
+# The storage tests mount a tmpfs and a loop-mounted ext4 image and freeze it (root).
+if ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v fsfreeze >/dev/null 2>&1; then
+  echo "mkfs.ext4/fsfreeze missing: installing Debian's e2fsprogs and util-linux"
+  apt-get update -qq && apt-get install -y -qq e2fsprogs util-linux mount
+fi
 echo "node $(node --version), npm $(npm --version), $(cargo --version)"
 
 step "js-libp2p peer (npm ci --prefix interop/js)"

@@ -113,6 +113,9 @@ async fn pylon_node(
     config.host.max_connections = 30_000;
     config.host.max_connections_per_peer = 30_000;
     config.host.max_pending_incoming = 1024;
+    // Every benchmark client dials from 127.0.0.1: no per-source handshake budgets.
+    config.host.max_pending_incoming_per_ip = 0;
+    config.host.max_pending_incoming_per_subnet = 0;
     // Redialing one peer in a loop: TIME_WAIT would make port reuse fall back anyway.
     config.host.port_reuse = false;
     Ok(Node::start_volatile(config, Metrics::unregistered()).await?)
@@ -939,12 +942,13 @@ async fn kad_memory_here(n: usize) -> anyhow::Result<(f64, usize, f64, f64)> {
     node.shutdown(Duration::from_secs(1)).await;
 
     let dir = tempfile::tempdir()?;
-    let db = sled::open(dir.path())?;
+    let storage = pylon_node::storage::Storage::open(
+        dir.path(),
+        pylon_node::storage::Config::default(),
+        pylon_node::storage::Metrics::unregistered(),
+    )?;
     let tree = |name: &str| -> anyhow::Result<Arc<dyn pylon_node::peerstore::Store>> {
-        Ok(Arc::new(pylon_node::peerstore::SledStore::from_db(
-            db.clone(),
-            name,
-        )?))
+        Ok(storage.tree(name)?)
     };
     let store = kad::KadStore::open(
         tree("r")?,

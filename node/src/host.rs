@@ -20,11 +20,12 @@ use multiaddr::{Multiaddr, Protocol};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{self, Admission, PendingId, Subnet};
 use crate::identity::{key_type_label, Keypair, PeerId, PublicKey};
 use crate::metrics::{
     ConnLabels, DialErrorLabels, DirLabels, HandshakeLabels, KeyTypeLabels, Metrics, StreamLabels,
@@ -58,8 +59,18 @@ pub struct Config {
     pub negotiation_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_peer: usize,
-    /// Inbound connections in their handshake at once.
+    /// Inbound connections in their handshake at once, per transport (TCP, QUIC,
+    /// WebSocket each have this many). When a transport's are all taken, a newcomer
+    /// evicts the oldest handshake of the subnet holding the most (see `admission`).
     pub max_pending_incoming: usize,
+    /// Inbound handshakes at once from one IP address, all transports; 0 = no budget.
+    pub max_pending_incoming_per_ip: usize,
+    /// Inbound handshakes at once from one subnet (IPv4 /24, IPv6 /48); 0 = no budget.
+    pub max_pending_incoming_per_subnet: usize,
+    /// The handshake deadline of an inbound connection that arrives when its transport's
+    /// pending handshakes are all taken; from half full up, the deadline shrinks linearly
+    /// from `handshake_timeout` to this. Never more than `handshake_timeout`.
+    pub handshake_timeout_floor: Duration,
     /// Inbound connections (in handshake or established) from one IP address; 0 = no cap.
     pub max_incoming_per_ip: usize,
     /// Inbound connections from one subnet (IPv4 /24, IPv6 /48); 0 = no cap.
@@ -102,6 +113,16 @@ impl Default for Config {
             max_connections: 4096,
             max_connections_per_peer: 8,
             max_pending_incoming: 256,
+            // An honest client holds 1 or 2 (one per transport it races); 16 leaves room
+            // for several hosts behind one (carrier-grade) NAT dialing at once. One IP
+            // gets at most 1/16 of a pool: the per-subnet budget and eviction are what
+            // hold off attackers with many addresses, this only bounds a single host.
+            max_pending_incoming_per_ip: 16,
+            // One /24 (or /48) gets at most 1/8 of a pool: filling one takes 8 subnets,
+            // and eviction then picks from the most crowded of them.
+            max_pending_incoming_per_subnet: 32,
+            // Noise XX over TCP is about 2 round trips: 2 s serves a 500 ms RTT path.
+            handshake_timeout_floor: Duration::from_secs(2),
             max_incoming_per_ip: 0,
             max_incoming_per_subnet: 0,
             max_streams_per_connection: 256,
@@ -361,31 +382,6 @@ struct IpCounts {
     subnets: HashMap<Subnet, usize>,
 }
 
-/// IPv4 /24 or IPv6 /48.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Subnet {
-    V4([u8; 3]),
-    V6([u8; 6]),
-}
-
-impl Subnet {
-    fn of(ip: std::net::IpAddr) -> Subnet {
-        match ip {
-            std::net::IpAddr::V4(v4) => {
-                let o = v4.octets();
-                Subnet::V4([o[0], o[1], o[2]])
-            }
-            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Subnet::of(std::net::IpAddr::V4(v4)),
-                None => {
-                    let o = v6.octets();
-                    Subnet::V6([o[0], o[1], o[2], o[3], o[4], o[5]])
-                }
-            },
-        }
-    }
-}
-
 /// One inbound connection's place in the per-IP and per-subnet counts.
 struct IpSlot {
     counts: Arc<Mutex<IpCounts>>,
@@ -409,6 +405,60 @@ impl Drop for IpSlot {
             }
         }
     }
+}
+
+/// An inbound handshake's place among the pending ones (see [`admission`]): its
+/// deadline, the token a newer handshake cancels to evict it, and the place given back
+/// when dropped.
+struct PendingSlot {
+    table: Arc<Mutex<Admission<CancellationToken>>>,
+    id: PendingId,
+    deadline: Instant,
+    evicted: CancellationToken,
+}
+
+/// Why an inbound handshake was cut short.
+#[derive(Debug, Clone, Copy)]
+enum CutShort {
+    Deadline,
+    Evicted,
+}
+
+impl CutShort {
+    /// The `error` label of `libp2p_swarm_handshake_errors_total`.
+    fn label(self) -> &'static str {
+        match self {
+            CutShort::Deadline => "deadline",
+            CutShort::Evicted => admission::EVICTED,
+        }
+    }
+}
+
+impl PendingSlot {
+    /// Runs `handshake` until it is done, its deadline passes, or it is evicted.
+    async fn run<F: Future>(&self, handshake: F) -> Result<F::Output, CutShort> {
+        tokio::select! {
+            biased;
+            _ = self.evicted.cancelled() => Err(CutShort::Evicted),
+            r = tokio::time::timeout_at(self.deadline.into(), handshake) => {
+                r.map_err(|_| CutShort::Deadline)
+            }
+        }
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        lock(&self.table).release(self.id);
+    }
+}
+
+/// The places an inbound connection was admitted with: its share of the per-IP caps,
+/// kept while the connection lives, and its pending-handshake place, given back when the
+/// handshake ends.
+struct Places {
+    ip: Option<IpSlot>,
+    pending: PendingSlot,
 }
 
 /// One of a connection's stream slots, held from accept/open until the stream is dropped.
@@ -698,7 +748,8 @@ struct HostInner {
     handlers: RwLock<HashMap<String, Handler>>,
     listen_addrs: RwLock<Vec<Multiaddr>>,
     events: broadcast::Sender<Event>,
-    pending_incoming: Arc<Semaphore>,
+    /// Inbound handshakes in progress, each with the token that cuts it short.
+    pending_incoming: Arc<Mutex<Admission<CancellationToken>>>,
     ip_counts: Arc<Mutex<IpCounts>>,
     resolver: std::sync::OnceLock<Arc<crate::dns::Resolver>>,
     reused_tuples: Mutex<HashMap<std::net::SocketAddr, Instant>>,
@@ -775,7 +826,13 @@ impl Host {
         )
         .map_err(|e| crate::secure::Error::Handshake("wss", e.to_string()))?;
         let (events, _) = broadcast::channel(1024);
-        let pending = Arc::new(Semaphore::new(config.max_pending_incoming.max(1)));
+        let pending = Arc::new(Mutex::new(Admission::new(admission::Config {
+            max_pending: config.max_pending_incoming,
+            per_ip: config.max_pending_incoming_per_ip,
+            per_subnet: config.max_pending_incoming_per_subnet,
+            deadline: config.handshake_timeout,
+            deadline_floor: config.handshake_timeout_floor,
+        })));
         Ok(Host {
             inner: Arc::new(HostInner {
                 peer_id: key.public().to_peer_id(),
@@ -912,18 +969,20 @@ impl Host {
                         continue;
                     }
                 };
-                let Some(permit) = host.pending_permit(transport_label, ip_version) else {
+                // Dropping `raw` closes the socket.
+                let Ok(slot) = host.ip_slot(&remote, transport_label, ip_version) else {
                     continue;
                 };
-                let Ok(slot) = host.ip_slot(&remote, transport_label, ip_version) else {
-                    continue; // dropping `raw` closes the socket
+                let Some(pending) = host.pending_slot(ip_of(&remote), transport_label, ip_version)
+                else {
+                    continue;
                 };
+                let places = Places { ip: slot, pending };
                 let host2 = host.clone();
                 let local = local_addr.clone();
                 host.spawn(async move {
-                    let _permit = permit;
                     host2
-                        .handle_incoming(raw, remote, local, transport_label, ip_version, slot)
+                        .handle_incoming(raw, remote, local, transport_label, ip_version, places)
                         .await;
                 });
             }
@@ -959,21 +1018,22 @@ impl Host {
                         None => break,
                     },
                 };
-                let Some(permit) = host.pending_permit("quic-v1", ip_version) else {
-                    incoming.refuse();
-                    continue;
-                };
                 let remote = crate::quic::multiaddr(incoming.remote_address());
                 let Ok(slot) = host.ip_slot(&remote, "quic-v1", ip_version) else {
                     incoming.refuse();
                     continue;
                 };
+                let ip = Some(incoming.remote_address().ip());
+                let Some(pending) = host.pending_slot(ip, "quic-v1", ip_version) else {
+                    incoming.refuse();
+                    continue;
+                };
+                let places = Places { ip: slot, pending };
                 let host2 = host.clone();
                 let local = local_addr.clone();
                 host.spawn(async move {
-                    let _permit = permit;
                     host2
-                        .handle_incoming_quic(incoming, local, ip_version, slot)
+                        .handle_incoming_quic(incoming, local, ip_version, places)
                         .await;
                 });
             }
@@ -986,8 +1046,9 @@ impl Host {
         incoming: quinn::Incoming,
         local: Multiaddr,
         ip_version: &'static str,
-        slot: Option<IpSlot>,
+        places: Places,
     ) {
+        let Places { ip: slot, pending } = places;
         let started = Instant::now();
         let remote = crate::quic::multiaddr(incoming.remote_address());
         let handshake = async {
@@ -1000,14 +1061,22 @@ impl Host {
                 crate::quic::peer_key(&conn).map_err(|e| DialError::Handshake(e.to_string()))?;
             Ok::<_, DialError>((conn, key))
         };
-        let result =
-            match tokio::time::timeout(self.inner.config.handshake_timeout, handshake).await {
-                Err(_) => Err(DialError::Timeout),
-                Ok(r) => r,
-            };
+        let result = pending.run(handshake).await;
+        drop(pending);
         let (conn, key) = match result {
-            Ok(ok) => ok,
-            Err(e) => return self.inbound_failed("quic-v1", ip_version, &e),
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => return self.inbound_failed("quic-v1", ip_version, &e),
+            Err(CutShort::Deadline) => {
+                return self.inbound_failed("quic-v1", ip_version, &DialError::Timeout)
+            }
+            Err(cut @ CutShort::Evicted) => {
+                return count_error(
+                    &self.inner.metrics.handshake_errors,
+                    "quic-v1",
+                    cut.label(),
+                    ip_version,
+                )
+            }
         };
         let peer = key.to_peer_id();
         let route = quic_route(ip_version);
@@ -1145,25 +1214,30 @@ impl Host {
         local: Multiaddr,
         transport: &'static str,
         ip_version: &'static str,
-        slot: Option<IpSlot>,
+        places: Places,
     ) {
+        let Places { ip: slot, pending } = places;
         let started = Instant::now();
-        let upgraded = tokio::time::timeout(self.inner.config.handshake_timeout, async {
-            let raw = raw.upgrade().await?;
-            self.upgrade(raw, false, None).await
-        })
-        .await;
+        let upgraded = pending
+            .run(async {
+                let raw = raw.upgrade().await?;
+                self.upgrade(raw, false, None).await
+            })
+            .await;
+        drop(pending);
         let (mux, peer, key, route) = match upgraded {
-            Err(_) => {
+            Err(cut) => {
                 count_error(
                     &self.inner.metrics.handshake_errors,
                     transport,
-                    "deadline",
+                    cut.label(),
                     ip_version,
                 );
-                self.emit(Event::IncomingConnectionError {
-                    error: "handshake timed out".into(),
-                });
+                if let CutShort::Deadline = cut {
+                    self.emit(Event::IncomingConnectionError {
+                        error: "handshake timed out".into(),
+                    });
+                }
                 return;
             }
             Ok(Err(e)) => return self.inbound_failed(transport, ip_version, &e),
@@ -1210,10 +1284,8 @@ impl Host {
         if per_ip == 0 && per_subnet == 0 {
             return Ok(None);
         }
-        let ip = match remote.iter().next() {
-            Some(multiaddr::Protocol::Ip4(ip)) => std::net::IpAddr::V4(ip),
-            Some(multiaddr::Protocol::Ip6(ip)) => std::net::IpAddr::V6(ip),
-            _ => return Ok(None),
+        let Some(ip) = ip_of(remote) else {
+            return Ok(None);
         };
         let subnet = Subnet::of(ip);
         let mut c = lock(&self.inner.ip_counts);
@@ -1242,23 +1314,51 @@ impl Host {
         }))
     }
 
-    /// A slot for one more inbound handshake, or `None` (counted) when
-    /// `max_pending_incoming` are already in progress.
-    fn pending_permit(
+    /// A place among the inbound handshakes in progress on `transport`, or `None`
+    /// (counted) when the source's IP or subnet holds its budget already. When the
+    /// transport's places are all taken, an older handshake is evicted to make room; it
+    /// counts itself as it ends.
+    fn pending_slot(
         &self,
+        ip: Option<std::net::IpAddr>,
         transport: &'static str,
         ip_version: &'static str,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let permit = self.inner.pending_incoming.clone().try_acquire_owned().ok();
-        if permit.is_none() {
-            count_error(
-                &self.inner.metrics.handshake_errors,
-                transport,
-                "pending_limit",
-                ip_version,
-            );
+    ) -> Option<PendingSlot> {
+        let token = CancellationToken::new();
+        let admitted = lock(&self.inner.pending_incoming).handle_incoming(
+            Instant::now(),
+            transport,
+            ip,
+            token.clone(),
+        );
+        match admitted {
+            Ok(a) => {
+                if let Some(victim) = a.evicted {
+                    victim.cancel();
+                }
+                Some(PendingSlot {
+                    table: self.inner.pending_incoming.clone(),
+                    id: a.id,
+                    deadline: a.deadline,
+                    evicted: token,
+                })
+            }
+            Err(refusal) => {
+                count_error(
+                    &self.inner.metrics.handshake_errors,
+                    transport,
+                    refusal.label(),
+                    ip_version,
+                );
+                None
+            }
         }
-        permit
+    }
+
+    /// Inbound connections in their handshake on `transport` (a label: `"tcp"`,
+    /// `"quic-v1"`, `"ws"`, ...).
+    pub fn pending_incoming(&self, transport: &str) -> usize {
+        lock(&self.inner.pending_incoming).pending(transport)
     }
 
     /// Counts and reports an inbound connection whose handshake failed.
@@ -2015,6 +2115,15 @@ fn quic_route(ip_version: &'static str) -> Route {
         muxer: "quic",
         early_muxer: "false",
         ip_version,
+    }
+}
+
+/// The IP address an address starts with, if it does.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => Some(ip.into()),
+        Some(Protocol::Ip6(ip)) => Some(ip.into()),
+        _ => None,
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! Keys use the protobuf encoding of `specs/peer-ids/peer-ids.md` on disk and on the
 //! wire; the cryptography itself comes from `libp2p-identity`. What this module adds is
-//! the policy around it: where the key lives (file mode 0600), and limits on what a
-//! remote may send (RSA keys at most 8192 bits, bounded encodings).
+//! the policy around it: where the key lives (file mode 0600; a key file that is not a
+//! regular file, is readable by group or others, or is larger than [`MAX_KEY_FILE_LEN`] is
+//! refused, as ssh refuses such private keys), and limits on what a remote may send (RSA
+//! keys at most 8192 bits, bounded encodings).
 
 use std::path::Path;
 
@@ -15,6 +17,10 @@ pub const KEY_FILE: &str = "identity.key";
 /// Upper bound on an encoded remote public key. An RSA-8192 SubjectPublicKeyInfo is
 /// about 1.06 KB; anything far beyond it is refused before parsing.
 pub const MAX_PUBLIC_KEY_LEN: usize = 1200;
+
+/// Upper bound on the key file. An RSA-8192 private key in the protobuf encoding is about
+/// 4.7 KB; a larger file is not a key, and is refused without reading it all.
+pub const MAX_KEY_FILE_LEN: u64 = 16 * 1024;
 
 /// The largest RSA modulus we accept (the spec's bound).
 pub const MAX_RSA_BITS: usize = 8192;
@@ -28,6 +34,16 @@ pub enum Error {
     },
     #[error("key file {path} is not a protobuf-encoded private key: {reason}")]
     BadKeyFile { path: String, reason: String },
+    #[error(
+        "key file {path} is empty; restore it from a backup, or remove it to create a new identity"
+    )]
+    EmptyKeyFile { path: String },
+    #[error("key file {path} is not a regular file")]
+    NotRegular { path: String },
+    #[error("key file {path} is larger than {MAX_KEY_FILE_LEN} bytes; not a node key")]
+    KeyFileTooLarge { path: String },
+    #[error("key file {path} has mode {mode:04o}: a private key must not be readable by group or others; run `chmod 600 {path}`")]
+    KeyFileMode { path: String, mode: u32 },
     #[error("public key of {0} bytes exceeds the limit")]
     KeyTooLarge(usize),
     #[error("RSA key of {0} bits exceeds {MAX_RSA_BITS}")]
@@ -47,23 +63,68 @@ pub fn load_or_generate(dir: &Path) -> Result<Keypair, Error> {
         path: shown.clone(),
         source,
     };
-    match std::fs::read(&path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| Error::BadKeyFile {
-            path: shown.clone(),
-            reason: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(io)?;
-            let key = Keypair::generate_ed25519();
-            let encoded = key.to_protobuf_encoding().map_err(|e| Error::BadKeyFile {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
-            write_private(&path, &encoded).map_err(io)?;
-            Ok(key)
-        }
-        Err(e) => Err(io(e)),
+    if let Some(key) = read_key_file(&path)? {
+        return Ok(key);
     }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let key = Keypair::generate_ed25519();
+    let encoded = key.to_protobuf_encoding().map_err(|e| Error::BadKeyFile {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    write_private(&path, &encoded).map_err(io)?;
+    Ok(key)
+}
+
+/// Loads the node key from `dir/identity.key` if there is one; never creates it.
+pub fn load(dir: &Path) -> Result<Option<Keypair>, Error> {
+    read_key_file(&dir.join(KEY_FILE))
+}
+
+/// Reads and decodes a key file; `None` when it does not exist. Refused before decoding: a
+/// file that is not a regular file (a symlink to `/dev/zero` would be read forever), one
+/// readable by group or others, one larger than [`MAX_KEY_FILE_LEN`], an empty one.
+fn read_key_file(path: &Path) -> Result<Option<Keypair>, Error> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display().to_string();
+    let io = |source| Error::Io {
+        path: shown.clone(),
+        source,
+    };
+    // Checked before opening too: opening a FIFO would block until a writer shows up.
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(Error::NotRegular { path: shown }),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    // The opened file is what counts (the path may have changed since the check above).
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(Error::NotRegular { path: shown });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(Error::KeyFileMode { path: shown, mode });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_KEY_FILE_LEN {
+        return Err(Error::KeyFileTooLarge { path: shown });
+    }
+    if bytes.is_empty() {
+        return Err(Error::EmptyKeyFile { path: shown });
+    }
+    Keypair::from_protobuf_encoding(&bytes)
+        .map(Some)
+        .map_err(|e| Error::BadKeyFile {
+            path: shown,
+            reason: e.to_string(),
+        })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -289,11 +350,62 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        std::fs::write(dir.path().join(KEY_FILE), b"garbage").unwrap();
+        write_with_mode(&dir.path().join(KEY_FILE), b"garbage", 0o600);
         assert!(matches!(
             load_or_generate(dir.path()),
             Err(Error::BadKeyFile { .. })
         ));
+    }
+
+    fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, bytes).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn unsafe_key_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let shown = path.display().to_string();
+        let good = Keypair::generate_ed25519().to_protobuf_encoding().unwrap();
+
+        // Readable by group or others: refused, like ssh, naming the file and the fix.
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            write_with_mode(&path, &good, mode);
+            let e = load_or_generate(dir.path()).unwrap_err();
+            assert!(matches!(e, Error::KeyFileMode { .. }), "{mode:o}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains(&shown) && msg.contains("chmod 600"), "{msg}");
+        }
+        write_with_mode(&path, &good, 0o400);
+        assert!(load(dir.path()).unwrap().is_some(), "0400 is fine");
+
+        // Empty: says so, rather than "failed to parse RSA DER".
+        write_with_mode(&path, b"", 0o600);
+        let msg = load_or_generate(dir.path()).unwrap_err().to_string();
+        assert!(msg.contains(&shown) && msg.contains("is empty"), "{msg}");
+
+        // Larger than any key: refused after reading at most the bound.
+        write_with_mode(&path, &vec![0x08; 20_000], 0o600);
+        let e = load_or_generate(dir.path()).unwrap_err();
+        assert!(matches!(e, Error::KeyFileTooLarge { .. }), "{e}");
+
+        // A symlink to a device that never ends, and a directory: not regular files.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let e = load_or_generate(dir.path()).unwrap_err();
+        assert!(matches!(e, Error::NotRegular { .. }), "{e}");
+        assert!(e.to_string().contains(&shown), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let e = load_or_generate(dir.path()).unwrap_err();
+        assert!(matches!(e, Error::NotRegular { .. }), "{e}");
+
+        // `load` never creates a key.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(load(empty.path()).unwrap().is_none());
+        assert!(!empty.path().join(KEY_FILE).exists());
     }
 
     #[test]

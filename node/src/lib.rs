@@ -3,6 +3,7 @@
 //! in the roles built on top.
 
 pub mod addresses;
+mod admission;
 pub mod dialer;
 pub mod dns;
 pub mod host;
@@ -18,6 +19,7 @@ pub mod protocols;
 pub mod quic;
 pub mod record;
 pub mod secure;
+pub mod storage;
 pub mod tls;
 pub mod transport;
 pub mod varint;

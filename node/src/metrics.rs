@@ -114,6 +114,8 @@ pub struct Metrics {
     pub kad_records: Gauge,
     pub kad_provider_records: Gauge,
     pub kad_network_size: Gauge,
+    /// The node's database (`pylon_storage_*`).
+    pub storage: Arc<crate::storage::Metrics>,
 }
 
 impl Metrics {
@@ -142,6 +144,7 @@ impl Metrics {
             kad_records: Gauge::default(),
             kad_provider_records: Gauge::default(),
             kad_network_size: Gauge::default(),
+            storage: crate::storage::Metrics::new(registry),
         };
         let swarm = registry.sub_registry_with_prefix("libp2p_swarm");
         swarm.register(

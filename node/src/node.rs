@@ -10,8 +10,9 @@ use multiaddr::{Multiaddr, Protocol};
 use crate::host::{self, Connection, DialError, Host};
 use crate::identity::{Keypair, PeerId};
 use crate::metrics::Metrics;
-use crate::peerstore::{self, Peerstore, SledStore, Store};
+use crate::peerstore::{self, Peerstore, Store};
 use crate::protocols::{identify, kad, perf, ping};
+use crate::storage::{self, Storage};
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -23,6 +24,8 @@ pub struct Config {
     pub perf: Option<perf::Config>,
     /// The Kademlia DHT; off when `None`.
     pub kad: Option<kad::Config>,
+    /// Flushing and recovery of the database (nodes with a data directory).
+    pub storage: storage::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,8 @@ pub enum Error {
     Identity(#[from] crate::identity::Error),
     #[error("storage: {0}")]
     Storage(#[from] peerstore::Error),
+    #[error("storage: {0}")]
+    Database(#[from] storage::Error),
     #[error("DHT storage: {0}")]
     KadStorage(#[from] kad::store::Error),
     #[error("security setup: {0}")]
@@ -55,7 +60,7 @@ pub struct Node {
     pub peerstore: Peerstore,
     pub identify: Arc<identify::Identify>,
     pub kad: Option<Arc<kad::Kad>>,
-    db: Option<sled::Db>,
+    storage: Option<Storage>,
 }
 
 /// The storage engines of a node's durable state.
@@ -96,18 +101,28 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Result<Node, Error> {
         let key = crate::identity::load_or_generate(data_dir)?;
-        let db_path = data_dir.join(DB_DIR);
-        let db = sled::open(&db_path)
-            .map_err(|e| peerstore::Error::Storage(format!("{}: {e}", db_path.display())))?;
+        let storage = Storage::open(
+            &data_dir.join(DB_DIR),
+            config.storage.clone(),
+            metrics.storage.clone(),
+        )?;
         let stores = Stores {
-            peers: Arc::new(SledStore::from_db(db.clone(), "peers")?),
-            kad_records: Arc::new(SledStore::from_db(db.clone(), "kad_records")?),
-            kad_providers: Arc::new(SledStore::from_db(db.clone(), "kad_providers")?),
-            kad_table: Arc::new(SledStore::from_db(db.clone(), "kad_table")?),
+            peers: storage.tree("peers")?,
+            kad_records: storage.tree("kad_records")?,
+            kad_providers: storage.tree("kad_providers")?,
+            kad_table: storage.tree("kad_table")?,
         };
-        let mut node = Self::start(key, config, stores, metrics).await?;
-        node.db = Some(db);
-        Ok(node)
+        match Self::start(key, config, stores, metrics).await {
+            Ok(mut node) => {
+                node.storage = Some(storage);
+                Ok(node)
+            }
+            Err(e) => {
+                // Release the database before reporting (a retry in-process can open it).
+                let _ = storage.close(Duration::from_secs(5)).await;
+                Err(e)
+            }
+        }
     }
 
     /// Starts a node with a fresh Ed25519 identity and a memory peerstore: nothing survives
@@ -188,7 +203,7 @@ impl Node {
             peerstore,
             identify,
             kad,
-            db: None,
+            storage: None,
         })
     }
 
@@ -211,16 +226,34 @@ impl Node {
         self.host.connect(peer, &addrs).await
     }
 
-    /// Closes connections politely and flushes storage.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// How the node's database is doing (`None` for volatile nodes).
+    pub fn storage_health(&self) -> Option<storage::Health> {
+        self.storage.as_ref().map(|s| s.health())
+    }
+
+    /// The node's database (`None` for volatile nodes).
+    pub fn storage(&self) -> Option<&Storage> {
+        self.storage.as_ref()
+    }
+
+    /// Closes connections politely (within `grace`), then flushes and closes the database
+    /// (within its stall timeout). `Err` when the final flush failed or did not finish:
+    /// what the node held in memory since the last good flush is not on disk.
+    pub async fn stop(&self, grace: Duration) -> Result<(), storage::Error> {
         self.host.shutdown(grace).await;
-        if let Err(e) = self.peerstore.flush().await {
-            tracing::error!("flushing the peerstore failed: {e}");
-        }
-        if let Some(db) = &self.db {
-            if let Err(e) = db.flush_async().await {
-                tracing::error!("flushing the database failed: {e}");
+        match &self.storage {
+            Some(storage) => {
+                let deadline = storage.config().stall_timeout;
+                storage.close(deadline).await
             }
+            None => Ok(()),
+        }
+    }
+
+    /// [`Node::stop`], logging a failed final flush.
+    pub async fn shutdown(&self, grace: Duration) {
+        if let Err(e) = self.stop(grace).await {
+            tracing::error!("the final flush of the database failed: {e}");
         }
     }
 }

@@ -3,12 +3,14 @@
 //! to a [`Store`] (sled by default) so it survives restarts.
 //!
 //! Bounded everywhere a remote can push: addresses and protocols per peer, and peers in
-//! total (the least recently seen peer is evicted). A mutation returns only after the
-//! store has flushed it, so nothing is reported as stored before it is durable.
+//! total (the least recently seen peer is evicted). The peerstore is the node's memory
+//! of the network, not an acknowledgement to anyone: a mutation is written to the store
+//! at once and made durable by the storage's next flush (within a second by default), and
+//! a write that fails (a full disk) never stops the in-memory update — the whole
+//! peerstore is written back when the storage recovers.
 //! Time is an input: every method that ages data takes `now_ms` (Unix milliseconds).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use multiaddr::Multiaddr;
@@ -44,58 +46,9 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Makes every earlier write durable.
     async fn flush(&self) -> Result<(), Error>;
-}
-
-/// The default engine: one sled tree.
-pub struct SledStore {
-    tree: sled::Tree,
-    db: sled::Db,
-}
-
-impl SledStore {
-    /// Opens (or creates) the database at `path` and the named tree in it.
-    pub fn open(path: &Path, tree: &str) -> Result<Self, Error> {
-        let db =
-            sled::open(path).map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
-        Self::from_db(db, tree)
-    }
-
-    pub fn from_db(db: sled::Db, tree: &str) -> Result<Self, Error> {
-        let tree = db.open_tree(tree).map_err(storage)?;
-        Ok(SledStore { tree, db })
-    }
-}
-
-fn storage(e: sled::Error) -> Error {
-    Error::Storage(e.to_string())
-}
-
-#[async_trait::async_trait]
-impl Store for SledStore {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.tree.get(key).map_err(storage)?.map(|v| v.to_vec()))
-    }
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
-        self.tree.insert(key, value).map_err(storage).map(|_| ())
-    }
-    fn delete(&self, key: &[u8]) -> Result<(), Error> {
-        self.tree.remove(key).map_err(storage).map(|_| ())
-    }
-    fn scan(&self) -> Result<Entries, Error> {
-        self.tree
-            .iter()
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage))
-            .collect()
-    }
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, Error> {
-        self.tree
-            .scan_prefix(prefix)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage))
-            .collect()
-    }
-    async fn flush(&self) -> Result<(), Error> {
-        self.db.flush_async().await.map_err(storage).map(|_| ())
-    }
+    /// Registers what to write back after the engine recovered from a failure (see
+    /// [`crate::storage::ReopenHook`]); engines that cannot fail ignore it.
+    fn on_reopen(&self, _hook: crate::storage::ReopenHook) {}
 }
 
 /// A volatile engine for tests and for nodes run without a data directory.
@@ -315,33 +268,76 @@ struct Inner {
 }
 
 impl Peerstore {
-    /// Loads every stored peer (dropping undecodable entries) and the limits to keep.
+    /// Loads every stored peer (dropping undecodable entries, counted and logged) and the
+    /// limits to keep.
     pub fn open(
         store: Arc<dyn Store>,
         config: Config,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
         let mut peers = HashMap::new();
+        let mut dropped = 0;
         for (key, value) in store.scan()? {
             let (Ok(peer), Ok(stored)) = (
                 PeerId::from_bytes(&key),
                 StoredPeer::decode(value.as_slice()),
             ) else {
-                tracing::warn!("dropping undecodable peerstore entry");
+                dropped += 1;
                 store.delete(&key)?;
                 continue;
             };
             peers.insert(peer, PeerInfo::from_stored(stored, &peer));
         }
+        metrics.storage.dropped("peers", dropped);
         metrics.peerstore_peers.set(peers.len() as i64);
-        Ok(Peerstore {
+        let peerstore = Peerstore {
             inner: Arc::new(Inner {
                 store,
                 config,
                 peers: Mutex::new(peers),
                 metrics,
             }),
-        })
+        };
+        let weak = Arc::downgrade(&peerstore.inner);
+        peerstore.inner.store.on_reopen(Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                (Peerstore { inner }).write_back();
+            }
+        }));
+        Ok(peerstore)
+    }
+
+    /// Writes every peer held in memory to the store and deletes what it holds beyond
+    /// them: after the store recovered from a failure, it matches memory again.
+    fn write_back(&self) {
+        let store = &self.inner.store;
+        let peers = self.peers();
+        let mut failed = 0usize;
+        if let Ok(held) = store.scan() {
+            for (key, _) in held {
+                let known = PeerId::from_bytes(&key).is_ok_and(|p| peers.contains_key(&p));
+                if !known && store.delete(&key).is_err() {
+                    failed += 1;
+                }
+            }
+        }
+        for (peer, info) in peers.iter() {
+            if store
+                .put(&peer.to_bytes(), &info.to_stored().encode_to_vec())
+                .is_err()
+            {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            tracing::debug!("peerstore: {failed} writes failed while writing back");
+        }
+    }
+
+    /// A write-through that failed: the in-memory state stays and is written back when the
+    /// store recovers (the storage counts and logs the failure).
+    fn write_failed(&self, e: &Error) {
+        tracing::debug!("peerstore: write failed, kept in memory: {e}");
     }
 
     /// A volatile peerstore (memory engine).
@@ -407,11 +403,12 @@ impl Peerstore {
         }
     }
 
-    /// Applies an update and returns once it is durable. A record in the update must have
+    /// Applies an update in memory and writes it through to the store (durable at the
+    /// storage's next flush; see the module docs). A record in the update must have
     /// passed [`Peerstore::check_record`]; a stale one is ignored here.
-    pub async fn apply(&self, peer: PeerId, update: Update, now_ms: u64) -> Result<(), Error> {
+    pub fn apply(&self, peer: PeerId, update: Update, now_ms: u64) {
         let cfg = &self.inner.config;
-        let dirty = {
+        {
             let mut peers = self.peers();
             // What is durable now, ignoring `last_seen` (refreshing it alone is not worth a
             // disk write; it only orders evictions).
@@ -495,29 +492,29 @@ impl Peerstore {
             self.inner.metrics.peerstore_peers.set(peers.len() as i64);
             // Written under the lock so concurrent updates reach the engine in order.
             if let Some(id) = evicted {
-                self.inner.store.delete(&id.to_bytes())?;
+                if let Err(e) = self.inner.store.delete(&id.to_bytes()) {
+                    self.write_failed(&e);
+                }
             }
             if changed {
-                self.inner
+                if let Err(e) = self
+                    .inner
                     .store
-                    .put(&peer.to_bytes(), &stored.encode_to_vec())?;
+                    .put(&peer.to_bytes(), &stored.encode_to_vec())
+                {
+                    self.write_failed(&e);
+                }
             }
-            changed || evicted.is_some()
-        };
-        if dirty {
-            self.inner.store.flush().await?;
         }
-        Ok(())
     }
 
     /// Forgets a peer entirely.
-    pub async fn remove(&self, peer: &PeerId) -> Result<(), Error> {
-        {
-            let mut peers = self.peers();
-            peers.remove(peer);
-            self.inner.store.delete(&peer.to_bytes())?;
+    pub fn remove(&self, peer: &PeerId) {
+        let mut peers = self.peers();
+        peers.remove(peer);
+        if let Err(e) = self.inner.store.delete(&peer.to_bytes()) {
+            self.write_failed(&e);
         }
-        self.inner.store.flush().await
     }
 
     /// Flushes the engine (on shutdown).
@@ -542,8 +539,18 @@ mod tests {
         let peer = key.public().to_peer_id();
         let rec = record::open_peer_record(&record::seal_peer_record(&key, 5, &[addr(1)]).unwrap())
             .unwrap();
+        let open = || {
+            let storage = crate::storage::Storage::open(
+                &dir.path().join("db"),
+                crate::storage::Config::default(),
+                crate::storage::Metrics::unregistered(),
+            )
+            .unwrap();
+            let tree = storage.tree("peers").unwrap();
+            (storage, tree)
+        };
         {
-            let store = Arc::new(SledStore::open(&dir.path().join("db"), "peers").unwrap());
+            let (storage, store) = open();
             let ps = Peerstore::open(store, Config::default(), Metrics::unregistered()).unwrap();
             let update = Update {
                 addrs: vec![addr(2)],
@@ -555,9 +562,13 @@ mod tests {
                 ..Default::default()
             };
             assert_eq!(ps.check_record(&peer, &rec), Ok(RecordOutcome::Accepted));
-            ps.apply(peer, update, 1_000).await.unwrap();
+            ps.apply(peer, update, 1_000);
+            storage
+                .close(std::time::Duration::from_secs(10))
+                .await
+                .unwrap();
         }
-        let store = Arc::new(SledStore::open(&dir.path().join("db"), "peers").unwrap());
+        let (_storage, store) = open();
         let ps = Peerstore::open(store, Config::default(), Metrics::unregistered()).unwrap();
         let info = ps.get(&peer).unwrap();
         assert_eq!(info.agent_version.as_deref(), Some("test/1"));
@@ -609,7 +620,7 @@ mod tests {
                 agent_version: Some("x".repeat(100)),
                 ..Default::default()
             };
-            ps.apply(*p, update, i as u64).await.unwrap();
+            ps.apply(*p, update, i as u64);
         }
         assert_eq!(ps.len(), 3);
         // The two least recently seen were evicted.
@@ -626,9 +637,17 @@ mod tests {
         store.put(b"not a peer id", b"junk").unwrap();
         let peer = Keypair::generate_ed25519().public().to_peer_id();
         store.put(&peer.to_bytes(), &[0xff, 0xff, 0xff]).unwrap();
-        let ps =
-            Peerstore::open(store.clone(), Config::default(), Metrics::unregistered()).unwrap();
+        let metrics = Metrics::unregistered();
+        let ps = Peerstore::open(store.clone(), Config::default(), metrics.clone()).unwrap();
         assert!(ps.is_empty());
         assert!(store.scan().unwrap().is_empty());
+        let tree = crate::storage::TreeLabels {
+            tree: "peers".into(),
+        };
+        assert_eq!(
+            metrics.storage.dropped_on_load.get_or_create(&tree).get(),
+            2,
+            "both dropped entries are counted"
+        );
     }
 }

@@ -466,7 +466,16 @@ impl Drop for Listener {
     }
 }
 
-/// A listening TCP socket (SO_REUSEADDR and SO_REUSEPORT, v6-only for IPv6).
+/// A listening TCP socket (SO_REUSEADDR and SO_REUSEPORT, v6-only for IPv6) that owns its
+/// port: the bind fails when another socket already listens there.
+///
+/// SO_REUSEPORT is set only after the bind. Linux lets sockets that all set SO_REUSEPORT
+/// (same user) bind one port and splits inbound connections between their listeners, so a
+/// second Pylon started by mistake on the same port would silently take half the inbound
+/// connections. Bound without it, the bind conflicts with any listener already there
+/// (SO_REUSEADDR still lets it take over the TIME_WAIT sockets of a previous run). The
+/// kernel checks a later bind against the flags the listener has at that time, so once
+/// SO_REUSEPORT is set our own dials can still bind the listen port (port reuse).
 fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, Error> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -479,9 +488,15 @@ fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, Error> {
         }
     };
     socket.set_reuseaddr(true)?;
+    socket.bind(addr).map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{addr} is already in use: something else listens on it (another Pylon?)"),
+        ),
+        _ => e,
+    })?;
     // Outgoing dials bind the same port (port reuse), which NAT hole punching needs.
     socket.set_reuseport(true)?;
-    socket.bind(addr)?;
     Ok(socket.listen(1024)?)
 }
 

@@ -38,6 +38,7 @@ struct Raw {
     identify: RawIdentify,
     connections: RawConnections,
     peerstore: RawPeerstore,
+    storage: RawStorage,
     dns: RawDns,
     websocket: RawWebsocket,
     perf: Option<RawPerf>,
@@ -49,6 +50,27 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: String,
+    #[serde(default = "default_header_timeout")]
+    header_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: String,
+    #[serde(default = "default_request_timeout")]
+    request_timeout: String,
+    #[serde(default = "default_http_max_connections")]
+    max_connections: usize,
+}
+
+fn default_header_timeout() -> String {
+    "10s".into()
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_request_timeout() -> String {
+    "30s".into()
+}
+fn default_http_max_connections() -> usize {
+    64
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,11 +91,14 @@ struct RawConnections {
     max: usize,
     max_per_peer: usize,
     max_pending_incoming: usize,
+    max_pending_incoming_per_ip: usize,
+    max_pending_incoming_per_subnet: usize,
     max_incoming_per_ip: usize,
     max_incoming_per_subnet: usize,
     max_streams_per_connection: usize,
     dial_timeout: String,
     handshake_timeout: String,
+    handshake_timeout_floor: String,
     negotiation_timeout: String,
     shutdown_grace: String,
     port_reuse: bool,
@@ -175,6 +200,14 @@ struct RawPeerstore {
     max_protocols_per_peer: usize,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    flush_interval: String,
+    stall_timeout: String,
+    retry_interval: String,
+}
+
 /// Roles; a role is on when its section is present.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,6 +244,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log: String,
     pub metrics: Option<SocketAddr>,
+    /// Timeouts and connection cap of the metrics listener (`[metrics]`).
+    pub metrics_http: crate::http::Config,
     pub shutdown_grace: Duration,
     pub node: pylon_node::node::Config,
     /// The bootstrap role, when `[roles.bootstrap]` is present.
@@ -266,9 +301,20 @@ pub fn merge_sources(src: &Sources<'_>) -> Result<Table, Error> {
         );
     }
     if let Some(m) = &f.metrics {
-        let mut t = Table::new();
-        t.insert("listen".into(), Value::String(m.clone()));
-        tree.insert("metrics".into(), Value::Table(t));
+        // Only the address: the section's other keys (timeouts, cap) stay as configured.
+        let metrics = tree
+            .entry("metrics")
+            .or_insert_with(|| Value::Table(Table::new()));
+        match metrics {
+            Value::Table(t) => {
+                t.insert("listen".into(), Value::String(m.clone()));
+            }
+            other => {
+                let mut t = Table::new();
+                t.insert("listen".into(), Value::String(m.clone()));
+                *other = Value::Table(t);
+            }
+        }
     }
     for role in &f.roles {
         let roles = tree
@@ -371,6 +417,12 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         pylon_node::transport::parse(&addr).map_err(|e| e.to_string())?;
         Ok(addr)
     })?;
+    listen_peer_ids(&listen, &data_dir)?;
+    log_filter(&raw.log).map_err(|m| bad("log", &raw.log, &m))?;
+    let metrics_http = match &raw.metrics {
+        Some(m) => metrics_http(m)?,
+        None => crate::http::Config::default(),
+    };
     let metrics = raw
         .metrics
         .filter(|m| !m.listen.is_empty() && m.listen != "off")
@@ -431,10 +483,16 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
     let host = pylon_node::host::Config {
         dial_timeout: duration("connections.dial_timeout", &c.dial_timeout)?,
         handshake_timeout: duration("connections.handshake_timeout", &c.handshake_timeout)?,
+        handshake_timeout_floor: duration(
+            "connections.handshake_timeout_floor",
+            &c.handshake_timeout_floor,
+        )?,
         negotiation_timeout: duration("connections.negotiation_timeout", &c.negotiation_timeout)?,
         max_connections: c.max,
         max_connections_per_peer: c.max_per_peer,
         max_pending_incoming: c.max_pending_incoming,
+        max_pending_incoming_per_ip: c.max_pending_incoming_per_ip,
+        max_pending_incoming_per_subnet: c.max_pending_incoming_per_subnet,
         max_incoming_per_ip: c.max_incoming_per_ip,
         max_incoming_per_subnet: c.max_incoming_per_subnet,
         max_streams_per_connection: c.max_streams_per_connection,
@@ -509,6 +567,7 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         data_dir,
         log: raw.log,
         metrics,
+        metrics_http,
         shutdown_grace: duration("connections.shutdown_grace", &c.shutdown_grace)?,
         node: pylon_node::node::Config {
             listen,
@@ -517,9 +576,103 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             peerstore,
             perf,
             kad,
+            storage: pylon_node::storage::Config {
+                flush_interval: duration("storage.flush_interval", &raw.storage.flush_interval)?,
+                stall_timeout: duration("storage.stall_timeout", &raw.storage.stall_timeout)?,
+                retry_interval: duration("storage.retry_interval", &raw.storage.retry_interval)?,
+            },
         },
         bootstrap,
     })
+}
+
+/// A listen address may end in `/p2p/<id>` only when the id is this node's own: the key in
+/// `data_dir` (read, never created, and only when such an address is configured).
+fn listen_peer_ids(listen: &[Multiaddr], data_dir: &Path) -> Result<(), Error> {
+    let mut own = None;
+    for (i, addr) in listen.iter().enumerate() {
+        let Ok((_, Some(peer))) = pylon_node::transport::parse(addr) else {
+            continue;
+        };
+        let key = format!("listen[{i}]");
+        if own.is_none() {
+            let loaded = pylon_node::identity::load(data_dir)
+                .map_err(|e| bad(&key, &addr.to_string(), &e.to_string()))?;
+            own = Some(loaded.map(|k| k.public().to_peer_id()));
+        }
+        match own {
+            Some(Some(id)) if id == peer => {}
+            Some(Some(id)) => {
+                return Err(bad(
+                    &key,
+                    &addr.to_string(),
+                    &format!("ends in /p2p/{peer}, which is not this node (it is {id}); drop the /p2p suffix"),
+                ))
+            }
+            _ => {
+                return Err(bad(
+                    &key,
+                    &addr.to_string(),
+                    &format!("ends in /p2p/{peer}, but this node has no key yet (its PeerId is made on first start); drop the /p2p suffix"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the bounds of the metrics listener.
+fn metrics_http(raw: &RawMetrics) -> Result<crate::http::Config, Error> {
+    if !(1..=MAX_HTTP_CONNECTIONS).contains(&raw.max_connections) {
+        return Err(bad(
+            "metrics.max_connections",
+            &raw.max_connections.to_string(),
+            &format!("must be between 1 and {MAX_HTTP_CONNECTIONS}"),
+        ));
+    }
+    Ok(crate::http::Config {
+        header_timeout: duration("metrics.header_timeout", &raw.header_timeout)?,
+        idle_timeout: duration("metrics.idle_timeout", &raw.idle_timeout)?,
+        request_timeout: duration("metrics.request_timeout", &raw.request_timeout)?,
+        max_connections: raw.max_connections,
+    })
+}
+
+/// Most connections an HTTP listener may be allowed: each costs a file descriptor.
+const MAX_HTTP_CONNECTIONS: usize = 4096;
+
+/// Checks a log filter (tracing `EnvFilter` syntax): comma-separated directives, each a
+/// level (`info`) or `target=level` (`pylon_node=debug`). EnvFilter alone would take a
+/// bare word that is not a level (`debugg`) as a target name with every level on, and the
+/// node would log nothing at all; such a word is refused here.
+pub fn log_filter(s: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l));
+    if s.trim().is_empty() {
+        return Err("empty; use a level (error, warn, info, debug, trace) or \"off\"".into());
+    }
+    // EnvFilter takes no spaces around directives; an empty one (a trailing comma) is fine.
+    for d in s.split(',').filter(|d| !d.is_empty()) {
+        match d.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() && is_level(level) => {}
+            Some(_) => {
+                return Err(format!(
+                    "{d:?}: expected target=level with a level of off, error, warn, info, debug or trace"
+                ))
+            }
+            None if is_level(d) => {}
+            None => {
+                return Err(format!(
+                    "{d:?} is not a level (off, error, warn, info, debug, trace); \
+                     to set one target's level write target=level, e.g. pylon_node=debug"
+                ))
+            }
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Checks `[roles.bootstrap]`.
@@ -707,22 +860,62 @@ fn bad(key: &str, value: &str, message: &str) -> Error {
     }
 }
 
-/// Parses `250ms`, `10s`, `5m`, `1h`, `2d`; a zero duration is refused.
+/// The longest duration a key takes (100 years): anything longer is a typo, and would
+/// overflow `Instant` arithmetic further down.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_525 * 86_400);
+
+/// Parses `250ms`, `10s`, `1.5s`, `0.5m`, `1h`, `2d`: a decimal number (at most nine
+/// fraction digits) and a unit. Zero, and more than [`MAX_DURATION`], are refused.
 pub fn duration(key: &str, s: &str) -> Result<Duration, Error> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| bad(key, s, "expected a number with a unit, e.g. 10s"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+    let unit_ns: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60 * 1_000_000_000,
+        "h" => 3_600 * 1_000_000_000,
+        "d" => 86_400 * 1_000_000_000,
+        _ if num.is_empty() => {
+            return Err(bad(
+                key,
+                s,
+                "expected a number with a unit, e.g. 10s or 1.5s",
+            ))
+        }
         _ => return Err(bad(key, s, "unit must be one of ms, s, m, h, d")),
     };
+    let (whole, fraction) = num.split_once('.').unwrap_or((num, ""));
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || (num.contains('.') && !digits(fraction)) {
+        return Err(bad(
+            key,
+            s,
+            "expected a number with a unit, e.g. 10s or 1.5s",
+        ));
+    }
+    if fraction.len() > 9 {
+        return Err(bad(key, s, "at most 9 digits after the decimal point"));
+    }
+    let too_long = || bad(key, s, "longer than 100 years");
+    // At most 39 digits fit a u128; longer is far past the bound anyway.
+    let whole: u128 = whole.parse().map_err(|_| too_long())?;
+    let fraction_ns = if fraction.is_empty() {
+        0
+    } else {
+        let f: u128 = fraction.parse().map_err(|_| too_long())?;
+        f * unit_ns / 10u128.pow(fraction.len() as u32)
+    };
+    let ns = whole
+        .checked_mul(unit_ns)
+        .and_then(|n| n.checked_add(fraction_ns))
+        .ok_or_else(too_long)?;
+    if ns > MAX_DURATION.as_nanos() {
+        return Err(too_long());
+    }
+    let d = Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32);
     if d.is_zero() {
         return Err(bad(key, s, "must be longer than zero"));
     }
@@ -761,6 +954,49 @@ mod tests {
             concat!("pylon/", env!("CARGO_PKG_VERSION"))
         );
         assert_eq!(c.node.host.handshake_timeout, Duration::from_secs(10));
+        // Fair admission of inbound handshakes is on by default (issue 11).
+        let defaults = pylon_node::host::Config::default();
+        assert_eq!(
+            (
+                c.node.host.max_pending_incoming_per_ip,
+                c.node.host.max_pending_incoming_per_subnet,
+                c.node.host.handshake_timeout_floor,
+            ),
+            (
+                defaults.max_pending_incoming_per_ip,
+                defaults.max_pending_incoming_per_subnet,
+                defaults.handshake_timeout_floor,
+            )
+        );
+        assert!(c.node.host.max_pending_incoming_per_ip > 0);
+    }
+
+    #[test]
+    fn pending_handshake_budgets() {
+        let file = "[connections]\nmax_pending_incoming_per_ip = 3\n\
+                    max_pending_incoming_per_subnet = 0\nhandshake_timeout_floor = \"500ms\"\n";
+        let c = load(sources(Some(file), &[], Flags::default())).unwrap();
+        assert_eq!(c.node.host.max_pending_incoming_per_ip, 3);
+        assert_eq!(
+            c.node.host.max_pending_incoming_per_subnet, 0,
+            "0 = no budget"
+        );
+        assert_eq!(
+            c.node.host.handshake_timeout_floor,
+            Duration::from_millis(500)
+        );
+        let e = err(
+            Some("[connections]\nhandshake_timeout_floor = \"0s\"\n"),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("connections.handshake_timeout_floor"), "{e}");
+        let e = err(
+            Some("[connections]\nmax_pending_incoming_per_ip = -1\n"),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("max_pending_incoming_per_ip"), "{e}");
     }
 
     #[test]
@@ -1013,6 +1249,202 @@ grace_period = \"soon\"\n",
         assert_eq!(duration("k", "2h").unwrap(), Duration::from_secs(7200));
         for bad in ["", "s", "10", "0s", "-1s", "1y", "99999999999999999999s"] {
             assert!(duration("k", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fractional_durations() {
+        assert_eq!(duration("k", "1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(duration("k", "0.5m").unwrap(), Duration::from_secs(30));
+        assert_eq!(duration("k", "1.25h").unwrap(), Duration::from_secs(4500));
+        assert_eq!(duration("k", "0.5ms").unwrap(), Duration::from_micros(500));
+        assert_eq!(duration("k", "2.0d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(
+            duration("k", "0.000000001s").unwrap(),
+            Duration::from_nanos(1)
+        );
+        for bad in [
+            ".5s",
+            "1.s",
+            "1.2.3s",
+            "0.0s",
+            "1,5s",
+            "0.0000000001s",
+            "1.5",
+        ] {
+            let e = duration("connections.dial_timeout", bad).unwrap_err();
+            assert!(
+                e.to_string().contains("connections.dial_timeout"),
+                "{bad}: {e}"
+            );
+        }
+        // Through the file, too.
+        let c = load(sources(
+            Some("[connections]\ndial_timeout = \"1.5s\"\n"),
+            &[],
+            Flags::default(),
+        ))
+        .unwrap();
+        assert_eq!(c.node.host.dial_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_naming_the_key() {
+        assert_eq!(
+            duration("k", "36525d").unwrap(),
+            MAX_DURATION,
+            "100 years is the most"
+        );
+        for bad in [
+            "36526d",
+            "999999999999999999d",
+            "99999999999999999999999999999999999999999999s",
+            "18446744073709551616s",
+            "876601h",
+        ] {
+            let e = duration("kad.record_ttl", bad).unwrap_err().to_string();
+            assert!(
+                e.contains("kad.record_ttl") && e.contains(bad) && e.contains("100 years"),
+                "{bad}: {e}"
+            );
+        }
+        let e = err(
+            Some("[kad]\nrecord_ttl = \"999999999999999999d\"\n"),
+            &[],
+            Flags::default(),
+        );
+        assert!(e.contains("kad.record_ttl"), "{e}");
+    }
+
+    #[test]
+    fn log_filter_must_be_levels_or_target_levels() {
+        for good in [
+            "info",
+            "DEBUG",
+            "off",
+            "info,pylon_node=debug",
+            "warn,pylon_node::host=trace,hyper=off,",
+            "pylon_node[conn]=debug",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good}: {:?}", log_filter(good));
+            let env = [("PYLON_LOG", good)];
+            assert!(
+                load(sources(None, &env, Flags::default())).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in [
+            "debugg",
+            "info,debugg",
+            "pylon_node",
+            "pylon_node=loud",
+            "info, pylon_node=debug",
+            "=debug",
+            "",
+            " ",
+        ] {
+            let e = err(Some(&format!("log = {bad:?}\n")), &[], Flags::default());
+            assert!(e.contains("config key `log`"), "{bad}: {e}");
+        }
+        let e = err(Some("log = \"debugg\"\n"), &[], Flags::default());
+        assert!(e.contains("debugg") && e.contains("not a level"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listener_bounds() {
+        let c = load(sources(None, &[], Flags::default())).unwrap();
+        assert_eq!(c.metrics_http, crate::http::Config::default());
+        let file = "[metrics]\nheader_timeout = \"1.5s\"\nidle_timeout = \"5s\"\n\
+                    request_timeout = \"2s\"\nmax_connections = 8\n";
+        // --metrics replaces the address only; the section's other keys stay.
+        let flags = Flags {
+            metrics: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let c = load(sources(Some(file), &[], flags)).unwrap();
+        assert_eq!(
+            c.metrics_http,
+            crate::http::Config {
+                header_timeout: Duration::from_millis(1500),
+                idle_timeout: Duration::from_secs(5),
+                request_timeout: Duration::from_secs(2),
+                max_connections: 8,
+            }
+        );
+        assert_eq!(c.metrics, Some("127.0.0.1:0".parse().unwrap()));
+        // A file that names only the address gets the defaults.
+        let c = load(sources(
+            Some("[metrics]\nlisten = \"127.0.0.1:1\"\n"),
+            &[],
+            Flags::default(),
+        ))
+        .unwrap();
+        assert_eq!(c.metrics_http, crate::http::Config::default());
+        for (key, value) in [
+            ("max_connections", "0"),
+            ("max_connections", "100000"),
+            ("header_timeout", "\"0s\""),
+            ("idle_timeout", "\"forever\""),
+        ] {
+            let e = err(
+                Some(&format!("[metrics]\n{key} = {value}\n")),
+                &[],
+                Flags::default(),
+            );
+            assert!(e.contains(&format!("metrics.{key}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn listen_p2p_suffix_must_be_our_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().display().to_string();
+        let flags = |listen: String| Flags {
+            data_dir: Some(dir.path().into()),
+            listen: vec![listen],
+            ..Default::default()
+        };
+        let other = pylon_node::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        // No key yet: no /p2p suffix can be ours (and loading the config makes no key).
+        let e = err(
+            None,
+            &[],
+            flags(format!("/ip4/127.0.0.1/tcp/1/p2p/{other}")),
+        );
+        assert!(e.contains("listen[0]") && e.contains("no key yet"), "{e}");
+        assert!(!dir.path().join(pylon_node::identity::KEY_FILE).exists());
+        let own = pylon_node::identity::load_or_generate(dir.path())
+            .unwrap()
+            .public()
+            .to_peer_id();
+        let e = err(
+            None,
+            &[],
+            flags(format!("/ip4/127.0.0.1/tcp/1/p2p/{other}")),
+        );
+        assert!(
+            e.contains("listen[0]")
+                && e.contains(&other.to_string())
+                && e.contains(&own.to_string()),
+            "{e}"
+        );
+        let e = err(
+            None,
+            &[],
+            flags(format!("/ip4/127.0.0.1/tcp/1/ws/p2p/{other}")),
+        );
+        assert!(e.contains("listen[0]"), "{e}");
+        // Our own PeerId, and no suffix, are fine.
+        for ok in [
+            format!("/ip4/127.0.0.1/tcp/1/p2p/{own}"),
+            "/ip4/127.0.0.1/tcp/1".to_string(),
+        ] {
+            assert!(
+                load(sources(None, &[], flags(ok.clone()))).is_ok(),
+                "{ok} in {data}"
+            );
         }
     }
 }

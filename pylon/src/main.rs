@@ -3,10 +3,13 @@
 //! effective configuration.
 
 mod config;
+mod fd;
+mod http;
 mod metrics_server;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -129,16 +132,30 @@ fn pylon_env() -> anyhow::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr under `RUST_LOG` when it is set and not empty, else under the `log` key
+/// (already checked). A bad `RUST_LOG` is an error naming it, as a bad `log` key is.
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => {
+            config::log_filter(&env)
+                .map_err(|m| anyhow::anyhow!("environment variable RUST_LOG={env:?}: {m}"))?;
+            env
+        }
+        Ok(_) | Err(std::env::VarError::NotPresent) => filter.to_string(),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("environment variable RUST_LOG is not valid UTF-8")
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&filter)
+        .with_context(|| format!("log filter {filter:?}"))?;
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -305,8 +322,9 @@ fn perf(args: PerfArgs) -> anyhow::Result<()> {
 }
 
 fn run(common: Common) -> anyhow::Result<()> {
-    let config = load_config(&common)?;
-    init_logging(&config.log);
+    let mut config = load_config(&common)?;
+    init_logging(&config.log)?;
+    fd::apply(&mut config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -320,6 +338,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
     let mut registry = Registry::default();
+    fd::register(&mut registry, &config);
     let metrics = pylon_node::metrics::Metrics::new(&mut registry);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -342,7 +361,15 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         );
     }
     let metrics_task = match config.metrics {
-        Some(addr) => Some(metrics_server::start(addr, registry).await?),
+        Some(addr) => Some(
+            metrics_server::start(
+                addr,
+                &config.metrics_http,
+                registry,
+                node.storage().map(|s| s.watch_health()),
+            )
+            .await?,
+        ),
         None => None,
     };
     tracing::info!(peer_id = %node.peer_id(), data_dir = %config.data_dir.display(), "pylon started");
@@ -356,10 +383,46 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    node.shutdown(config.shutdown_grace).await;
+    // Bounded: connections get their grace, the final flush its stall timeout; past
+    // that, or on a second signal, the process exits at once (no destructor may block).
+    let deadline =
+        config.shutdown_grace + config.node.storage.stall_timeout + Duration::from_secs(5);
+    let stopped = tokio::select! {
+        r = tokio::time::timeout(deadline, node.stop(config.shutdown_grace)) => r,
+        _ = sigterm.recv() => second_signal("SIGTERM"),
+        _ = sigint.recv() => second_signal("SIGINT"),
+    };
     if let Some((_, handle)) = metrics_task {
         handle.abort();
     }
-    tracing::info!("stopped; storage flushed");
-    Ok(())
+    match stopped {
+        Ok(Ok(())) => {
+            tracing::info!("stopped; storage flushed");
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::error!("stopped, but the final flush failed: {e}");
+            anyhow::bail!(
+                "the final flush of the database failed ({e}): what the node learned since \
+                 its last good flush is not on disk"
+            )
+        }
+        Err(_) => {
+            tracing::error!(
+                "shutdown did not finish within {:.0} s; exiting without a final flush",
+                deadline.as_secs_f64()
+            );
+            std::process::exit(EXIT_SHUTDOWN_TIMEOUT);
+        }
+    }
+}
+
+/// Exit status when shutdown overran its deadline.
+const EXIT_SHUTDOWN_TIMEOUT: i32 = 3;
+/// Exit status when a second signal cut shutdown short (128 + SIGINT, as shells report).
+const EXIT_SECOND_SIGNAL: i32 = 130;
+
+fn second_signal(name: &str) -> ! {
+    tracing::warn!("{name} again: exiting at once, without waiting for connections or storage");
+    std::process::exit(EXIT_SECOND_SIGNAL);
 }

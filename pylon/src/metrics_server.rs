@@ -1,4 +1,8 @@
-//! The Prometheus endpoint: `GET /metrics` on its own listener, OpenMetrics text format.
+//! The Prometheus endpoint: `GET /metrics` on its own listener, OpenMetrics text format,
+//! served under the bounds of [`crate::http`] (timeouts, a connection cap). The same
+//! listener answers `GET /healthz` (the process serves: 200) and `GET /readyz` (200 when
+//! the node's storage is healthy, 503 with the reason when a flush is stuck or the
+//! database is failing).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,37 +13,58 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+use pylon_node::storage::Health;
+use tokio::sync::watch;
+
+use crate::http;
 
 const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Binds `addr` and serves the registry; returns the bound address and the server task.
+/// The listener's own metrics (`pylon_http_*{listener="metrics"}`) join the registry.
 pub async fn start(
     addr: SocketAddr,
-    registry: Registry,
+    config: &http::Config,
+    mut registry: Registry,
+    storage: Option<watch::Receiver<Health>>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let http_metrics = http::Metrics::new(&mut registry);
     let registry = Arc::new(registry);
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                    Ok(()) => ([(CONTENT_TYPE, CONTENT)], body).into_response(),
-                    Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed")
-                        .into_response(),
+    let ready = move || match storage.as_ref().map(|h| h.borrow().clone()) {
+        None | Some(Health::Ok) => (StatusCode::OK, "ready\n".to_string()),
+        Some(Health::Stalled { since }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: storage: a flush has been stuck for {:.0} s\n",
+                since.as_secs_f64()
+            ),
+        ),
+        Some(Health::Failing { error }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: storage: the database is failing: {error}\n"),
+        ),
+    };
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(move || std::future::ready(ready())))
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => ([(CONTENT_TYPE, CONTENT)], body).into_response(),
+                        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed")
+                            .into_response(),
+                    }
                 }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(addr)
+            }),
+        );
+    let listener = http::Listener::bind(addr, "metrics", config.clone(), http_metrics)
         .await
         .with_context(|| format!("cannot bind metrics listener {addr}"))?;
     let bound = listener.local_addr()?;
-    let handle = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics server stopped: {e}");
-        }
-    });
+    let handle = tokio::spawn(listener.serve(app));
     Ok((bound, handle))
 }

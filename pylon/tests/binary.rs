@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use pylon_node::metrics::Metrics;
@@ -200,10 +199,14 @@ async fn run_serves_identify_ping_metrics_and_stops_on_signal() {
     assert!(started.contains(&peer.to_string()), "{started}");
     again.stop("-INT").await;
     c.shutdown(T).await;
-    let db =
-        pylon_node::peerstore::SledStore::open(&dir.path().join(node::DB_DIR), "peers").unwrap();
+    let storage = pylon_node::storage::Storage::open(
+        &dir.path().join(node::DB_DIR),
+        Default::default(),
+        pylon_node::storage::Metrics::unregistered(),
+    )
+    .unwrap();
     let ps = pylon_node::peerstore::Peerstore::open(
-        Arc::new(db),
+        storage.tree("peers").unwrap(),
         Default::default(),
         Metrics::unregistered(),
     )

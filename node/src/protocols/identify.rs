@@ -479,7 +479,7 @@ impl Identify {
                 .or_else(|| Some(conn.remote_key().clone())),
             record: record.clone(),
         };
-        self.peerstore.apply(peer, update, now_ms()).await?;
+        self.peerstore.apply(peer, update, now_ms());
         Ok(Info {
             peer,
             public_key,

@@ -329,9 +329,22 @@ impl Kad {
             metrics,
         });
         kad.update_store_gauges();
+        let opened = kad.store.opened();
+        kad.metrics
+            .storage
+            .dropped("kad_records", opened.corrupt_records as u64);
+        kad.metrics
+            .storage
+            .dropped("kad_providers", opened.corrupt_providers as u64);
         if kad.config.persist_table {
             kad.warm_start();
         }
+        let weak = Arc::downgrade(&kad);
+        kad.store.on_reopen(Box::new(move || {
+            if let Some(kad) = weak.upgrade() {
+                kad.write_back();
+            }
+        }));
         if kad.config.server {
             let me = kad.clone();
             host.set_handler(
@@ -408,7 +421,10 @@ impl Kad {
     /// Puts the saved routing-table peers back, with the last time each was seen.
     fn warm_start(&self) {
         let saved = match self.store.saved_peers() {
-            Ok(s) => s,
+            Ok((saved, dropped)) => {
+                self.metrics.storage.dropped("kad_table", dropped as u64);
+                saved
+            }
             Err(e) => {
                 tracing::warn!("kad: saved routing table unreadable: {e}");
                 return;
@@ -424,6 +440,32 @@ impl Kad {
             }
         }
         self.metrics.kad_table_peers.set(table.len() as i64);
+    }
+
+    /// After the database recovered from a failure: recount what it holds, rebuild the
+    /// provider index from it, and save the routing table as it is in memory (entries
+    /// added, refreshed or removed during the outage included). Runs on the storage
+    /// thread.
+    fn write_back(&self) {
+        if let Err(e) = self.store.sweep(now_ms()) {
+            tracing::debug!("kad: recounting the store failed: {e}");
+        }
+        self.update_store_gauges();
+        if !self.config.persist_table {
+            return;
+        }
+        let peers: Vec<PeerId> = lock(&self.table).iter().map(|e| e.peer).collect();
+        if let Ok(keys) = self.store.saved_peer_keys() {
+            let held: HashSet<Vec<u8>> = peers.iter().map(|p| p.to_bytes()).collect();
+            for k in keys.iter().filter(|k| !held.contains(*k)) {
+                if let Ok(p) = PeerId::from_bytes(k) {
+                    let _ = self.store.forget_peer(&p);
+                }
+            }
+        }
+        for p in &peers {
+            self.save(p);
+        }
     }
 
     /// Takes a peer out of the table (and its saved copy).
@@ -517,13 +559,9 @@ impl Kad {
         match outcome {
             table::Insert::Added => {
                 self.metrics.kad_table_peers.set(self.table_len() as i64);
+                // Durable at the storage's next periodic flush (no flush per insert:
+                // the table is our own soft state).
                 self.save(&peer);
-                if self.config.persist_table {
-                    let me = self.clone();
-                    self.host.spawn(async move {
-                        let _ = me.store.flush().await;
-                    });
-                }
             }
             table::Insert::Updated => self.save(&peer),
             table::Insert::Full { oldest } => self.check_then_replace(oldest, peer, addrs),
@@ -650,10 +688,9 @@ impl Kad {
             for p in &peers {
                 self.save(p);
             }
-            let _ = self.store.flush().await;
         }
-        if let Ok(n) = self.store.sweep(now_ms()) {
-            if n > 0 {
+        if let Ok(swept) = self.store.sweep(now_ms()) {
+            if swept.removed() > 0 {
                 self.update_store_gauges();
             }
         }
@@ -755,7 +792,10 @@ impl Kad {
                 }
                 Err(reason) => {
                     self.inbound_count(kind.label(), reason);
-                    self.metrics.protocol_error("kad", reason);
+                    // Our database failing is not the peer's fault (counted by storage).
+                    if reason != "storage" {
+                        self.metrics.protocol_error("kad", reason);
+                    }
                     return;
                 }
             }
@@ -1436,18 +1476,15 @@ mod tests {
             .is_empty());
         // A peer known to the peerstore but not in the table is added for FIND_NODE.
         let known = peer();
-        node.peerstore
-            .apply(
-                known,
-                crate::peerstore::Update {
-                    addrs: vec![ma("/ip4/10.9.9.9/tcp/1")],
-                    addr_ttl_ms: 60_000,
-                    ..Default::default()
-                },
-                now_ms(),
-            )
-            .await
-            .unwrap();
+        node.peerstore.apply(
+            known,
+            crate::peerstore::Update {
+                addrs: vec![ma("/ip4/10.9.9.9/tcp/1")],
+                addr_ttl_ms: 60_000,
+                ..Default::default()
+            },
+            now_ms(),
+        );
         let got = listed(&kad.closer_peers(peer(), &remote, false, &known.to_bytes(), true));
         assert_eq!(got[&known], vec![ma("/ip4/10.9.9.9/tcp/1")]);
         // ... but never to itself.

@@ -6,8 +6,9 @@
 //! provider records in total; a full store refuses new entries (updates of held ones still
 //! go through). Records and providers expire (`specs/kad-dht/README.md` "Provider Record
 //! Expiration Interval", 48 h); reads skip expired entries and [`KadStore::sweep`] deletes
-//! them. A write returns after the store flushed it, so whatever we acknowledged survives
-//! a crash. Provider records are also indexed in memory (GET_PROVIDERS is a hot path);
+//! them. A record or provider write returns after the store flushed it, so whatever we
+//! acknowledged survives a crash; routing-table entries are our own soft state and are
+//! made durable by the storage's periodic flush. Provider records are also indexed in memory (GET_PROVIDERS is a hot path);
 //! sled is the durable copy the index is rebuilt from at start. Time is an input
 //! (`now_ms`, Unix milliseconds).
 
@@ -150,6 +151,8 @@ pub struct KadStore {
     counts: Mutex<Counts>,
     /// Provider records by key, mirroring the `providers` tree.
     index: Mutex<HashMap<Vec<u8>, Vec<Held>>>,
+    /// What the sweep at open removed.
+    opened: Swept,
 }
 
 /// A provider record as indexed in memory.
@@ -159,6 +162,21 @@ struct Held {
     addrs: Vec<Multiaddr>,
     expires_ms: u64,
     addrs_expire_ms: u64,
+}
+
+/// What a sweep removed.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub expired: usize,
+    /// Undecodable value and provider records (a damaged database).
+    pub corrupt_records: usize,
+    pub corrupt_providers: usize,
+}
+
+impl Swept {
+    pub fn removed(&self) -> usize {
+        self.expired + self.corrupt_records + self.corrupt_providers
+    }
 }
 
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +194,8 @@ fn provider_prefix(key: &[u8]) -> Vec<u8> {
 }
 
 impl KadStore {
-    /// Opens both trees, dropping undecodable and expired entries.
+    /// Opens both trees, dropping undecodable and expired entries (see
+    /// [`KadStore::opened`]).
     pub fn open(
         records: Arc<dyn Store>,
         providers: Arc<dyn Store>,
@@ -184,16 +203,27 @@ impl KadStore {
         config: Config,
         now_ms: u64,
     ) -> Result<Self, Error> {
-        let store = KadStore {
+        let mut store = KadStore {
             records,
             providers,
             table,
             config,
             counts: Mutex::new(Counts::default()),
             index: Mutex::new(HashMap::new()),
+            opened: Swept::default(),
         };
-        store.sweep(now_ms)?;
+        store.opened = store.sweep(now_ms)?;
         Ok(store)
+    }
+
+    /// What opening removed (expired and undecodable entries).
+    pub fn opened(&self) -> Swept {
+        self.opened
+    }
+
+    /// Registers what to write back after the database recovered from a failure.
+    pub fn on_reopen(&self, hook: crate::storage::ReopenHook) {
+        self.table.on_reopen(hook);
     }
 
     pub fn config(&self) -> &Config {
@@ -212,16 +242,21 @@ impl KadStore {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Deletes expired and undecodable entries and recounts; returns how many went.
-    pub fn sweep(&self, now_ms: u64) -> Result<usize, Error> {
-        let mut removed = 0;
+    /// Deletes expired and undecodable entries, recounts and rebuilds the provider index
+    /// from the trees; returns what went.
+    pub fn sweep(&self, now_ms: u64) -> Result<Swept, Error> {
+        let mut swept = Swept::default();
         let mut counts = Counts::default();
         for (k, v) in self.records.scan()? {
             match StoredRecord::decode(v.as_slice()) {
                 Ok(r) if r.expires_ms > now_ms => counts.records += 1,
-                _ => {
+                Ok(_) => {
                     self.records.delete(&k)?;
-                    removed += 1;
+                    swept.expired += 1;
+                }
+                Err(_) => {
+                    self.records.delete(&k)?;
+                    swept.corrupt_records += 1;
                 }
             }
         }
@@ -246,15 +281,19 @@ impl KadStore {
                         addrs_expire_ms: p.addrs_expire_ms,
                     });
                 }
+                (Some(_), Ok(_)) => {
+                    self.providers.delete(&k)?;
+                    swept.expired += 1;
+                }
                 _ => {
                     self.providers.delete(&k)?;
-                    removed += 1;
+                    swept.corrupt_providers += 1;
                 }
             }
         }
         *self.index() = index;
         *self.lock() = counts;
-        Ok(removed)
+        Ok(swept)
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Error> {
@@ -427,9 +466,10 @@ impl KadStore {
         Ok(())
     }
 
-    /// Every saved routing-table peer (undecodable entries are deleted).
-    pub fn saved_peers(&self) -> Result<Vec<SavedPeer>, Error> {
+    /// Every saved routing-table peer, and how many undecodable entries were deleted.
+    pub fn saved_peers(&self) -> Result<(Vec<SavedPeer>, usize), Error> {
         let mut out = Vec::new();
+        let mut dropped = 0;
         for (k, v) in self.table.scan()? {
             let decoded = PeerId::from_bytes(&k)
                 .ok()
@@ -445,10 +485,18 @@ impl KadStore {
                     added_ms: p.added_ms,
                     last_seen_ms: p.last_seen_ms,
                 }),
-                None => self.table.delete(&k)?,
+                None => {
+                    self.table.delete(&k)?;
+                    dropped += 1;
+                }
             }
         }
-        Ok(out)
+        Ok((out, dropped))
+    }
+
+    /// The keys of every saved routing-table peer.
+    pub fn saved_peer_keys(&self) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(self.table.scan()?.into_iter().map(|(k, _)| k).collect())
     }
 
     /// Makes the saved routing table durable.
@@ -482,7 +530,8 @@ impl KadStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peerstore::{MemoryStore, SledStore};
+    use crate::peerstore::MemoryStore;
+    use crate::storage::Storage;
 
     fn peer() -> PeerId {
         crate::identity::Keypair::generate_ed25519()
@@ -525,7 +574,7 @@ mod tests {
         assert_eq!(s.get(b"/pk/a", 50).unwrap().unwrap().value, b"11");
         assert!(s.get(b"/pk/b", 100).unwrap().is_none(), "expired at 100");
         assert_eq!(
-            s.sweep(105).unwrap(),
+            s.sweep(105).unwrap().expired,
             1,
             "b expired, a (refreshed at 10) not yet"
         );
@@ -575,7 +624,7 @@ mod tests {
             .unwrap()
             .iter()
             .all(|p| p.peer == a));
-        assert_eq!(s.sweep(1006).unwrap(), 3);
+        assert_eq!(s.sweep(1006).unwrap().expired, 3);
         assert_eq!(s.counts(), Counts::default());
     }
 
@@ -583,16 +632,27 @@ mod tests {
     async fn survives_reopen_on_sled_and_drops_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let p = peer();
-        {
-            let db = sled::open(dir.path()).unwrap();
-            let s = KadStore::open(
-                Arc::new(SledStore::from_db(db.clone(), "r").unwrap()),
-                Arc::new(SledStore::from_db(db.clone(), "p").unwrap()),
-                Arc::new(SledStore::from_db(db.clone(), "t").unwrap()),
-                Config::default(),
-                0,
+        let open_storage = || {
+            Storage::open(
+                dir.path(),
+                crate::storage::Config::default(),
+                crate::storage::Metrics::unregistered(),
             )
-            .unwrap();
+            .unwrap()
+        };
+        let open = |storage: &Storage, now| {
+            KadStore::open(
+                storage.tree("r").unwrap(),
+                storage.tree("p").unwrap(),
+                storage.tree("t").unwrap(),
+                Config::default(),
+                now,
+            )
+            .unwrap()
+        };
+        {
+            let storage = open_storage();
+            let s = open(&storage, 0);
             s.put(b"/pk/x", b"v", 0).await.unwrap();
             s.add_provider(b"mh", p, &[], 0).await.unwrap();
             s.save_peer(&SavedPeer {
@@ -602,30 +662,20 @@ mod tests {
                 last_seen_ms: 2,
             })
             .unwrap();
-            s.flush().await.unwrap();
-            db.open_tree("t")
+            storage.tree("t").unwrap().put(b"not a peer", &[]).unwrap();
+            storage
+                .tree("r")
                 .unwrap()
-                .insert(b"not a peer", &[][..])
+                .put(b"junk", &[0xff, 0xff])
                 .unwrap();
-            db.open_tree("r")
-                .unwrap()
-                .insert(b"junk", &[0xff, 0xff][..])
+            storage.tree("p").unwrap().put(b"\x09short", &[]).unwrap();
+            storage
+                .close(std::time::Duration::from_secs(10))
+                .await
                 .unwrap();
-            db.open_tree("p")
-                .unwrap()
-                .insert(b"\x09short", &[][..])
-                .unwrap();
-            db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
-        let s = KadStore::open(
-            Arc::new(SledStore::from_db(db.clone(), "r").unwrap()),
-            Arc::new(SledStore::from_db(db.clone(), "p").unwrap()),
-            Arc::new(SledStore::from_db(db.clone(), "t").unwrap()),
-            Config::default(),
-            1,
-        )
-        .unwrap();
+        let storage = open_storage();
+        let s = open(&storage, 1);
         assert_eq!(
             s.counts(),
             Counts {
@@ -633,10 +683,22 @@ mod tests {
                 providers: 1
             }
         );
+        assert_eq!(
+            s.opened(),
+            Swept {
+                expired: 0,
+                corrupt_records: 1,
+                corrupt_providers: 1
+            }
+        );
         assert_eq!(s.get(b"/pk/x", 1).unwrap().unwrap().value, b"v");
         assert_eq!(s.providers(b"mh", 1).unwrap()[0].peer, p);
-        let saved = s.saved_peers().unwrap();
-        assert_eq!(saved.len(), 1, "the undecodable entry was dropped");
+        let (saved, dropped) = s.saved_peers().unwrap();
+        assert_eq!(
+            (saved.len(), dropped),
+            (1, 1),
+            "the undecodable entry was dropped"
+        );
         assert_eq!((saved[0].peer, saved[0].last_seen_ms), (p, 2));
     }
 }
