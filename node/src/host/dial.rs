@@ -1,0 +1,385 @@
+//! Dialing: addresses, port reuse, the per-peer dial gate, happy eyeballs, QUIC dials.
+
+use super::*;
+
+/// A caller's share of a peer's dial gate. The map entry goes with the last share, also
+/// when a caller's future is cancelled mid-dial, so the map only holds peers being dialed.
+pub(super) struct DialGate<'a> {
+    pub(super) gates: &'a Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
+    pub(super) peer: PeerId,
+    pub(super) gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> DialGate<'a> {
+    pub(super) fn enter(
+        gates: &'a Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
+        peer: PeerId,
+    ) -> Self {
+        let gate = lock(gates).entry(peer).or_default().clone();
+        DialGate { gates, peer, gate }
+    }
+}
+
+impl Drop for DialGate<'_> {
+    fn drop(&mut self) {
+        let mut gates = lock(self.gates);
+        // Ours and the map's: nobody else is waiting.
+        if Arc::strong_count(&self.gate) <= 2 {
+            gates.remove(&self.peer);
+        }
+    }
+}
+
+impl Host {
+    /// The endpoint to dial `remote` from: a listening one of the same family whose
+    /// address can reach it (so the remote sees our listen port), else a dial-only one.
+    pub(super) fn quic_endpoint_for(
+        &self,
+        remote: std::net::SocketAddr,
+    ) -> Result<quinn::Endpoint, DialError> {
+        let mut eps = lock(&self.inner.quic);
+        let fits = |ep: &quinn::Endpoint| {
+            ep.local_addr().is_ok_and(|l| {
+                l.is_ipv4() == remote.is_ipv4()
+                    && (l.ip().is_unspecified()
+                        || l.ip().is_loopback() == remote.ip().is_loopback())
+            })
+        };
+        if self.inner.config.port_reuse {
+            if let Some(ep) = eps.listening.iter().find(|ep| fits(ep)) {
+                return Ok(ep.clone());
+            }
+        }
+        let slot = if remote.is_ipv4() {
+            &mut eps.client_v4
+        } else {
+            &mut eps.client_v6
+        };
+        if let Some(ep) = slot {
+            return Ok(ep.clone());
+        }
+        let any: std::net::SocketAddr = if remote.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let ep = crate::quic::bind(any, None).map_err(|e| DialError::Handshake(e.to_string()))?;
+        *slot = Some(ep.clone());
+        Ok(ep)
+    }
+
+    /// Dials over QUIC: TLS with the expected PeerId checked inside the handshake.
+    pub(super) async fn dial_quic(
+        &self,
+        remote: std::net::SocketAddr,
+        addr: &Multiaddr,
+        expected: Option<PeerId>,
+    ) -> Result<Connection, DialError> {
+        let endpoint = self.quic_endpoint_for(remote)?;
+        let (config, setup) = crate::quic::client_config(
+            self.inner.security.certificate(),
+            expected,
+            self.inner.config.max_streams_per_connection + YAMUX_STREAM_HEADROOM,
+        )
+        .map_err(|e| DialError::Handshake(e.to_string()))?;
+        let started = Instant::now();
+        let connecting = crate::quic::connect(&endpoint, config, remote);
+        let conn = match tokio::time::timeout(self.inner.config.handshake_timeout, connecting).await
+        {
+            Err(_) => return Err(DialError::Timeout),
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(match (expected, setup.seen_peer()) {
+                    (Some(expected), Some(got)) if got != expected => DialError::WrongPeer {
+                        expected: Box::new(expected),
+                        got: Box::new(got),
+                    },
+                    _ => match e {
+                        crate::quic::Error::Connection(quinn::ConnectionError::TimedOut) => {
+                            DialError::Timeout
+                        }
+                        other => DialError::Handshake(other.to_string()),
+                    },
+                })
+            }
+        };
+        let key = crate::quic::peer_key(&conn).map_err(|e| DialError::Handshake(e.to_string()))?;
+        let peer = key.to_peer_id();
+        if peer == self.peer_id() {
+            conn.close(0u32.into(), b"self dial");
+            return Err(DialError::SelfDial);
+        }
+        let route = quic_route(if remote.is_ipv4() { "ip4" } else { "ip6" });
+        let local = endpoint
+            .local_addr()
+            .map(crate::quic::multiaddr)
+            .map_err(|e| DialError::Handshake(e.to_string()))?;
+        let established = self.admit(&peer).and_then(|()| {
+            self.observe_handshake(started, route);
+            self.establish(
+                Muxer::Quic(conn.clone()),
+                peer,
+                key,
+                strip_p2p(addr),
+                local,
+                Direction::Outbound,
+                route,
+            )
+        });
+        if established.is_err() {
+            conn.close(0u32.into(), b"connection limit");
+        }
+        established
+    }
+
+    /// The listen port to dial `target` from, unless we did so within the last
+    /// TIME_WAIT period: the same 4-tuple again can cost a 1 s SYN retransmission (seen as a
+    /// p99 of ~1 s when one peer is redialed in a loop).
+    pub(super) fn reuse_port_for(&self, target: &Target) -> Option<u16> {
+        let port = self.listen_port_for(target)?;
+        let Target::Tcp(remote) = target else {
+            return None;
+        };
+        let now = Instant::now();
+        let mut recent = lock(&self.inner.reused_tuples);
+        if recent
+            .get(remote)
+            .is_some_and(|t| now.duration_since(*t) < TIME_WAIT)
+        {
+            return None;
+        }
+        if recent.len() >= MAX_REUSED_TUPLES {
+            recent.retain(|_, t| now.duration_since(*t) < TIME_WAIT);
+            if recent.len() >= MAX_REUSED_TUPLES {
+                return None; // too many fresh entries: skip reuse rather than grow
+            }
+        }
+        recent.insert(*remote, now);
+        Some(port)
+    }
+
+    /// The TCP port we listen on for the target's IP family, if any.
+    pub(super) fn listen_port_for(&self, target: &Target) -> Option<u16> {
+        let Target::Tcp(addr) = target else {
+            return None;
+        };
+        self.listen_addrs()
+            .iter()
+            .find_map(|a| match transport::parse(a) {
+                Ok((Target::Tcp(l), _)) if l.is_ipv4() == addr.is_ipv4() => Some(l.port()),
+                _ => None,
+            })
+    }
+
+    /// The DNS resolver, built on first use from the configuration.
+    pub(super) fn resolver(&self) -> Result<Arc<crate::dns::Resolver>, DialError> {
+        if let Some(r) = self.inner.resolver.get() {
+            return Ok(r.clone());
+        }
+        let r =
+            Arc::new(crate::dns::Resolver::new(&self.inner.config.dns).map_err(DialError::Dns)?);
+        Ok(self.inner.resolver.get_or_init(|| r).clone())
+    }
+
+    /// Dials an address; a `/p2p/` suffix is checked against the peer we reach. DNS
+    /// addresses are resolved first and the results tried in order.
+    pub async fn dial(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        let result = self.dial_any(addr).await;
+        if let Err(e) = &result {
+            self.emit(Event::DialFailed {
+                addr: addr.clone(),
+                kind: e.label(),
+                error: e.to_string(),
+            });
+        }
+        result
+    }
+
+    pub(super) async fn dial_any(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        if !crate::dns::is_dns(addr) {
+            return self.dial_resolved(addr).await;
+        }
+        let resolved = match self.resolver()?.resolve(addr).await {
+            Ok(r) => r,
+            Err(e) => {
+                count_error(&self.inner.metrics.dial_errors, "dns", "dns", "");
+                return Err(DialError::Dns(e));
+            }
+        };
+        let mut last = DialError::NoAddresses;
+        for a in resolved {
+            match self.dial_resolved(&a).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    pub(super) async fn dial_resolved(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        let (target, expected) = match transport::parse(addr) {
+            Ok(t) => t,
+            Err(e) => {
+                count_error(&self.inner.metrics.dial_errors, "other", "unsupported", "");
+                return Err(e.into());
+            }
+        };
+        if expected == Some(self.peer_id()) {
+            return Err(DialError::SelfDial);
+        }
+        let transport = target.transport_label();
+        let ip_version = target.ip_version();
+        let result = self.dial_target(&target, addr, expected).await;
+        if let Err(e) = &result {
+            count_error(
+                &self.inner.metrics.dial_errors,
+                transport,
+                e.label(),
+                ip_version,
+            );
+        }
+        result
+    }
+
+    pub(super) async fn dial_target(
+        &self,
+        target: &Target,
+        addr: &Multiaddr,
+        expected: Option<PeerId>,
+    ) -> Result<Connection, DialError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(DialError::ShuttingDown);
+        }
+        if let Some(peer) = &expected {
+            self.admit(peer)?;
+        }
+        if let Target::Quic(remote) = target {
+            return self.dial_quic(*remote, addr, expected).await;
+        }
+        let cfg = &self.inner.config;
+        let reuse = if cfg.port_reuse {
+            self.reuse_port_for(target)
+        } else {
+            None
+        };
+        let (raw, local) = tokio::time::timeout(
+            cfg.dial_timeout,
+            transport::dial(target, reuse, &self.inner.ws_tls),
+        )
+        .await
+        .map_err(|_| DialError::Timeout)??;
+        let started = Instant::now();
+        let (mux, peer, key, route) =
+            tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, true, expected))
+                .await
+                .map_err(|_| DialError::Timeout)??;
+        if peer == self.peer_id() {
+            return Err(DialError::SelfDial);
+        }
+        self.admit(&peer)?;
+        let route = Route {
+            transport: target.transport_label(),
+            ip_version: target.ip_version(),
+            ..route
+        };
+        self.observe_handshake(started, route);
+        self.establish(
+            mux,
+            peer,
+            key,
+            strip_p2p(addr),
+            local,
+            Direction::Outbound,
+            route,
+        )
+    }
+
+    /// Returns an open connection to `peer`, or dials `addrs` in order until one works.
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+    ) -> Result<Connection, DialError> {
+        if let Some(c) = self.connection(&peer) {
+            return Ok(c);
+        }
+        // One dial per peer at a time: later callers wait, then reuse its connection.
+        let gate = DialGate::enter(&self.inner.dial_gates, peer);
+        let _turn = gate.gate.lock().await;
+        match self.connection(&peer) {
+            Some(c) => Ok(c),
+            None => self.connect_ranked(peer, addrs).await,
+        }
+    }
+
+    /// Tries the ranked, not backed-off addresses, staggered (happy eyeballs): the first
+    /// connection wins and the other attempts are dropped.
+    pub(super) async fn connect_ranked(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+    ) -> Result<Connection, DialError> {
+        use futures::StreamExt;
+        let local =
+            crate::dialer::Local::from_addrs(&self.listen_addrs(), &self.interface_listen_addrs());
+        let now = Instant::now();
+        let ranked = crate::dialer::rank(addrs, local);
+        let candidates: Vec<Multiaddr> = {
+            let backoff = lock(&self.inner.backoff);
+            ranked
+                .iter()
+                .filter(|a| !backoff.is_backing_off(a, now))
+                .cloned()
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Err(if ranked.is_empty() {
+                DialError::NoAddresses
+            } else {
+                DialError::Backoff
+            });
+        }
+        // Happy eyeballs: a new attempt starts every STAGGER, or at once when one fails.
+        let mut queue: VecDeque<Multiaddr> = candidates
+            .into_iter()
+            .take(crate::dialer::MAX_PARALLEL)
+            .collect();
+        let attempt = |addr: Multiaddr| {
+            let with_peer = match addr.iter().last() {
+                Some(Protocol::P2p(_)) => addr.clone(),
+                _ => addr.clone().with(Protocol::P2p(peer)),
+            };
+            async move {
+                let result = self.dial(&with_peer).await;
+                (addr, result)
+            }
+        };
+        let mut attempts = futures::stream::FuturesUnordered::new();
+        let mut last = DialError::NoAddresses;
+        let mut timer = std::pin::pin!(tokio::time::sleep(std::time::Duration::ZERO));
+        loop {
+            tokio::select! {
+                _ = &mut timer, if !queue.is_empty() => {
+                    if let Some(addr) = queue.pop_front() {
+                        attempts.push(attempt(addr));
+                    }
+                    timer.as_mut().reset(tokio::time::Instant::now() + crate::dialer::STAGGER);
+                }
+                Some((addr, result)) = attempts.next(), if !attempts.is_empty() => match result {
+                    Ok(c) => {
+                        lock(&self.inner.backoff).succeeded(&addr);
+                        return Ok(c);
+                    }
+                    Err(e) => {
+                        lock(&self.inner.backoff).failed(&addr, Instant::now());
+                        last = e;
+                        // Fire the next attempt now rather than at the next tick.
+                        timer.as_mut().reset(tokio::time::Instant::now());
+                    }
+                },
+                else => break,
+            }
+        }
+        Err(last)
+    }
+}

@@ -1,0 +1,243 @@
+//! A connection from handshake to close: registering it, driving its muxer (yamux or
+//! QUIC), and removing it.
+
+use super::*;
+
+impl Host {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn establish(
+        &self,
+        mux: Muxer,
+        peer: PeerId,
+        remote_key: PublicKey,
+        remote_addr: Multiaddr,
+        local_addr: Multiaddr,
+        direction: Direction,
+        route: Route,
+    ) -> Result<Connection, DialError> {
+        let (opener, cmd_rx) = match &mux {
+            Muxer::Yamux(_) => {
+                let (tx, rx) = mpsc::channel(32);
+                (Opener::Yamux(tx), Some(rx))
+            }
+            Muxer::Quic(c) => (Opener::Quic(c.clone()), None),
+        };
+        let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let conn = Connection {
+            inner: Arc::new(ConnInner {
+                id,
+                peer,
+                remote_key,
+                remote_addr,
+                local_addr,
+                direction,
+                transport: route.transport,
+                security: route.security,
+                muxer: route.muxer,
+                early_muxer: route.early_muxer == "true",
+                established: Instant::now(),
+                negotiation_timeout: self.inner.config.negotiation_timeout,
+                opener,
+                close_requested: CancellationToken::new(),
+                closed: CancellationToken::new(),
+                live_streams: AtomicUsize::new(0),
+                ip_slot: Mutex::new(None),
+                max_streams: self.inner.config.max_streams_per_connection.max(1),
+                metrics: self.inner.metrics.clone(),
+            }),
+        };
+        {
+            // Check and insert under one lock, so concurrent handshakes cannot overshoot.
+            let mut conns = lock(&self.inner.connections);
+            let total: usize = conns.values().map(Vec::len).sum();
+            let per_peer = conns.get(&peer).map_or(0, Vec::len);
+            if total >= self.inner.config.max_connections
+                || per_peer >= self.inner.config.max_connections_per_peer
+            {
+                return Err(DialError::Limit); // dropping `mux` closes the socket
+            }
+            conns.entry(peer).or_default().push(conn.clone());
+        }
+        let labels = ConnLabels {
+            dir: direction.as_str(),
+            transport: route.transport,
+            security: route.security,
+            muxer: route.muxer,
+            early_muxer: route.early_muxer,
+            ip_version: route.ip_version,
+        };
+        let m = &self.inner.metrics;
+        m.connections_opened.get_or_create(&labels).inc();
+        m.connections
+            .get_or_create(&DirLabels {
+                dir: direction.as_str(),
+            })
+            .inc();
+        m.key_types
+            .get_or_create(&KeyTypeLabels {
+                dir: direction.as_str(),
+                key_type: key_type_label(conn.remote_key()),
+            })
+            .inc();
+        tracing::debug!(%peer, %id, dir = direction.as_str(), "connection established");
+        self.emit(Event::ConnectionEstablished(conn.clone()));
+        let host = self.clone();
+        let conn2 = conn.clone();
+        // Not `spawn`: the driver must see shutdown as a polite close, not an abort.
+        self.inner.tasks.spawn(async move {
+            let reason = match (mux, cmd_rx) {
+                (Muxer::Yamux(mux), Some(cmds)) => host.drive(*mux, cmds, conn2.clone()).await,
+                (Muxer::Quic(quic), _) => host.drive_quic(quic, conn2.clone()).await,
+                (Muxer::Yamux(_), None) => "no command channel".to_string(),
+            };
+            host.remove_connection(&conn2, labels, reason);
+        });
+        Ok(conn)
+    }
+
+    pub(super) fn remove_connection(&self, conn: &Connection, labels: ConnLabels, reason: String) {
+        drop(lock(&conn.inner.ip_slot).take());
+        {
+            let mut conns = lock(&self.inner.connections);
+            if let Some(list) = conns.get_mut(&conn.peer()) {
+                list.retain(|c| c.id() != conn.id());
+                if list.is_empty() {
+                    conns.remove(&conn.peer());
+                }
+            }
+        }
+        conn.inner.closed.cancel();
+        let m = &self.inner.metrics;
+        m.connections_closed.get_or_create(&labels).inc();
+        m.connection_duration
+            .get_or_create(&labels)
+            .observe(conn.established().elapsed().as_secs_f64());
+        m.connections
+            .get_or_create(&DirLabels {
+                dir: conn.direction().as_str(),
+            })
+            .dec();
+        tracing::debug!(peer = %conn.peer(), id = %conn.id(), %reason, "connection closed");
+        self.emit(Event::ConnectionClosed {
+            id: conn.id(),
+            peer: conn.peer(),
+            direction: conn.direction(),
+            reason,
+        });
+    }
+
+    /// Runs one connection's muxer until it ends; returns why it ended.
+    pub(super) async fn drive(
+        &self,
+        mut mux: YamuxConnection,
+        mut cmds: mpsc::Receiver<Command>,
+        conn: Connection,
+    ) -> String {
+        let mut opening: VecDeque<oneshot::Sender<Result<yamux::Stream, String>>> = VecDeque::new();
+        let mut closing = false;
+        let mut close_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut shutdown_wait = std::pin::pin!(self.inner.shutdown.clone().cancelled_owned());
+        let mut close_wait = std::pin::pin!(conn.inner.close_requested.clone().cancelled_owned());
+        poll_fn(|cx| loop {
+            if !closing
+                && (shutdown_wait.as_mut().poll(cx).is_ready()
+                    || close_wait.as_mut().poll(cx).is_ready())
+            {
+                closing = true;
+            }
+            // Requests whose caller gave up (timed out) are dropped; the queue is bounded,
+            // so a remote that never acknowledges streams cannot make it grow.
+            opening.retain(|tx| !tx.is_closed());
+            while !closing && opening.len() < MAX_PENDING_OPENS {
+                match cmds.poll_recv(cx) {
+                    Poll::Ready(Some(Command::Open(tx))) => opening.push_back(tx),
+                    Poll::Ready(None) => closing = true,
+                    Poll::Pending => break,
+                }
+            }
+            let queue_was_full = opening.len() >= MAX_PENDING_OPENS;
+            if closing {
+                for tx in opening.drain(..) {
+                    let _ = tx.send(Err("connection closing".into()));
+                }
+                // A remote that stops reading cannot hold the close open forever.
+                let deadline = close_deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_TIMEOUT)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready("close timed out".to_string());
+                }
+                return match mux.poll_close(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready("closed locally".to_string()),
+                    Poll::Ready(Err(e)) => Poll::Ready(format!("error while closing: {e}")),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            while !opening.is_empty() {
+                match mux.poll_new_outbound(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        if let Some(tx) = opening.pop_front() {
+                            let _ = tx.send(Ok(stream));
+                        }
+                    }
+                    Poll::Ready(Err(e)) => {
+                        for tx in opening.drain(..) {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                        return Poll::Ready(format!("muxer error: {e}"));
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            match mux.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    self.handle_inbound_stream(Substream::Yamux(stream.compat()), &conn)
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(format!("muxer error: {e}")),
+                Poll::Ready(None) => return Poll::Ready("closed by remote".to_string()),
+                // The command queue was not polled while full: poll it again now that
+                // requests left it, or their wake-up would be lost.
+                Poll::Pending if queue_was_full && opening.len() < MAX_PENDING_OPENS => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Runs a QUIC connection until it ends: quinn drives the protocol itself; here inbound
+    /// streams are accepted and a close is requested.
+    pub(super) async fn drive_quic(&self, quic: quinn::Connection, conn: Connection) -> String {
+        let shutdown = self.inner.shutdown.clone();
+        let close = conn.inner.close_requested.clone();
+        let most = crate::quic::stream_limit(
+            self.inner.config.max_streams_per_connection + YAMUX_STREAM_HEADROOM,
+        );
+        let mut credit = crate::quic::INITIAL_STREAMS.min(most);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = close.cancelled() => break,
+                accepted = quic.accept_bi() => match accepted {
+                    Ok((send, recv)) => {
+                        self.handle_inbound_stream(
+                            Substream::Quic(crate::quic::QuicStream::new(send, recv)),
+                            &conn,
+                        );
+                        // Half the credit in use: double it (up to the limit) before the
+                        // remote has to wait for it.
+                        let live = conn.inner.live_streams.load(Ordering::Relaxed);
+                        if credit < most && live.saturating_mul(2) >= credit as usize {
+                            credit = credit.saturating_mul(2).min(most);
+                            quic.set_max_concurrent_bi_streams(credit.into());
+                        }
+                    }
+                    Err(quinn::ConnectionError::ApplicationClosed(_)) => {
+                        return "closed by remote".to_string()
+                    }
+                    Err(e) => return format!("quic: {e}"),
+                },
+            }
+        }
+        quic.close(0u32.into(), b"");
+        "closed locally".to_string()
+    }
+}

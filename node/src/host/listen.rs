@@ -1,0 +1,237 @@
+//! Listening: TCP, WebSocket and QUIC listeners and the inbound connection path.
+
+use super::*;
+
+impl Host {
+    /// Starts listening; returns the bound address (port 0 resolved).
+    pub async fn listen(&self, addr: &Multiaddr) -> Result<Multiaddr, transport::Error> {
+        let (target, _) = transport::parse(addr)?;
+        if let Target::Quic(socket) = target {
+            return self.listen_quic(socket);
+        }
+        let mut listener = transport::Listener::bind(&target, &self.inner.ws_tls).await?;
+        let bound = listener.local_addr()?;
+        write(&self.inner.listen_addrs).push(bound.clone());
+        self.emit(Event::ListenAddrsChanged);
+        let host = self.clone();
+        let token = self.inner.shutdown.clone();
+        let transport_label = target.transport_label();
+        let ip_version = target.ip_version();
+        let local_addr = bound.clone();
+        self.inner.tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = token.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                let (raw, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!("accept failed: {e}");
+                        // EMFILE and friends: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Dropping `raw` closes the socket.
+                let Ok(slot) = host.ip_slot(&remote, transport_label, ip_version) else {
+                    continue;
+                };
+                let Some(pending) = host.pending_slot(ip_of(&remote), transport_label, ip_version)
+                else {
+                    continue;
+                };
+                let places = Places { ip: slot, pending };
+                let host2 = host.clone();
+                let local = local_addr.clone();
+                host.spawn(async move {
+                    host2
+                        .handle_incoming(raw, remote, local, transport_label, ip_version, places)
+                        .await;
+                });
+            }
+        });
+        Ok(bound)
+    }
+
+    pub(super) fn listen_quic(
+        &self,
+        socket: std::net::SocketAddr,
+    ) -> Result<Multiaddr, transport::Error> {
+        let quic_err = |e: crate::quic::Error| match e {
+            crate::quic::Error::Io(e) => transport::Error::Io(e),
+            other => transport::Error::Io(io::Error::other(other.to_string())),
+        };
+        let server = crate::quic::server_config(
+            self.inner.security.certificate(),
+            self.inner.config.max_streams_per_connection + YAMUX_STREAM_HEADROOM,
+        )
+        .map_err(quic_err)?;
+        let endpoint = crate::quic::bind(socket, Some(server)).map_err(quic_err)?;
+        let bound = crate::quic::multiaddr(endpoint.local_addr()?);
+        lock(&self.inner.quic).listening.push(endpoint.clone());
+        write(&self.inner.listen_addrs).push(bound.clone());
+        self.emit(Event::ListenAddrsChanged);
+        let host = self.clone();
+        let token = self.inner.shutdown.clone();
+        let ip_version = if socket.is_ipv4() { "ip4" } else { "ip6" };
+        let local_addr = bound.clone();
+        self.inner.tasks.spawn(async move {
+            loop {
+                let incoming = tokio::select! {
+                    _ = token.cancelled() => break,
+                    i = endpoint.accept() => match i {
+                        Some(i) => i,
+                        None => break,
+                    },
+                };
+                let remote = crate::quic::multiaddr(incoming.remote_address());
+                let Ok(slot) = host.ip_slot(&remote, "quic-v1", ip_version) else {
+                    incoming.refuse();
+                    continue;
+                };
+                let ip = Some(incoming.remote_address().ip());
+                let Some(pending) = host.pending_slot(ip, "quic-v1", ip_version) else {
+                    incoming.refuse();
+                    continue;
+                };
+                let places = Places { ip: slot, pending };
+                let host2 = host.clone();
+                let local = local_addr.clone();
+                host.spawn(async move {
+                    host2
+                        .handle_incoming_quic(incoming, local, ip_version, places)
+                        .await;
+                });
+            }
+        });
+        Ok(bound)
+    }
+
+    pub(super) async fn handle_incoming_quic(
+        &self,
+        incoming: quinn::Incoming,
+        local: Multiaddr,
+        ip_version: &'static str,
+        places: Places,
+    ) {
+        let Places { ip: slot, pending } = places;
+        let started = Instant::now();
+        let remote = crate::quic::multiaddr(incoming.remote_address());
+        let handshake = async {
+            let conn = incoming
+                .accept()
+                .map_err(|e| DialError::Handshake(e.to_string()))?
+                .await
+                .map_err(|e| DialError::Handshake(e.to_string()))?;
+            let key =
+                crate::quic::peer_key(&conn).map_err(|e| DialError::Handshake(e.to_string()))?;
+            Ok::<_, DialError>((conn, key))
+        };
+        let result = pending.run(handshake).await;
+        drop(pending);
+        let (conn, key) = match result {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => return self.inbound_failed("quic-v1", ip_version, &e),
+            Err(CutShort::Deadline) => {
+                return self.inbound_failed("quic-v1", ip_version, &DialError::Timeout)
+            }
+            Err(cut @ CutShort::Evicted) => {
+                return count_error(
+                    &self.inner.metrics.handshake_errors,
+                    "quic-v1",
+                    cut.label(),
+                    ip_version,
+                )
+            }
+        };
+        let peer = key.to_peer_id();
+        let route = quic_route(ip_version);
+        let admitted = self.admit(&peer).and_then(|()| {
+            self.observe_handshake(started, route);
+            self.establish(
+                Muxer::Quic(conn.clone()),
+                peer,
+                key,
+                remote,
+                local,
+                Direction::Inbound,
+                route,
+            )
+        });
+        if let Ok(c) = &admitted {
+            *lock(&c.inner.ip_slot) = slot;
+        }
+        if let Err(e) = admitted {
+            conn.close(0u32.into(), b"connection limit");
+            count_error(
+                &self.inner.metrics.handshake_errors,
+                "quic-v1",
+                e.label(),
+                ip_version,
+            );
+        }
+    }
+
+    pub(super) async fn handle_incoming(
+        &self,
+        raw: transport::Inbound,
+        remote: Multiaddr,
+        local: Multiaddr,
+        transport: &'static str,
+        ip_version: &'static str,
+        places: Places,
+    ) {
+        let Places { ip: slot, pending } = places;
+        let started = Instant::now();
+        let upgraded = pending
+            .run(async {
+                let raw = raw.upgrade().await?;
+                self.upgrade(raw, false, None).await
+            })
+            .await;
+        drop(pending);
+        let (mux, peer, key, route) = match upgraded {
+            Err(cut) => {
+                count_error(
+                    &self.inner.metrics.handshake_errors,
+                    transport,
+                    cut.label(),
+                    ip_version,
+                );
+                if let CutShort::Deadline = cut {
+                    self.emit(Event::IncomingConnectionError {
+                        error: "handshake timed out".into(),
+                    });
+                }
+                return;
+            }
+            Ok(Err(e)) => return self.inbound_failed(transport, ip_version, &e),
+            Ok(Ok(u)) => u,
+        };
+        if let Err(e) = self.admit(&peer) {
+            count_error(
+                &self.inner.metrics.handshake_errors,
+                transport,
+                e.label(),
+                ip_version,
+            );
+            return; // dropping `mux` closes the socket
+        }
+        let route = Route {
+            transport,
+            ip_version,
+            ..route
+        };
+        self.observe_handshake(started, route);
+        match self.establish(mux, peer, key, remote, local, Direction::Inbound, route) {
+            Ok(c) => *lock(&c.inner.ip_slot) = slot,
+            Err(e) => count_error(
+                &self.inner.metrics.handshake_errors,
+                transport,
+                e.label(),
+                ip_version,
+            ),
+        }
+    }
+}
