@@ -10,6 +10,7 @@
 //! bounded; the server's progress is read from its metrics, not guessed with sleeps.
 #![allow(clippy::unwrap_used)]
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -93,13 +94,18 @@ impl Server {
             .get()
     }
 
-    /// Waits until the server has taken in `sockets` inbound TCP connections: each one
-    /// is either in its handshake or counted as refused, evicted or failed.
-    async fn settled(&self, sockets: u64) {
+    /// Stalled sockets, one per source address: connected, silent, held open. Returns
+    /// once the server has taken in every one: each is either in its handshake or
+    /// counted as refused, evicted or failed.
+    async fn flood(&self, sources: &[Ipv4Addr]) -> Vec<TcpStream> {
+        let mut held = Vec::with_capacity(sources.len());
+        for source in sources {
+            held.push(connect_from(*source, self.tcp).await.unwrap());
+        }
         tokio::time::timeout(SETTLE, async {
             loop {
                 let seen = self.host.pending_incoming("tcp") as u64 + self.tcp_handshake_errors();
-                if seen >= sockets {
+                if seen >= held.len() as u64 {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -107,7 +113,35 @@ impl Server {
         })
         .await
         .expect("the server takes in the flood within the bound");
+        held
     }
+}
+
+/// Runs a whole test within [`TEST`].
+async fn bounded(test: impl Future<Output = ()>) {
+    tokio::time::timeout(TEST, test)
+        .await
+        .expect("test within its bound");
+}
+
+/// Whether one honest `attempt` succeeds within [`ATTEMPT`].
+async fn served(attempt: impl Future<Output = Option<()>>) -> bool {
+    tokio::time::timeout(ATTEMPT, attempt)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// [`HONEST`] attempts, one after another; how many were served.
+async fn honest_served<F: Future<Output = bool>>(mut attempt: impl FnMut() -> F) -> usize {
+    let mut served = 0;
+    for _ in 0..HONEST {
+        if attempt().await {
+            served += 1;
+        }
+    }
+    served
 }
 
 /// Connects from `source` (port chosen by the kernel) to `to`.
@@ -117,18 +151,9 @@ async fn connect_from(source: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpSt
     socket.connect(to).await
 }
 
-/// Stalled sockets, one per source address: connected, silent, held open.
-async fn flood(to: SocketAddr, sources: &[Ipv4Addr]) -> Vec<TcpStream> {
-    let mut held = Vec::with_capacity(sources.len());
-    for source in sources {
-        held.push(connect_from(*source, to).await.unwrap());
-    }
-    held
-}
-
-/// One honest handshake from `source`: served when our Noise handshake completes and
-/// the server reports the connection.
-async fn honest(server: &Server, source: Ipv4Addr) -> bool {
+/// One honest TCP handshake from `source`: served when our Noise handshake completes
+/// and the server reports the connection.
+async fn honest_tcp(server: &Server, source: Ipv4Addr) -> bool {
     let key = Keypair::generate_ed25519();
     let me = key.public().to_peer_id();
     let config = secure::Config::new(
@@ -148,11 +173,7 @@ async fn honest(server: &Server, source: Ipv4Addr) -> bool {
         established(&server.host, &mut events, me).await;
         Some(())
     };
-    tokio::time::timeout(ATTEMPT, attempt)
-        .await
-        .ok()
-        .flatten()
-        .is_some()
+    served(attempt).await
 }
 
 /// Waits for the server's `ConnectionEstablished` with `peer`.
@@ -177,15 +198,23 @@ async fn established(
     }
 }
 
-/// Honest handshakes from `source`, one after another; how many were served.
-async fn honest_served(server: &Server, source: Ipv4Addr) -> usize {
-    let mut served = 0;
-    for _ in 0..HONEST {
-        if honest(server, source).await {
-            served += 1;
-        }
-    }
-    served
+/// One honest QUIC handshake to `addr`, from a host of its own.
+async fn honest_quic(server: &Server, addr: &Multiaddr) -> bool {
+    let client = Host::new(
+        Keypair::generate_ed25519(),
+        host::Config::default(),
+        Metrics::unregistered(),
+    )
+    .unwrap();
+    let mut events = server.host.subscribe();
+    let ok = served(async {
+        client.dial(addr).await.ok()?;
+        established(&server.host, &mut events, client.peer_id()).await;
+        Some(())
+    })
+    .await;
+    client.shutdown(Duration::from_millis(100)).await;
+    ok
 }
 
 /// 127.1.S.1 ..= 127.1.S.`per_subnet` for S in 0..`subnets`.
@@ -197,13 +226,12 @@ fn spread(subnets: u8, per_subnet: u8) -> Vec<Ipv4Addr> {
 
 #[tokio::test]
 async fn stalled_sockets_from_one_address_leave_room_for_honest_clients() {
-    tokio::time::timeout(TEST, async {
+    bounded(async {
         let server = server(false).await;
         // Twice the pending pool, from one address.
         let sources = vec![Ipv4Addr::LOCALHOST; 2 * MAX_PENDING];
-        let _held = flood(server.tcp, &sources).await;
-        server.settled(sources.len() as u64).await;
-        let served = honest_served(&server, Ipv4Addr::new(127, 0, 0, 2)).await;
+        let _held = server.flood(&sources).await;
+        let served = honest_served(|| honest_tcp(&server, Ipv4Addr::new(127, 0, 0, 2))).await;
         println!("one-address flood: {served}/{HONEST} honest handshakes served");
         assert!(served >= HONEST - 1, "{served}/{HONEST} served");
         assert!(
@@ -211,25 +239,23 @@ async fn stalled_sockets_from_one_address_leave_room_for_honest_clients() {
             "refusals counted"
         );
     })
-    .await
-    .expect("test within its bound");
+    .await;
 }
 
 #[tokio::test]
 async fn stalled_sockets_from_hundreds_of_addresses_leave_room_for_honest_clients() {
-    tokio::time::timeout(TEST, async {
+    bounded(async {
         let server = server(false).await;
         // 300 addresses in five /24s: every one passes the per-IP budget, five subnets
         // of 32 pass the per-subnet budget, together far more than the pool.
         let sources = spread(5, 60);
-        let _held = flood(server.tcp, &sources).await;
-        server.settled(sources.len() as u64).await;
+        let _held = server.flood(&sources).await;
         assert_eq!(
             server.host.pending_incoming("tcp"),
             MAX_PENDING,
             "the pool is full"
         );
-        let served = honest_served(&server, Ipv4Addr::new(127, 2, 0, 1)).await;
+        let served = honest_served(|| honest_tcp(&server, Ipv4Addr::new(127, 2, 0, 1))).await;
         println!("300-address flood: {served}/{HONEST} honest handshakes served");
         assert!(served >= HONEST - 1, "{served}/{HONEST} served");
         assert!(
@@ -241,8 +267,7 @@ async fn stalled_sockets_from_hundreds_of_addresses_leave_room_for_honest_client
             "evictions counted"
         );
     })
-    .await
-    .expect("test within its bound");
+    .await;
 }
 
 /// Reconnects from `source` as soon as the server drops the socket, until `stop` or
@@ -270,20 +295,19 @@ async fn churn(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnecting_flood_from_hundreds_of_addresses_leaves_room_for_honest_clients() {
-    tokio::time::timeout(TEST, async {
+    bounded(async {
         let server = server(false).await;
         // The same 300 addresses, each socket reopened the moment the server drops it
         // (refused, evicted or timed out), up to 20 000 connections in all.
         let sources = spread(5, 60);
-        let _held = flood(server.tcp, &sources).await;
-        server.settled(sources.len() as u64).await;
+        let _held = server.flood(&sources).await;
         let budget = Arc::new(AtomicUsize::new(20_000));
         let stop = tokio_util::sync::CancellationToken::new();
         let attackers: Vec<_> = sources
             .iter()
             .map(|s| tokio::spawn(churn(server.tcp, *s, budget.clone(), stop.clone())))
             .collect();
-        let served = honest_served(&server, Ipv4Addr::new(127, 2, 0, 1)).await;
+        let served = honest_served(|| honest_tcp(&server, Ipv4Addr::new(127, 2, 0, 1))).await;
         let spent = 20_000 - budget.load(Ordering::Relaxed);
         stop.cancel();
         for a in attackers {
@@ -295,17 +319,15 @@ async fn a_reconnecting_flood_from_hundreds_of_addresses_leaves_room_for_honest_
         );
         assert!(served >= HONEST - 1, "{served}/{HONEST} served");
     })
-    .await
-    .expect("test within its bound");
+    .await;
 }
 
 #[tokio::test]
 async fn a_tcp_flood_does_not_refuse_quic() {
-    tokio::time::timeout(TEST, async {
+    bounded(async {
         let server = server(true).await;
         let sources = spread(5, 60);
-        let _held = flood(server.tcp, &sources).await;
-        server.settled(sources.len() as u64).await;
+        let _held = server.flood(&sources).await;
         assert_eq!(
             server.host.pending_incoming("tcp"),
             MAX_PENDING,
@@ -318,30 +340,7 @@ async fn a_tcp_flood_does_not_refuse_quic() {
             .into_iter()
             .find(|a| a.iter().any(|p| matches!(p, multiaddr::Protocol::QuicV1)))
             .unwrap();
-        let mut served = 0;
-        for _ in 0..HONEST {
-            let client = Host::new(
-                Keypair::generate_ed25519(),
-                host::Config::default(),
-                Metrics::unregistered(),
-            )
-            .unwrap();
-            let mut events = server.host.subscribe();
-            let attempt = async {
-                client.dial(&quic).await.ok()?;
-                established(&server.host, &mut events, client.peer_id()).await;
-                Some(())
-            };
-            if tokio::time::timeout(ATTEMPT, attempt)
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                served += 1;
-            }
-            client.shutdown(Duration::from_millis(100)).await;
-        }
+        let served = honest_served(|| honest_quic(&server, &quic)).await;
         println!("TCP flood: {served}/{HONEST} QUIC handshakes served");
         assert!(
             served >= HONEST - 1,
@@ -350,6 +349,5 @@ async fn a_tcp_flood_does_not_refuse_quic() {
         // QUIC took no TCP handshake's place.
         assert_eq!(server.tcp_errors("pending_evicted"), evicted);
     })
-    .await
-    .expect("test within its bound");
+    .await;
 }

@@ -353,10 +353,14 @@ impl AsyncWrite for Tracked {
 }
 
 #[cfg(test)]
+#[path = "../tests/common/http.rs"]
+mod test_client;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     const T: Duration = Duration::from_secs(10);
 
@@ -400,8 +404,7 @@ mod tests {
         fn sample(&self, name: &str) -> Option<i64> {
             let mut text = String::new();
             prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            test_client::sample(&text, name)
         }
 
         /// Waits (bounded) until a sample has a value.
@@ -420,35 +423,12 @@ mod tests {
         }
     }
 
-    /// Reads until the server closes; returns what it sent and when it closed.
-    async fn read_to_close(s: &mut TcpStream) -> (String, Duration) {
-        let started = Instant::now();
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        let done = tokio::time::timeout(T, async {
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-        .await;
-        assert!(done.is_ok(), "the server did not close within {T:?}");
-        (
-            String::from_utf8_lossy(&out).into_owned(),
-            started.elapsed(),
-        )
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        test_client::get(addr, path, T).await
     }
 
-    async fn get(addr: SocketAddr, path: &str) -> String {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        read_to_close(&mut s).await.0
+    async fn read_to_close(s: &mut TcpStream) -> (String, Duration) {
+        test_client::read_to_close(s, T).await
     }
 
     #[tokio::test]

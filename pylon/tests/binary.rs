@@ -2,144 +2,30 @@
 //! by signal. Every wait is bounded.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use pylon_node::metrics::Metrics;
-use pylon_node::node::{self, Node};
+use pylon_node::node;
 use pylon_node::protocols::{identify, ping};
-use pylon_node::{Multiaddr, PeerId};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pylon");
-const T: Duration = Duration::from_secs(20);
-
-struct Running {
-    child: Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-    log: Vec<String>,
-}
-
-impl Running {
-    async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Running {
-        Self::start_on(data_dir, "/ip4/127.0.0.1/tcp/0", extra).await
-    }
-
-    async fn start_on(data_dir: &std::path::Path, listen: &str, extra: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", listen, "--metrics", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        Running {
-            child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// Reads log lines until one contains `needle`; returns it.
-    async fn wait_log(&mut self, needle: &str) -> String {
-        let found = tokio::time::timeout(T, async {
-            while let Some(line) = self.lines.next_line().await.unwrap() {
-                self.log.push(line.clone());
-                if line.contains(needle) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => line,
-            _ => panic!(
-                "no log line with {needle:?}; log so far:\n{}",
-                self.log.join("\n")
-            ),
-        }
-    }
-
-    async fn stop(mut self, signal: &str) -> String {
-        let pid = self.child.id().unwrap().to_string();
-        let status = Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
-        let line = self.wait_log("storage flushed").await;
-        let exit = tokio::time::timeout(T, self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(exit.success(), "exit status {exit}");
-        line
-    }
-}
-
-fn field_after<'a>(line: &'a str, marker: &str) -> &'a str {
-    let start = line.find(marker).unwrap() + marker.len();
-    line[start..].split_whitespace().next().unwrap()
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut body = String::new();
-    tokio::time::timeout(T, s.read_to_string(&mut body))
-        .await
-        .unwrap()
-        .unwrap();
-    body
-}
-
-async fn client() -> Node {
-    let config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..Default::default()
-    };
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
-}
+mod common;
+use common::{
+    bin, client, field_after, http_get, kad_node, peer_of, pylon_command, subcommand, wait_metric,
+    Running, T,
+};
 
 #[tokio::test]
 async fn run_serves_identify_ping_metrics_and_stops_on_signal() {
     let dir = tempfile::tempdir().unwrap();
-    let mut pylon = Running::start(dir.path(), &[]).await;
+    let mut pylon = Running::start(dir.path(), &[]);
     let started = pylon.wait_log("pylon started").await;
-    let listen: Multiaddr = field_after(&pylon.wait_log("listening on").await, "listening on ")
-        .parse()
-        .unwrap();
-    let metrics_url = field_after(&pylon.wait_log("metrics on").await, "metrics on ").to_string();
-    let peer: PeerId = match listen.iter().last() {
-        Some(multiaddr::Protocol::P2p(p)) => p,
-        _ => panic!("listen address without /p2p/: {listen}"),
-    };
+    let (listen, metrics) = pylon.addresses().await;
+    let peer = peer_of(&listen);
     assert!(started.contains(&peer.to_string()));
 
     // `pylon id` agrees with the running node.
-    let out = Command::new(BIN)
-        .arg("id")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .await
-        .unwrap();
+    let out = subcommand("id", dir.path()).output().await.unwrap();
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().trim(),
         peer.to_string()
@@ -166,10 +52,7 @@ async fn run_serves_identify_ping_metrics_and_stops_on_signal() {
     ping::ping(&c.host, &peer).await.unwrap();
 
     // Metrics: the connection is counted, with go-libp2p's family names and no PeerId.
-    let hostport = metrics_url
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics");
-    let body = http_get(hostport, "/metrics").await;
+    let body = http_get(&metrics, "/metrics").await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("libp2p_swarm_connections_opened_total{dir=\"inbound\",transport=\"tcp\",security=\"noise\",muxer=\"yamux\""), "{body}");
     assert!(
@@ -194,7 +77,7 @@ async fn run_serves_identify_ping_metrics_and_stops_on_signal() {
     .unwrap();
 
     // Restart (SIGINT this time): same PeerId, and the peer we met is still in the store.
-    let mut again = Running::start(dir.path(), &[]).await;
+    let mut again = Running::start(dir.path(), &[]);
     let started = again.wait_log("pylon started").await;
     assert!(started.contains(&peer.to_string()), "{started}");
     again.stop("-INT").await;
@@ -222,11 +105,9 @@ async fn bad_config_names_the_key_and_exits_nonzero() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[connections]\nhandshake_timeout = \"soon\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
+    let out = subcommand("run", dir.path())
+        .arg("--config")
         .arg(&file)
-        .arg("--data-dir")
-        .arg(dir.path())
         .output()
         .await
         .unwrap();
@@ -237,21 +118,16 @@ async fn bad_config_names_the_key_and_exits_nonzero() {
         "{err}"
     );
 
-    let out = Command::new(BIN)
-        .args(["run", "--listen", "/ip4/1.2.3.4/udp/9"])
-        .arg("--data-dir")
-        .arg(dir.path())
+    let out = subcommand("run", dir.path())
+        .args(["--listen", "/ip4/1.2.3.4/udp/9"])
         .output()
         .await
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("listen[0]"));
 
-    let out = Command::new(BIN)
-        .args(["id"])
+    let out = subcommand("id", dir.path())
         .env("PYLON_PEERSTORE__MAX_PEERS", "many")
-        .arg("--data-dir")
-        .arg(dir.path())
         .output()
         .await
         .unwrap();
@@ -265,17 +141,11 @@ async fn bad_config_names_the_key_and_exits_nonzero() {
 async fn init_writes_a_config_that_runs() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = Command::new(BIN)
-        .arg("init")
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .await
-        .unwrap();
+    let out = subcommand("init", &data).output().await.unwrap();
     assert!(out.status.success());
     let text = std::fs::read_to_string(data.join("pylon.toml")).unwrap();
     assert!(text.contains(&format!("data_dir = {:?}", data.display().to_string())));
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .arg("config")
         .arg("--config")
         .arg(data.join("pylon.toml"))
@@ -309,13 +179,12 @@ async fn perf_client_measures_a_perf_server() {
             "--listen",
             "/ip4/127.0.0.1/udp/0/quic-v1",
         ],
-    )
-    .await;
+    );
     let line = server.wait_log("listening on /ip4/127.0.0.1/udp/").await;
     let addr = field_after(&line, "listening on ").to_string();
     let out = tokio::time::timeout(
         T,
-        Command::new(BIN)
+        Command::new(bin())
             .args([
                 "perf",
                 &addr,
@@ -345,42 +214,11 @@ async fn perf_client_measures_a_perf_server() {
         vec!["perf", addr.as_str(), "--upload", "3 parsecs"],
         vec!["perf", "/ip4/127.0.0.1/tcp/1"],
     ] {
-        let out = Command::new(BIN).args(&args).output().await.unwrap();
+        let out = Command::new(bin()).args(&args).output().await.unwrap();
         assert_eq!(out.status.code(), Some(2));
         assert!(!out.stderr.is_empty());
     }
     server.stop("-INT").await;
-}
-
-/// A Pylon DHT node in this process (server or client mode), refresh off.
-async fn kad_node(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
-    let config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        kad: Some(pylon_node::protocols::kad::Config {
-            server,
-            bootstrap,
-            refresh_interval: None,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
-}
-
-/// Polls the metrics endpoint until `line` (a sample, value included) shows up.
-async fn wait_metric(hostport: &str, line: &str) {
-    let found = tokio::time::timeout(T, async {
-        loop {
-            if http_get(hostport, "/metrics").await.contains(line) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(found.is_ok(), "no {line:?} in the metrics within {T:?}");
 }
 
 /// The bootstrap role across `kill -9`: records, providers and the routing table that
@@ -403,20 +241,11 @@ async fn bootstrap_role_survives_kill_9_with_its_table_and_records() {
         .port();
     let listen = format!("/ip4/127.0.0.1/tcp/{port}");
     let args = ["--config", config.as_str()];
-    let mut pylon = Running::start_on(dir.path(), &listen, &args).await;
+    let start = || Running::spawn(pylon_command(dir.path(), &listen, &args, &[]));
+    let mut pylon = start();
     pylon.wait_log("role: bootstrap").await;
-    let addr: Multiaddr = field_after(&pylon.wait_log("listening on").await, "listening on ")
-        .parse()
-        .unwrap();
-    let metrics_url = field_after(&pylon.wait_log("metrics on").await, "metrics on ").to_string();
-    let hostport = metrics_url
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics")
-        .to_string();
-    let boot: PeerId = match addr.iter().last() {
-        Some(multiaddr::Protocol::P2p(p)) => p,
-        _ => panic!("no /p2p/ in {addr}"),
-    };
+    let (addr, hostport) = pylon.addresses().await;
+    let boot = peer_of(&addr);
 
     // Five DHT servers join through it; a client stores a record and provides content.
     let mut servers = Vec::new();
@@ -454,7 +283,7 @@ async fn bootstrap_role_survives_kill_9_with_its_table_and_records() {
     pylon.child.kill().await.unwrap(); // SIGKILL: no shutdown, no flush
     client.shutdown(T).await;
 
-    let mut pylon = Running::start_on(dir.path(), &listen, &args).await;
+    let mut pylon = start();
     pylon.wait_log("role: bootstrap").await;
     let started = pylon.wait_log("kademlia on").await;
     assert!(started.contains("table=5"), "{started}");

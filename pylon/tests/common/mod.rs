@@ -1,0 +1,228 @@
+//! What the integration tests of the `pylon` binary share: the binary under test, a
+//! running `pylon run` whose log is read line by line, its HTTP endpoints, and peers in
+//! this process to point at it. Every wait is bounded by [`T`].
+// Each test binary uses a part of this.
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
+
+pub mod http;
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use pylon_node::metrics::Metrics;
+use pylon_node::node::{self, Node};
+use pylon_node::{Multiaddr, PeerId};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+
+/// The bound on every wait.
+pub const T: Duration = Duration::from_secs(20);
+
+/// Loopback TCP, the port chosen by the kernel.
+pub const LOCAL_TCP: &str = "/ip4/127.0.0.1/tcp/0";
+
+/// The binary under test; `TEST_PYLON_BIN` runs the scenarios against another build (a
+/// release binary, or an older commit to reproduce a defect).
+pub fn bin() -> String {
+    std::env::var("TEST_PYLON_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_pylon").to_string())
+}
+
+/// `pylon <name> --data-dir <data_dir>`.
+pub fn subcommand(name: &str, data_dir: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg(name).arg("--data-dir").arg(data_dir);
+    cmd
+}
+
+/// `pylon run` on `data_dir`, listening on `listen`, with its metrics on a loopback port
+/// chosen by the kernel; `extra` arguments and `env` variables added.
+pub fn pylon_command(
+    data_dir: &Path,
+    listen: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
+    let mut cmd = subcommand("run", data_dir);
+    cmd.args(["--listen", listen, "--metrics", "127.0.0.1:0"])
+        .args(extra)
+        .envs(env.iter().copied());
+    cmd
+}
+
+/// A running `pylon`, its log (stderr) read as the test asks for lines.
+pub struct Running {
+    pub child: Child,
+    lines: tokio::io::Lines<BufReader<ChildStderr>>,
+    /// Every line read so far.
+    pub log: Vec<String>,
+}
+
+impl Running {
+    /// Spawns `cmd` (a [`pylon_command`], or one that execs it) with `RUST_LOG=info`, its
+    /// stderr piped, stdin and stdout closed; the process is killed when this is dropped.
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        Running {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// `pylon run` on `data_dir`, listening on [`LOCAL_TCP`], with `extra` arguments.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Running {
+        Self::spawn(pylon_command(data_dir, LOCAL_TCP, extra, &[]))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    /// Reads log lines until one contains `needle` (None at the end of the log or after
+    /// `T`).
+    pub async fn find_log(&mut self, needle: &str) -> Option<String> {
+        tokio::time::timeout(T, async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                self.log.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Reads log lines until one contains `needle`; returns it, or fails showing the log.
+    pub async fn wait_log(&mut self, needle: &str) -> String {
+        match self.find_log(needle).await {
+            Some(line) => line,
+            None => panic!(
+                "no log line with {needle:?}; log so far:\n{}",
+                self.log.join("\n")
+            ),
+        }
+    }
+
+    /// The first p2p listen address (with /p2p/) and the metrics `host:port`, from the
+    /// start-up lines (in whichever order they come).
+    pub async fn addresses(&mut self) -> (Multiaddr, String) {
+        let (mut listen, mut metrics) = (None, None);
+        while listen.is_none() || metrics.is_none() {
+            let line = self.wait_log(" on ").await;
+            if line.contains("listening on ") && listen.is_none() {
+                listen = Some(field_after(&line, "listening on ").parse().unwrap());
+            } else if line.contains("metrics on http://") {
+                let m = field_after(&line, "metrics on http://").trim_end_matches("/metrics");
+                metrics = Some(m.to_string());
+            }
+        }
+        (listen.unwrap(), metrics.unwrap())
+    }
+
+    /// Sends `signal` (`kill` syntax: "-INT", "-TERM").
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The exit status, or None if the process is still running after `T`.
+    pub async fn exit(&mut self) -> Option<ExitStatus> {
+        let status = tokio::time::timeout(T, self.child.wait()).await.ok()?;
+        Some(status.unwrap())
+    }
+
+    /// Stops by `signal`: storage is flushed and the process exits 0. Returns the log
+    /// line that said so.
+    pub async fn stop(mut self, signal: &str) -> String {
+        self.signal(signal);
+        let line = self.wait_log("storage flushed").await;
+        let exit = self.exit().await.expect("exit after the signal");
+        assert!(exit.success(), "exit status {exit}");
+        line
+    }
+}
+
+/// The whitespace-delimited word after `marker` in `line`.
+pub fn field_after<'a>(line: &'a str, marker: &str) -> &'a str {
+    let start = line.find(marker).unwrap() + marker.len();
+    line[start..].split_whitespace().next().unwrap()
+}
+
+/// The PeerId a `/p2p/` address ends with.
+pub fn peer_of(addr: &Multiaddr) -> PeerId {
+    match addr.iter().last() {
+        Some(multiaddr::Protocol::P2p(p)) => p,
+        _ => panic!("no /p2p/ in {addr}"),
+    }
+}
+
+/// `GET path` from `hostport`: the whole answer, status line to body.
+pub async fn http_get(hostport: &str, path: &str) -> String {
+    http::get(hostport, path, T).await
+}
+
+/// Polls `path` until its answer contains `needle`; returns that answer.
+pub async fn wait_http(hostport: &str, path: &str, needle: &str) -> String {
+    let got = tokio::time::timeout(T, async {
+        loop {
+            let body = http_get(hostport, path).await;
+            if body.contains(needle) {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    got.unwrap_or_else(|_| panic!("{path} never answered {needle:?} within {T:?}"))
+}
+
+/// Polls the metrics endpoint until `line` (a sample, value included) shows up.
+pub async fn wait_metric(hostport: &str, line: &str) {
+    wait_http(hostport, "/metrics", line).await;
+}
+
+/// A node in this process on [`LOCAL_TCP`], nothing stored.
+async fn volatile(config: node::Config) -> Node {
+    let config = node::Config {
+        listen: vec![LOCAL_TCP.parse().unwrap()],
+        ..config
+    };
+    Node::start_volatile(config, Metrics::unregistered())
+        .await
+        .unwrap()
+}
+
+/// A plain peer: identify and ping, no DHT.
+pub async fn client() -> Node {
+    volatile(node::Config::default()).await
+}
+
+/// A Pylon DHT node in this process (server or client mode), refresh off.
+pub async fn kad_node(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
+    volatile(node::Config {
+        kad: Some(pylon_node::protocols::kad::Config {
+            server,
+            bootstrap,
+            refresh_interval: None,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+}
