@@ -25,6 +25,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::ipprefix::IpPrefix;
+
 /// Budgets and deadlines of inbound handshakes.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -40,25 +42,15 @@ pub(crate) struct Config {
     pub deadline_floor: Duration,
 }
 
-/// IPv4 /24 or IPv6 /48 (an IPv4-mapped IPv6 address counts as IPv4).
+/// A subnet as the host counts inbound connections by: [`IpPrefix::subnet`] (IPv4 /24,
+/// IPv6 /48, IPv4-mapped IPv6 as IPv4). A thin name kept for the host's per-subnet
+/// connection caps; new code uses [`IpPrefix`] directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Subnet {
-    V4([u8; 3]),
-    V6([u8; 6]),
-}
+pub(crate) struct Subnet(IpPrefix);
 
 impl Subnet {
     pub fn of(ip: IpAddr) -> Subnet {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => {
-                let o = v4.octets();
-                Subnet::V4([o[0], o[1], o[2]])
-            }
-            IpAddr::V6(v6) => {
-                let o = v6.octets();
-                Subnet::V6([o[0], o[1], o[2], o[3], o[4], o[5]])
-            }
-        }
+        Subnet(IpPrefix::subnet(ip))
     }
 }
 
@@ -109,7 +101,7 @@ struct Entry<T> {
 #[derive(Default)]
 struct Pool {
     len: usize,
-    groups: HashMap<Option<Subnet>, VecDeque<PendingId>>,
+    groups: HashMap<Option<IpPrefix>, VecDeque<PendingId>>,
 }
 
 impl Pool {
@@ -130,7 +122,7 @@ pub(crate) struct Admission<T> {
     entries: HashMap<PendingId, Entry<T>>,
     pools: HashMap<&'static str, Pool>,
     ips: HashMap<IpAddr, usize>,
-    subnets: HashMap<Subnet, usize>,
+    subnets: HashMap<IpPrefix, usize>,
 }
 
 impl<T> Admission<T> {
@@ -154,7 +146,7 @@ impl<T> Admission<T> {
         payload: T,
     ) -> Result<Admitted<T>, Refusal> {
         let ip = ip.map(|ip| ip.to_canonical());
-        let subnet = ip.map(Subnet::of);
+        let subnet = ip.map(IpPrefix::subnet);
         if let Some(ip) = ip {
             let per_ip = self.config.per_ip;
             if per_ip > 0 && self.ips.get(&ip).copied().unwrap_or(0) >= per_ip {
@@ -206,7 +198,7 @@ impl<T> Admission<T> {
     /// still admitted (not evicted already).
     pub fn release(&mut self, id: PendingId) -> Option<T> {
         let entry = self.entries.remove(&id)?;
-        let subnet = entry.ip.map(Subnet::of);
+        let subnet = entry.ip.map(IpPrefix::subnet);
         if let Some(pool) = self.pools.get_mut(entry.pool) {
             pool.len -= 1;
             if let Some(group) = pool.groups.get_mut(&subnet) {

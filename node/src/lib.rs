@@ -9,6 +9,8 @@ pub mod dns;
 pub mod host;
 pub mod identity;
 mod io_util;
+pub mod ipprefix;
+pub mod limits;
 pub mod metrics;
 pub mod multistream;
 pub mod node;

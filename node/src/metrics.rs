@@ -82,6 +82,14 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// The supervised task (`tcp_listener`, `kad_refresh`, ...).
+    pub task: &'static str,
+    /// `ended` or `panicked`.
+    pub how: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -116,6 +124,8 @@ pub struct Metrics {
     pub kad_network_size: Gauge,
     /// The node's database (`pylon_storage_*`).
     pub storage: Arc<crate::storage::Metrics>,
+    /// Supervised tasks that ended before shutdown (`pylon_task_failures_total`).
+    pub task_failures: Family<TaskLabels, Counter>,
 }
 
 impl Metrics {
@@ -145,7 +155,13 @@ impl Metrics {
             kad_provider_records: Gauge::default(),
             kad_network_size: Gauge::default(),
             storage: crate::storage::Metrics::new(registry),
+            task_failures: Family::default(),
         };
+        registry.register(
+            "pylon_task_failures",
+            "Core tasks (listeners, periodic jobs) that ended or panicked before shutdown",
+            m.task_failures.clone(),
+        );
         let swarm = registry.sub_registry_with_prefix("libp2p_swarm");
         swarm.register(
             "connections_opened",

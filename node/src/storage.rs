@@ -391,7 +391,13 @@ impl Storage {
         let owner = inner.clone();
         std::thread::Builder::new()
             .name("pylon-storage".into())
-            .spawn(move || owner.run())
+            .spawn(move || {
+                let watched = owner.clone();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| owner.run())).is_err() {
+                    // Nobody flushes any more: say so for good (readiness fails).
+                    watched.fail("the storage thread panicked".into());
+                }
+            })
             .map_err(|e| Error::Open {
                 path: path.display().to_string(),
                 reason: format!("starting the storage thread: {e}"),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use prometheus_client::registry::Registry;
+use pylon_node::storage::Health;
 
 #[derive(Parser)]
 #[command(name = "pylon", version, about = "Pylon: a libp2p infrastructure node")]
@@ -344,14 +345,12 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let node =
         pylon_node::node::Node::start_in(&config.data_dir, config.node.clone(), metrics).await?;
-    let _bootstrap = match &config.bootstrap {
-        Some(b) => {
-            let role = pylon_roles::bootstrap::Bootstrap::start(&node, b.clone(), &mut registry)?;
-            tracing::info!("role: bootstrap");
-            Some(role)
-        }
-        None => None,
-    };
+    // Every configured role, generically; the handles are what the admin API will list.
+    let mut roles = Vec::with_capacity(config.roles.len());
+    for role in &config.roles {
+        roles.push(role.start(&node, &mut registry)?);
+        tracing::info!("role: {}", role.name());
+    }
     if let Some(kad) = &node.kad {
         tracing::info!(
             protocol = %kad.config().protocol,
@@ -362,13 +361,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     }
     let metrics_task = match config.metrics {
         Some(addr) => Some(
-            metrics_server::start(
-                addr,
-                &config.metrics_http,
-                registry,
-                node.storage().map(|s| s.watch_health()),
-            )
-            .await?,
+            metrics_server::start(addr, &config.metrics_http, registry, readiness(&node)).await?,
         ),
         None => None,
     };
@@ -379,10 +372,16 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     if let Some((addr, _)) = &metrics_task {
         tracing::info!("metrics on http://{addr}/metrics");
     }
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let mut failure = node.host.watch_failure();
+    let failed = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
+        f = failure.wait_for(|f| f.is_some()) => {
+            let what = f.map(|f| f.clone().unwrap_or_default()).unwrap_or_default();
+            tracing::error!("a core task failed ({what}): shutting down");
+            Some(what)
+        }
+    };
     // Bounded: connections get their grace, the final flush its stall timeout; past
     // that, or on a second signal, the process exits at once (no destructor may block).
     let deadline =
@@ -396,6 +395,13 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         handle.abort();
     }
     match stopped {
+        Ok(Ok(())) if failed.is_some() => {
+            tracing::info!("stopped; storage flushed");
+            anyhow::bail!(
+                "a core task failed ({}); the node stopped",
+                failed.unwrap_or_default()
+            )
+        }
         Ok(Ok(())) => {
             tracing::info!("stopped; storage flushed");
             Ok(())
@@ -415,6 +421,27 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             std::process::exit(EXIT_SHUTDOWN_TIMEOUT);
         }
     }
+}
+
+/// Ready when the storage is healthy and no core task has failed; otherwise the reason.
+fn readiness(node: &pylon_node::node::Node) -> metrics_server::Readiness {
+    let storage = node.storage().map(|s| s.watch_health());
+    let failure = node.host.watch_failure();
+    std::sync::Arc::new(move || {
+        if let Some(what) = failure.borrow().as_ref() {
+            return Err(format!("a core task failed: {what}"));
+        }
+        match storage.as_ref().map(|h| h.borrow().clone()) {
+            None | Some(Health::Ok) => Ok(()),
+            Some(Health::Stalled { since }) => Err(format!(
+                "storage: a flush has been stuck for {:.0} s",
+                since.as_secs_f64()
+            )),
+            Some(Health::Failing { error }) => {
+                Err(format!("storage: the database is failing: {error}"))
+            }
+        }
+    })
 }
 
 /// Exit status when shutdown overran its deadline.

@@ -1,8 +1,8 @@
 //! The Prometheus endpoint: `GET /metrics` on its own listener, OpenMetrics text format,
 //! served under the bounds of [`crate::http`] (timeouts, a connection cap). The same
 //! listener answers `GET /healthz` (the process serves: 200) and `GET /readyz` (200 when
-//! the node's storage is healthy, 503 with the reason when a flush is stuck or the
-//! database is failing).
+//! the node is ready, 503 with the reason otherwise: a storage flush stuck, the database
+//! failing, a core task dead).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +13,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
-use pylon_node::storage::Health;
-use tokio::sync::watch;
 
 use crate::http;
 
 const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Whether the node is ready to serve (`Err` with the reason when not).
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Binds `addr` and serves the registry; returns the bound address and the server task.
 /// The listener's own metrics (`pylon_http_*{listener="metrics"}`) join the registry.
@@ -26,22 +27,15 @@ pub async fn start(
     addr: SocketAddr,
     config: &http::Config,
     mut registry: Registry,
-    storage: Option<watch::Receiver<Health>>,
+    ready: Readiness,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let http_metrics = http::Metrics::new(&mut registry);
     let registry = Arc::new(registry);
-    let ready = move || match storage.as_ref().map(|h| h.borrow().clone()) {
-        None | Some(Health::Ok) => (StatusCode::OK, "ready\n".to_string()),
-        Some(Health::Stalled { since }) => (
+    let ready = move || match ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: storage: a flush has been stuck for {:.0} s\n",
-                since.as_secs_f64()
-            ),
-        ),
-        Some(Health::Failing { error }) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: storage: the database is failing: {error}\n"),
+            format!("not ready: {why}\n"),
         ),
     };
     let app = axum::Router::new()

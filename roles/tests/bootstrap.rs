@@ -110,7 +110,17 @@ async fn served_peers_are_shed_above_the_low_watermark() {
         .query(server.peer_id(), std::slice::from_ref(&addr), &msg)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Wait for the role's decision on c (after its grace period), then look.
+    tokio::time::timeout(T, async {
+        while role.pending_sheds() == 0 {
+            tokio::task::yield_now().await;
+        }
+        while role.pending_sheds() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the role decided about c");
     assert!(server.host.connection(&c.peer_id()).is_some());
     assert_eq!(role.shed_count(), 2);
     assert_eq!(role.idle_closed_count(), 0);
@@ -132,8 +142,7 @@ async fn idle_connections_are_closed_above_the_low_watermark_oldest_first() {
             .connect(server.peer_id(), std::slice::from_ref(&addr))
             .await
             .unwrap();
-        clients.push(c);
-        tokio::time::sleep(Duration::from_millis(20)).await; // distinct ages
+        clients.push(c); // connected one after another: distinct ages, oldest first
     }
     tokio::time::timeout(T, async {
         while role.idle_closed_count() < 2 {
@@ -149,8 +158,8 @@ async fn idle_connections_are_closed_above_the_low_watermark_oldest_first() {
     })
     .await
     .unwrap();
-    // The two oldest went; the two youngest stay (at the watermark nobody else goes).
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The two oldest went; the two youngest stay: at the watermark, a sweep closes nothing.
+    role.close_idle();
     assert!(server.host.connection(&clients[0].peer_id()).is_none());
     assert!(server.host.connection(&clients[1].peer_id()).is_none());
     assert!(server.host.connection(&clients[2].peer_id()).is_some());

@@ -80,6 +80,7 @@ impl Host {
             })
             .inc();
         tracing::debug!(%peer, %id, dir = direction.as_str(), "connection established");
+        self.notify(|p| p.on_connection_established(&conn));
         self.emit(Event::ConnectionEstablished(conn.clone()));
         let host = self.clone();
         let conn2 = conn.clone();
@@ -118,6 +119,7 @@ impl Host {
             })
             .dec();
         tracing::debug!(peer = %conn.peer(), id = %conn.id(), %reason, "connection closed");
+        self.notify(|p| p.on_connection_closed(conn, &reason));
         self.emit(Event::ConnectionClosed {
             id: conn.id(),
             peer: conn.peer(),

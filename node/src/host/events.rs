@@ -2,7 +2,9 @@
 
 use super::*;
 
-/// What the host tells subscribers. Lagging subscribers lose the oldest events.
+/// What the host tells subscribers ([`Host::subscribe`]): for observers (metrics, the
+/// dashboard). Lagging subscribers lose the oldest events; protocols and roles that must
+/// not miss one install an [`Extension`] instead.
 #[derive(Debug, Clone)]
 pub enum Event {
     ConnectionEstablished(Connection),

@@ -12,13 +12,14 @@ impl Host {
         let mut listener = transport::Listener::bind(&target, &self.inner.ws_tls).await?;
         let bound = listener.local_addr()?;
         write(&self.inner.listen_addrs).push(bound.clone());
+        self.notify(|p| p.on_local_change(LocalChange::ListenAddrs));
         self.emit(Event::ListenAddrsChanged);
         let host = self.clone();
         let token = self.inner.shutdown.clone();
         let transport_label = target.transport_label();
         let ip_version = target.ip_version();
         let local_addr = bound.clone();
-        self.inner.tasks.spawn(async move {
+        self.spawn_supervised("listener", async move {
             loop {
                 let accepted = tokio::select! {
                     _ = token.cancelled() => break,
@@ -71,12 +72,13 @@ impl Host {
         let bound = crate::quic::multiaddr(endpoint.local_addr()?);
         lock(&self.inner.quic).listening.push(endpoint.clone());
         write(&self.inner.listen_addrs).push(bound.clone());
+        self.notify(|p| p.on_local_change(LocalChange::ListenAddrs));
         self.emit(Event::ListenAddrsChanged);
         let host = self.clone();
         let token = self.inner.shutdown.clone();
         let ip_version = if socket.is_ipv4() { "ip4" } else { "ip6" };
         let local_addr = bound.clone();
-        self.inner.tasks.spawn(async move {
+        self.spawn_supervised("quic_listener", async move {
             loop {
                 let incoming = tokio::select! {
                     _ = token.cancelled() => break,

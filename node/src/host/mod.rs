@@ -11,7 +11,8 @@
 //! `events.rs` what observers are told; `limits.rs` admission of inbound connections and
 //! the connection limits; `listen.rs` listeners and the inbound path; `dial.rs` dialing;
 //! `upgrade.rs` security and muxer negotiation; `establish.rs` a connection's life from
-//! handshake to close; `router.rs` protocol handlers and inbound stream negotiation.
+//! handshake to close; `router.rs` protocol handlers and inbound stream negotiation; `extension.rs` the
+//! [`Extension`] trait through which protocols and roles hear about connections.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
@@ -45,6 +46,7 @@ mod dial;
 mod error;
 mod establish;
 mod events;
+mod extension;
 mod limits;
 mod listen;
 mod router;
@@ -55,6 +57,7 @@ use connection::*;
 pub use connection::{Connection, ConnectionId, Direction, Stream};
 pub use error::{DialError, StreamError};
 pub use events::Event;
+pub use extension::{Extension, LocalChange};
 use limits::*;
 pub use router::{handler, Handler};
 
@@ -175,6 +178,8 @@ struct HostInner {
     next_id: AtomicU64,
     connections: Mutex<HashMap<PeerId, Vec<Connection>>>,
     handlers: RwLock<HashMap<String, Handler>>,
+    /// Installed protocols and roles, told about connections and streams.
+    protocols: RwLock<Vec<Arc<dyn Extension>>>,
     listen_addrs: RwLock<Vec<Multiaddr>>,
     events: broadcast::Sender<Event>,
     /// Inbound handshakes in progress, each with the token that cuts it short.
@@ -188,6 +193,8 @@ struct HostInner {
     ws_tls: transport::WsTls,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// The first supervised task that ended before shutdown.
+    failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// The host's quinn endpoints: one per QUIC listen address (also used to dial, so dials
@@ -247,6 +254,7 @@ impl Host {
                 next_id: AtomicU64::new(1),
                 connections: Mutex::new(HashMap::new()),
                 handlers: RwLock::new(HashMap::new()),
+                protocols: RwLock::new(Vec::new()),
                 listen_addrs: RwLock::new(Vec::new()),
                 events,
                 pending_incoming: pending,
@@ -259,6 +267,7 @@ impl Host {
                 ws_tls,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                failure: tokio::sync::watch::channel(None).0,
             }),
         })
     }
@@ -291,6 +300,49 @@ impl Host {
                 _ = fut => {}
             }
         });
+    }
+
+    /// Spawns a task that must run until shutdown (an accept loop, a periodic job). If it
+    /// ends before — returns or panics — that is logged, counted
+    /// (`pylon_task_failures_total{task,how}`) and reported through
+    /// [`Host::watch_failure`]: the binary then stops with a non-zero exit, and readiness
+    /// fails meanwhile.
+    pub fn spawn_supervised<F>(&self, task: &'static str, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        use futures::FutureExt;
+        let host = self.clone();
+        let token = self.inner.shutdown.clone();
+        self.inner.tasks.spawn(async move {
+            let outcome = tokio::select! {
+                _ = token.cancelled() => return,
+                r = std::panic::AssertUnwindSafe(fut).catch_unwind() => r,
+            };
+            if token.is_cancelled() {
+                return; // ended as shutdown began
+            }
+            let how = if outcome.is_ok() { "ended" } else { "panicked" };
+            tracing::error!("core task {task} {how} unexpectedly; the node must stop");
+            host.inner
+                .metrics
+                .task_failures
+                .get_or_create(&crate::metrics::TaskLabels { task, how })
+                .inc();
+            host.inner.failure.send_if_modified(|f| {
+                let first = f.is_none();
+                if first {
+                    *f = Some(format!("{task} {how}"));
+                }
+                first
+            });
+        });
+    }
+
+    /// `Some(what)` once a supervised task ended before shutdown (see
+    /// [`Host::spawn_supervised`]); the first failure is kept.
+    pub fn watch_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.failure.subscribe()
     }
 
     /// A token cancelled when the host shuts down.
@@ -359,6 +411,7 @@ impl Host {
             .connection(peer)
             .ok_or(StreamError::NotConnected(*peer))?;
         let stream = conn.open_stream(protocols).await?;
+        self.notify(|p| p.on_stream_opened(&conn, Direction::Outbound, stream.protocol()));
         self.emit(Event::StreamOpened {
             peer: *peer,
             connection: conn.id(),
@@ -391,6 +444,7 @@ impl Host {
         }
         // Handlers often hold services that hold the host: drop them to break the cycle.
         write(&self.inner.handlers).clear();
+        write(&self.inner.protocols).clear();
         // The quinn endpoints (and their UDP sockets) live as long as a handle does: close
         // and drop ours so the ports are free once the connections have drained.
         let quic = std::mem::take(&mut *lock(&self.inner.quic));

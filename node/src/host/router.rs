@@ -19,11 +19,13 @@ impl Host {
     /// Registers (or replaces) the handler of an inbound protocol.
     pub fn set_handler(&self, protocol: &str, handler: Handler) {
         write(&self.inner.handlers).insert(protocol.to_string(), handler);
+        self.notify(|p| p.on_local_change(LocalChange::Protocols));
         self.emit(Event::ProtocolsChanged);
     }
 
     pub fn remove_handler(&self, protocol: &str) {
         write(&self.inner.handlers).remove(protocol);
+        self.notify(|p| p.on_local_change(LocalChange::Protocols));
         self.emit(Event::ProtocolsChanged);
     }
 
@@ -73,6 +75,7 @@ impl Host {
             let Some(handler) = read(handlers).get(&protocol).cloned() else {
                 return; // removed during negotiation
             };
+            host.notify(|p| p.on_stream_opened(&conn, Direction::Inbound, &protocol));
             host.emit(Event::StreamOpened {
                 peer: conn.peer(),
                 connection: conn.id(),

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use multiaddr::{Multiaddr, Protocol};
@@ -20,7 +20,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 
 use crate::addresses;
-use crate::host::{self, Connection, Event as HostEvent, Host, Stream};
+use futures::future::BoxFuture;
+
+use crate::host::{self, Connection, Host, Stream};
 use crate::identity::{decode_public_key, PeerId, PublicKey};
 use crate::metrics::RecordLabels;
 use crate::peerstore::{self, Peerstore, RecordOutcome};
@@ -128,14 +130,20 @@ struct OwnRecord {
     envelope: Vec<u8>,
 }
 
+/// Called with every identify outcome (see [`Identify::observe`]).
+pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
+
 /// The identify service of a host.
 pub struct Identify {
+    /// Ourselves, for the tasks the host callbacks spawn.
+    me: Weak<Identify>,
     host: Host,
     peerstore: Peerstore,
     config: Config,
     own: Mutex<Vec<OwnRecord>>,
     observed: Mutex<addresses::Observed>,
     events: broadcast::Sender<Event>,
+    observers: RwLock<Vec<Observer>>,
     /// Push rate budget of each connected peer (entries leave with the peer).
     last_push: Mutex<HashMap<PeerId, (f64, Instant)>>,
     push_scheduled: AtomicBool,
@@ -153,10 +161,12 @@ fn now_ms() -> u64 {
 }
 
 impl Identify {
-    /// Registers both protocols on `host` and starts identifying every new connection.
+    /// Installs identify on `host` (both protocols, and an identify exchange on every new
+    /// connection).
     pub fn install(host: &Host, peerstore: Peerstore, config: Config) -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
-        let this = Arc::new(Identify {
+        let this = Arc::new_cyclic(|me| Identify {
+            me: me.clone(),
             host: host.clone(),
             peerstore,
             config,
@@ -165,78 +175,37 @@ impl Identify {
             last_push: Mutex::new(HashMap::new()),
             push_scheduled: AtomicBool::new(false),
             events,
+            observers: RwLock::new(Vec::new()),
         });
-        let me = this.clone();
-        host.set_handler(
-            PROTOCOL,
-            host::handler(move |stream| {
-                let me = me.clone();
-                async move { me.respond(stream).await }
-            }),
-        );
-        let me = this.clone();
-        host.set_handler(
-            PUSH_PROTOCOL,
-            host::handler(move |stream| {
-                let me = me.clone();
-                async move { me.receive_push(stream).await }
-            }),
-        );
-        let mut host_events = host.subscribe();
-        let me = this.clone();
-        host.spawn(async move {
-            loop {
-                match host_events.recv().await {
-                    Ok(HostEvent::ConnectionEstablished(conn)) => {
-                        let me2 = me.clone();
-                        me.host.spawn(async move {
-                            let _ = me2.identify(&conn).await;
-                        });
-                    }
-                    Ok(HostEvent::ListenAddrsChanged) | Ok(HostEvent::ProtocolsChanged) => {
-                        // Changes come in bursts (a node registering its protocols): push
-                        // once, shortly after the burst.
-                        if !me.push_scheduled.swap(true, Ordering::AcqRel) {
-                            let me2 = me.clone();
-                            me.host.spawn(async move {
-                                tokio::time::sleep(PUSH_DEBOUNCE).await;
-                                me2.push_scheduled.store(false, Ordering::Release);
-                                me2.push_all().await
-                            });
-                        }
-                    }
-                    Ok(HostEvent::ConnectionClosed { peer, .. }) => {
-                        if me.host.connection(&peer).is_none() {
-                            lock(&me.last_push).remove(&peer);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // Missed events may include new connections: identify every
-                        // connected peer we know nothing about yet.
-                        tracing::warn!("identify missed {n} host events; sweeping connections");
-                        for conn in me.host.connections() {
-                            let known = me
-                                .peerstore
-                                .get(&conn.peer())
-                                .is_some_and(|p| !p.protocols.is_empty());
-                            if !known {
-                                let me2 = me.clone();
-                                me.host.spawn(async move {
-                                    let _ = me2.identify(&conn).await;
-                                });
-                            }
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
+        host.install(this.clone());
         this
     }
 
+    /// Every identify outcome, for observers that may lag (tests, metrics): a lagging
+    /// receiver loses the oldest. Code that must see every one uses [`Identify::observe`].
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Calls `f` with every identify outcome from now on, synchronously and in order
+    /// (on identify's task: keep it quick, spawn for async work).
+    pub fn observe(&self, f: Observer) {
+        self.observers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f);
+    }
+
+    fn emit(&self, event: Event) {
+        let observers = self
+            .observers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for f in observers {
+            f(&event);
+        }
+        let _ = self.events.send(event);
     }
 
     /// The addresses we advertise to a peer on the local network (or loopback).
@@ -378,7 +347,7 @@ impl Identify {
                 }
             }
         };
-        let _ = self.events.send(event);
+        self.emit(event);
     }
 
     /// Pushes our current identify message to every connected peer that supports push.
@@ -512,5 +481,51 @@ fn strip_own_p2p(addr: Multiaddr, peer: &PeerId) -> Multiaddr {
             a
         }
         _ => addr,
+    }
+}
+
+impl host::Extension for Identify {
+    fn protocol_ids(&self) -> Vec<String> {
+        vec![PROTOCOL.to_string(), PUSH_PROTOCOL.to_string()]
+    }
+
+    fn handle_stream(self: Arc<Self>, stream: Stream) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if stream.protocol() == PUSH_PROTOCOL {
+                self.receive_push(stream).await
+            } else {
+                self.respond(stream).await
+            }
+        })
+    }
+
+    fn on_connection_established(&self, conn: &Connection) {
+        let (Some(me), conn) = (self.me.upgrade(), conn.clone()) else {
+            return;
+        };
+        self.host.spawn(async move {
+            let _ = me.identify(&conn).await;
+        });
+    }
+
+    fn on_connection_closed(&self, conn: &Connection, _reason: &str) {
+        if self.host.connection(&conn.peer()).is_none() {
+            lock(&self.last_push).remove(&conn.peer());
+        }
+    }
+
+    fn on_local_change(&self, _change: host::LocalChange) {
+        // Changes come in bursts (a node registering its protocols): push once, shortly
+        // after the burst.
+        if !self.push_scheduled.swap(true, Ordering::AcqRel) {
+            let Some(me) = self.me.upgrade() else {
+                return;
+            };
+            self.host.spawn(async move {
+                tokio::time::sleep(PUSH_DEBOUNCE).await;
+                me.push_scheduled.store(false, Ordering::Release);
+                me.push_all().await
+            });
+        }
     }
 }

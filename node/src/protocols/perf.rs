@@ -5,12 +5,16 @@
 //! so it is off unless configured, and may be limited to a list of peers.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::host::{self, Connection, Host, Stream, StreamError};
 use crate::identity::PeerId;
+use crate::metrics::Metrics;
 
 pub const PROTOCOL: &str = "/perf/1.0.0";
 /// The server's and the client's write and read unit.
@@ -53,31 +57,45 @@ impl Report {
     }
 }
 
-/// Registers the perf server.
+/// Installs the perf server.
 pub fn install(host: &Host, config: Config) {
-    let metrics = host.metrics().clone();
-    let idle = config.idle_timeout.unwrap_or(Duration::from_secs(30));
-    host.set_handler(
-        PROTOCOL,
-        host::handler(move |stream: Stream| {
-            let metrics = metrics.clone();
-            let allowed = config.allow.is_empty() || config.allow.contains(&stream.peer());
-            async move {
-                if !allowed {
-                    metrics.protocol_error("perf", "not_allowed");
-                    return; // dropping the stream resets it
-                }
-                if let Err(e) = serve(stream, idle).await {
-                    let reason = match e.kind() {
-                        std::io::ErrorKind::TimedOut => "timeout",
-                        std::io::ErrorKind::UnexpectedEof => "truncated",
-                        _ => "io",
-                    };
-                    metrics.protocol_error("perf", reason);
-                }
+    host.install(Arc::new(Server {
+        metrics: host.metrics().clone(),
+        idle: config.idle_timeout.unwrap_or(Duration::from_secs(30)),
+        config,
+    }));
+}
+
+/// The server side: reads what the client sends, sends what it asks for.
+struct Server {
+    metrics: Arc<Metrics>,
+    idle: Duration,
+    config: Config,
+}
+
+impl host::Extension for Server {
+    fn protocol_ids(&self) -> Vec<String> {
+        vec![PROTOCOL.to_string()]
+    }
+
+    fn handle_stream(self: Arc<Self>, stream: Stream) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let allowed =
+                self.config.allow.is_empty() || self.config.allow.contains(&stream.peer());
+            if !allowed {
+                self.metrics.protocol_error("perf", "not_allowed");
+                return; // dropping the stream resets it
             }
-        }),
-    );
+            if let Err(e) = serve(stream, self.idle).await {
+                let reason = match e.kind() {
+                    std::io::ErrorKind::TimedOut => "timeout",
+                    std::io::ErrorKind::UnexpectedEof => "truncated",
+                    _ => "io",
+                };
+                self.metrics.protocol_error("perf", reason);
+            }
+        })
+    }
 }
 
 /// Runs `fut` unless it makes no progress for `idle`.

@@ -5,12 +5,16 @@
 //! stream; rust-libp2p opens one per connection). An idle stream is closed after
 //! [`IDLE_TIMEOUT`].
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::host::{self, Host, Stream, StreamError};
 use crate::identity::PeerId;
+use crate::metrics::Metrics;
 
 pub const PROTOCOL: &str = "/ipfs/ping/1.0.0";
 //= specs/ping/ping.md#protocol
@@ -33,38 +37,52 @@ pub enum Error {
     Mismatch,
 }
 
-/// Registers the ping server on the host.
+/// Installs the ping server on the host.
 pub fn install(host: &Host) {
-    let metrics = host.metrics().clone();
-    host.set_handler(
-        PROTOCOL,
-        host::handler(move |mut stream: Stream| {
-            let metrics = metrics.clone();
-            async move {
-                let mut buf = [0u8; PING_SIZE];
-                loop {
-                    match tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut buf)).await {
-                        Err(_) => break,                                                      // idle
-                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break, // done
-                        Ok(Err(_)) => {
-                            metrics.protocol_error("ping", "io");
-                            break;
-                        }
-                        Ok(Ok(_)) => {}
-                    }
-                    // A peer that pings but never reads the echoes is dropped, not waited on.
-                    let echo = async {
-                        stream.write_all(&buf).await?;
-                        stream.flush().await
-                    };
-                    if !matches!(tokio::time::timeout(PING_TIMEOUT, echo).await, Ok(Ok(()))) {
-                        break;
-                    }
+    host.install(Arc::new(Server {
+        metrics: host.metrics().clone(),
+    }));
+}
+
+/// The server side: echoes every payload until the stream ends or idles.
+struct Server {
+    metrics: Arc<Metrics>,
+}
+
+impl host::Extension for Server {
+    fn protocol_ids(&self) -> Vec<String> {
+        vec![PROTOCOL.to_string()]
+    }
+
+    fn handle_stream(self: Arc<Self>, stream: Stream) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.echo(stream).await })
+    }
+}
+
+impl Server {
+    async fn echo(&self, mut stream: Stream) {
+        let mut buf = [0u8; PING_SIZE];
+        loop {
+            match tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut buf)).await {
+                Err(_) => break,                                                      // idle
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break, // done
+                Ok(Err(_)) => {
+                    self.metrics.protocol_error("ping", "io");
+                    break;
                 }
-                let _ = tokio::time::timeout(PING_TIMEOUT, stream.shutdown()).await;
+                Ok(Ok(_)) => {}
             }
-        }),
-    );
+            // A peer that pings but never reads the echoes is dropped, not waited on.
+            let echo = async {
+                stream.write_all(&buf).await?;
+                stream.flush().await
+            };
+            if !matches!(tokio::time::timeout(PING_TIMEOUT, echo).await, Ok(Ok(()))) {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(PING_TIMEOUT, stream.shutdown()).await;
+    }
 }
 
 /// Sends one ping on an open ping stream and returns the round-trip time.

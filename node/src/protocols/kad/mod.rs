@@ -19,13 +19,14 @@
 //! Not here: which peers to admit or shed (the bootstrap role's policy).
 
 pub mod key;
-pub mod limits;
+pub mod lookup;
 pub mod proto;
+pub mod server;
 pub mod store;
 pub mod table;
 pub mod validator;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,16 +38,21 @@ use tokio::sync::Semaphore;
 use crate::addresses;
 use crate::host::{self, DialError, Host, Stream, StreamError};
 use crate::identity::PeerId;
+use crate::ipprefix::IpPrefix;
+use crate::limits::RateLimiter;
 use crate::metrics::{KadLabels, Metrics, ReasonLabels};
 use crate::peerstore::Peerstore;
 use crate::protocols::identify;
 use crate::varint::{self, FrameError};
 
 pub use key::{Distance, Key};
+pub use lookup::{Found, Outcome};
 pub use proto::MessageType;
 pub use store::KadStore;
-pub use table::{IpGroup, RoutingTable};
+pub use table::RoutingTable;
 pub use validator::Validators;
+
+use server::{Answer, Requester};
 
 /// The IPFS DHT's protocol id.
 pub const DEFAULT_PROTOCOL: &str = "/ipfs/kad/1.0.0";
@@ -187,40 +193,16 @@ impl From<FrameError> for Error {
     }
 }
 
-/// A peer found by a lookup, with the addresses we got for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub peer: PeerId,
-    pub addrs: Vec<Multiaddr>,
-}
-
-/// What one lookup collected.
-#[derive(Debug, Clone, Default)]
-pub struct Lookup {
-    /// The closest peers that answered, nearest first (at most k).
-    pub closest: Vec<Found>,
-    /// Valid records received (GET_VALUE), with the peer that sent each.
-    pub records: Vec<(PeerId, Vec<u8>)>,
-    /// Providers received (GET_PROVIDERS), deduplicated.
-    pub providers: Vec<Found>,
-    /// Peers asked, and how many of them failed.
-    pub queried: usize,
-    pub failed: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CandidateState {
-    Waiting,
-    InFlight,
-    Answered,
-    Failed,
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The driver's clock: tokio's, so a paused test runtime pauses lookups too.
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -264,8 +246,8 @@ pub struct Kad {
     config: Config,
     table: Mutex<RoutingTable>,
     store: KadStore,
-    peer_limiter: Mutex<limits::RateLimiter<PeerId>>,
-    group_limiter: Mutex<limits::RateLimiter<IpGroup>>,
+    peer_limiter: Mutex<RateLimiter<PeerId>>,
+    group_limiter: Mutex<RateLimiter<IpPrefix>>,
     inbound: Arc<Semaphore>,
     streams_per_peer: Mutex<HashMap<PeerId, usize>>,
     checking: Mutex<HashSet<PeerId>>,
@@ -291,6 +273,43 @@ impl Drop for PeerStreamGuard<'_> {
     }
 }
 
+/// What the server knows of other peers and of itself, from the peerstore, the host and
+/// identify.
+struct HostPeers<'a>(&'a Kad);
+
+impl server::Peers for HostPeers<'_> {
+    fn signed_addrs(&self, peer: &PeerId) -> Option<Vec<Multiaddr>> {
+        self.0
+            .peerstore
+            .inspect(peer, |i| i.record.as_ref().map(|r| r.addrs().to_vec()))?
+    }
+
+    fn live_addrs(&self, peer: &PeerId, now_ms: u64) -> Vec<Multiaddr> {
+        self.0
+            .peerstore
+            .inspect(peer, |i| i.live_addrs(now_ms))
+            .unwrap_or_default()
+    }
+
+    fn signed_envelope(&self, peer: &PeerId) -> Option<Vec<u8>> {
+        self.0
+            .peerstore
+            .inspect(peer, |i| i.record.as_ref().map(|r| r.envelope().to_vec()))?
+    }
+
+    fn is_connected(&self, peer: &PeerId) -> bool {
+        self.0.host.connection(peer).is_some()
+    }
+
+    fn own_addrs_for(&self, remote: &Multiaddr) -> Vec<Multiaddr> {
+        self.0.identify.advertised_addrs_for(remote)
+    }
+
+    fn own_envelope(&self) -> Option<Vec<u8>> {
+        self.0.identify.own_record()
+    }
+}
+
 impl Kad {
     /// Installs the DHT on `host`: the server (in server mode) and the routing table fed
     /// by identify (warm-started from the saved table). Joining and the refresh task
@@ -310,12 +329,12 @@ impl Kad {
             peerstore,
             identify,
             table: Mutex::new(RoutingTable::new(host.peer_id(), config.table.clone())),
-            peer_limiter: Mutex::new(limits::RateLimiter::new(
+            peer_limiter: Mutex::new(RateLimiter::new(
                 config.peer_rate.0,
                 config.peer_rate.1,
                 tracked,
             )),
-            group_limiter: Mutex::new(limits::RateLimiter::new(
+            group_limiter: Mutex::new(RateLimiter::new(
                 config.group_rate.0,
                 config.group_rate.1,
                 tracked,
@@ -345,30 +364,16 @@ impl Kad {
                 kad.write_back();
             }
         }));
-        if kad.config.server {
-            let me = kad.clone();
-            host.set_handler(
-                &kad.config.protocol,
-                host::handler(move |stream| {
-                    let me = me.clone();
-                    async move { me.serve(stream).await }
-                }),
-            );
-        }
-        let mut events = kad.identify.subscribe();
-        let me = kad.clone();
-        host.spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(identify::Event::Identified(info)) => me.on_identified(&info),
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        me.sweep_connected()
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
+        // Every identified peer is offered to the table, synchronously: none is missed.
+        let weak = Arc::downgrade(&kad);
+        kad.identify.observe(Arc::new(move |event| {
+            if let (identify::Event::Identified(info), Some(kad)) = (event, weak.upgrade()) {
+                kad.on_identified(info);
             }
-        });
+        }));
+        if kad.config.server {
+            host.install(Arc::new(Server(kad.clone())));
+        }
         kad
     }
 
@@ -376,11 +381,12 @@ impl Kad {
     pub fn start(self: &Arc<Self>) {
         let me = self.clone();
         let shutdown = self.host.shutdown_token();
-        self.host.spawn(async move {
+        let Some(every) = self.config.refresh_interval else {
+            self.host.spawn(async move { me.join().await });
+            return;
+        };
+        self.host.spawn_supervised("kad_refresh", async move {
             me.join().await;
-            let Some(every) = me.config.refresh_interval else {
-                return;
-            };
             loop {
                 // The first run right after joining, then periodically.
                 me.refresh().await;
@@ -531,25 +537,6 @@ impl Kad {
             None => info.listen_addrs.clone(),
         };
         self.consider(info.peer, addrs);
-    }
-
-    /// After missed identify events: offers every connected peer the peerstore says
-    /// serves the protocol.
-    fn sweep_connected(self: &Arc<Self>) {
-        let now = now_ms();
-        for peer in self.host.connected_peers() {
-            let found = self.peerstore.inspect(&peer, |i| {
-                let serves = i.protocols.iter().any(|p| *p == self.config.protocol);
-                let addrs = match &i.record {
-                    Some(r) => r.addrs().to_vec(),
-                    None => i.live_addrs(now),
-                };
-                serves.then_some(addrs)
-            });
-            if let Some(Some(addrs)) = found {
-                self.consider(peer, addrs);
-            }
-        }
     }
 
     /// Offers a peer known to serve the protocol to the table.
@@ -717,7 +704,7 @@ impl Kad {
         let peer = stream.peer();
         let remote = stream.connection().remote_addr().clone();
         let public_requester = addresses::is_public(&remote);
-        let group = IpGroup::of_addr(&remote)
+        let group = IpPrefix::of_addr(&remote, IpPrefix::GROUP.0, IpPrefix::GROUP.1)
             .filter(|_| public_requester || self.config.limit_private_subnets);
         let Ok(_permit) = self.inbound.clone().try_acquire_owned() else {
             self.metrics.protocol_error("kad", "streams_full");
@@ -771,10 +758,12 @@ impl Kad {
                 self.metrics.protocol_error("kad", "unknown_type");
                 return;
             };
-            match self
-                .handle(peer, &remote, public_requester, kind, msg)
-                .await
-            {
+            let from = Requester {
+                peer,
+                remote: &remote,
+                public: public_requester,
+            };
+            match self.handle(&from, msg).await {
                 Ok(reply) => {
                     self.inbound_count(kind.label(), "ok");
                     if let Some(reply) = reply {
@@ -790,11 +779,11 @@ impl Kad {
                         }
                     }
                 }
-                Err(reason) => {
-                    self.inbound_count(kind.label(), reason);
+                Err(refusal) => {
+                    self.inbound_count(kind.label(), refusal.label());
                     // Our database failing is not the peer's fault (counted by storage).
-                    if reason != "storage" {
-                        self.metrics.protocol_error("kad", reason);
+                    if refusal.is_peer_fault() {
+                        self.metrics.protocol_error("kad", refusal.label());
                     }
                     return;
                 }
@@ -803,234 +792,58 @@ impl Kad {
         let _ = tokio::time::timeout(self.config.request_timeout, stream.shutdown()).await;
     }
 
-    /// Answers one request; `Err` is the counted reason the stream is reset.
+    /// Answers one request ([`server::Server::answer`] over the table, the store and the
+    /// peerstore), doing the store write it asks for; `Err` is the counted reason the
+    /// stream is reset.
     async fn handle(
         &self,
-        from: PeerId,
-        remote: &Multiaddr,
-        public_requester: bool,
-        kind: MessageType,
+        from: &Requester<'_>,
         msg: proto::Message,
-    ) -> Result<Option<proto::Message>, &'static str> {
+    ) -> Result<Option<proto::Message>, server::Refusal> {
         let now = now_ms();
-        if kind != MessageType::Ping
-            && (msg.key.is_empty() || msg.key.len() > self.config.store.max_key_len)
-        {
-            return Err("bad_key");
-        }
-        match kind {
-            MessageType::FindNode => {
-                let mut reply = proto::Message::new(kind, msg.key.clone());
-                reply.closer_peers =
-                    self.closer_peers(from, remote, public_requester, &msg.key, true);
-                Ok(Some(reply))
-            }
-            MessageType::GetValue => {
-                let mut reply = proto::Message::new(kind, msg.key.clone());
-                if let Some(r) = self.store.get(&msg.key, now).map_err(|e| e.label())? {
-                    reply.record = Some(proto::Record {
-                        key: r.key,
-                        value: r.value,
-                        time_received: validator::format_rfc3339(r.received_ms),
-                    });
-                }
-                if let Some(envelope) = self.peer_record_for(&msg.key, reply.record.as_ref()) {
-                    reply.record = Some(proto::Record {
-                        key: msg.key.clone(),
-                        value: envelope,
-                        time_received: validator::format_rfc3339(now),
-                    });
-                }
-                reply.closer_peers =
-                    self.closer_peers(from, remote, public_requester, &msg.key, false);
-                Ok(Some(reply))
-            }
-            MessageType::PutValue => {
-                let record = msg.record.as_ref().ok_or("no_record")?;
-                if record.key != msg.key {
-                    return Err("key_mismatch");
-                }
-                self.config
-                    .validators
-                    .validate(&record.key, &record.value, now)
-                    .map_err(|e| e.label())?;
-                if let Some(held) = self.store.get(&record.key, now).map_err(|e| e.label())? {
-                    if held.value != record.value
-                        && self
-                            .config
-                            .validators
-                            .select(&record.key, &[&held.value, &record.value])
-                            == 0
-                    {
-                        return Err("outdated");
-                    }
-                }
+        match self.answer(from, msg, now)? {
+            Answer::Reply(reply) => Ok(Some(reply)),
+            Answer::Store(accepted) => {
                 self.store
-                    .put(&record.key, &record.value, now)
-                    .await
-                    .map_err(|e| e.label())?;
+                    .put(accepted.key(), accepted.value(), now)
+                    .await?;
                 self.update_store_gauges();
-                //= specs/kad-dht/README.md#rpc-messages
-                //# The target node validates `record`, and if it is valid, it stores it in
-                //# the datastore and as a response echoes the request.
-                Ok(Some(msg))
+                Ok(Some(accepted.into_echo()))
             }
-            MessageType::AddProvider => {
-                //= specs/kad-dht/README.md#rpc-messages
-                //# all `providerPeers` that match the RPC sender's PeerID are recorded as
-                //# providers.
-                // The sender's first entry is its record (one store write, however many
-                // times it repeats itself); entries for other peers are counted, not kept.
-                let mut own = None;
-                for p in msg.provider_peers.iter().take(MAX_RESPONSE_PEERS) {
-                    if PeerId::from_bytes(&p.id).ok() != Some(from) {
-                        self.metrics.protocol_error("kad", "foreign_provider");
-                    } else if own.is_none() {
-                        own = Some(parse_addrs(&p.addrs));
-                    }
+            Answer::Provide {
+                key,
+                addrs,
+                foreign,
+            } => {
+                for _ in 0..foreign {
+                    self.metrics.protocol_error("kad", "foreign_provider");
                 }
-                if let Some(addrs) = own {
+                if let Some(addrs) = addrs {
                     self.store
-                        .add_provider(&msg.key, from, &addrs, now)
-                        .await
-                        .map_err(|e| e.label())?;
+                        .add_provider(&key, from.peer, &addrs, now)
+                        .await?;
                     self.update_store_gauges();
                 }
                 Ok(None)
             }
-            MessageType::GetProviders => {
-                let mut reply = proto::Message::new(kind, msg.key.clone());
-                let providers = self.store.providers(&msg.key, now).map_err(|e| e.label())?;
-                reply.provider_peers = providers
-                    .iter()
-                    .map(|p| {
-                        self.peer_entry(&p.peer, &p.addrs, public_requester)
-                            .unwrap_or_else(|| proto::Peer {
-                                id: p.peer.to_bytes(),
-                                ..Default::default()
-                            })
-                    })
-                    .collect();
-                reply.closer_peers =
-                    self.closer_peers(from, remote, public_requester, &msg.key, false);
-                Ok(Some(reply))
-            }
-            MessageType::Ping => Ok(Some(msg)),
         }
     }
 
-    /// For a `/peer-record/<id>` key: the peer's verified signed record from the
-    /// peerstore (or ours), when it is newer than the stored value.
-    fn peer_record_for(&self, key: &[u8], stored: Option<&proto::Record>) -> Option<Vec<u8>> {
-        let (ns, id) = validator::split_key(key)?;
-        if ns != validator::PEER_RECORD_NAMESPACE.as_bytes() {
-            return None;
-        }
-        let peer = PeerId::from_bytes(id).ok()?;
-        let envelope = if peer == self.host.peer_id() {
-            self.identify.own_record()?
-        } else {
-            self.peerstore
-                .inspect(&peer, |i| i.record.as_ref().map(|r| r.envelope().to_vec()))??
+    /// The pure answer to one request, with the table locked while it is read.
+    fn answer(
+        &self,
+        from: &Requester<'_>,
+        msg: proto::Message,
+        now: u64,
+    ) -> Result<Answer, server::Refusal> {
+        let table = lock(&self.table);
+        let server = server::Server {
+            config: &self.config,
+            table: &table,
+            store: &self.store,
+            peers: &HostPeers(self),
         };
-        match stored {
-            Some(s)
-                if self
-                    .config
-                    .validators
-                    .select(key, &[s.value.as_slice(), envelope.as_slice()])
-                    == 0 =>
-            {
-                None
-            }
-            _ => Some(envelope),
-        }
-    }
-
-    /// A peer as we describe it to others: addresses from its verified signed record
-    /// when we hold one, else `known`, else the peerstore's; private ones only to
-    /// private requesters. `None` when no address is left.
-    fn peer_entry(
-        &self,
-        peer: &PeerId,
-        known: &[Multiaddr],
-        public_requester: bool,
-    ) -> Option<proto::Peer> {
-        let now = now_ms();
-        let mut addrs: Vec<Multiaddr> = self
-            .peerstore
-            .inspect(peer, |info| match &info.record {
-                Some(record) => record.addrs().to_vec(),
-                None if !known.is_empty() => known.to_vec(),
-                None => info.live_addrs(now),
-            })
-            .unwrap_or_else(|| known.to_vec());
-        if public_requester && !self.config.private_addrs_to_public {
-            addrs.retain(addresses::is_public);
-        }
-        addrs.truncate(MAX_PEER_ADDRS);
-        if addrs.is_empty() {
-            return None;
-        }
-        let connected = self.host.connection(peer).is_some();
-        Some(proto::Peer {
-            id: peer.to_bytes(),
-            addrs: addrs.iter().map(|a| a.to_vec()).collect(),
-            connection: if connected {
-                proto::ConnectionType::Connected
-            } else {
-                proto::ConnectionType::NotConnected
-            } as i32,
-        })
-    }
-
-    /// The k peers of our table closest to `key`, never the requester. For FIND_NODE of
-    /// a specific peer we also add that peer when we know where it is — ourselves
-    /// included — as go-libp2p does (specs issue 609: rust-libp2p leaves itself out).
-    fn closer_peers(
-        &self,
-        from: PeerId,
-        remote: &Multiaddr,
-        public_requester: bool,
-        key: &[u8],
-        find_node: bool,
-    ) -> Vec<proto::Peer> {
-        let k = self.config.table.k;
-        let target = Key::new(key);
-        let seen_since = self
-            .config
-            .serve_verified_within
-            .map_or(0, |w| now_ms().saturating_sub(w.as_millis() as u64));
-        let closest: Vec<(PeerId, Vec<Multiaddr>)> = lock(&self.table)
-            .closest_where(&target, k, |e| {
-                e.peer != from && e.last_seen_ms >= seen_since
-            })
-            .into_iter()
-            .map(|e| (e.peer, e.addrs.clone()))
-            .collect();
-        let mut out: Vec<proto::Peer> = closest
-            .iter()
-            .filter_map(|(p, addrs)| self.peer_entry(p, addrs, public_requester))
-            .collect();
-        if find_node {
-            if let Ok(wanted) = PeerId::from_bytes(key) {
-                let listed = closest.iter().any(|(p, _)| *p == wanted);
-                if wanted != from && !listed {
-                    let entry = if wanted == self.host.peer_id() {
-                        let addrs = self.identify.advertised_addrs_for(remote);
-                        (!addrs.is_empty()).then(|| proto::Peer {
-                            id: wanted.to_bytes(),
-                            addrs: addrs.iter().map(|a| a.to_vec()).collect(),
-                            connection: proto::ConnectionType::Connected as i32,
-                        })
-                    } else {
-                        self.peer_entry(&wanted, &[], public_requester)
-                    };
-                    out.extend(entry);
-                }
-            }
-        }
-        out
+        server.answer(from, msg, now)
     }
 
     // ---- client --------------------------------------------------------------------
@@ -1084,143 +897,82 @@ impl Kad {
 
     /// An iterative lookup of `key` with `kind` requests (FIND_NODE, GET_VALUE or
     /// GET_PROVIDERS), per `specs/kad-dht/README.md#peer-routing`. `enough` ends a value or
-    /// provider lookup early once that many records or providers came in.
-    pub async fn lookup(&self, key: Vec<u8>, kind: MessageType, enough: Option<usize>) -> Lookup {
+    /// provider lookup early once that many records or providers came in. The algorithm
+    /// is [`lookup::Lookup`]; this drives it: sends the requests it asks for, feeds the
+    /// answers back, and keeps the routing table up to date with what it learns.
+    pub async fn lookup(&self, key: Vec<u8>, kind: MessageType, enough: Option<usize>) -> Outcome {
         let k = self.config.table.k;
         let target = Key::new(&key);
-        let local = self.host.peer_id();
-        let mut candidates: BTreeMap<Distance, (Found, CandidateState)> = BTreeMap::new();
-        for e in lock(&self.table).closest(&target, k) {
-            candidates.insert(
-                e.key.distance(&target),
-                (
-                    Found {
-                        peer: e.peer,
-                        addrs: e.addrs.clone(),
-                    },
-                    CandidateState::Waiting,
-                ),
-            );
-        }
-        let mut out = Lookup::default();
-        let mut seen_providers = HashSet::new();
+        let seeds: Vec<Found> = lock(&self.table)
+            .closest(&target, k)
+            .into_iter()
+            .map(|e| Found {
+                peer: e.peer,
+                addrs: e.addrs.clone(),
+            })
+            .collect();
+        let config = lookup::Config {
+            k,
+            alpha: self.config.alpha,
+            request_timeout: self.config.request_timeout,
+            query_timeout: self.config.query_timeout,
+            max_candidates: k * CANDIDATES_PER_K,
+        };
+        let mut core = lookup::Lookup::new(
+            clock(),
+            target,
+            self.host.peer_id(),
+            seeds,
+            lookup::Enough::of(kind, enough),
+            config,
+        );
         let request = proto::Message::new(kind, key.clone());
-        let deadline = tokio::time::Instant::now() + self.config.query_timeout;
         let mut in_flight = FuturesUnordered::new();
         loop {
-            //= specs/kad-dht/README.md#peer-routing
-            //# The lookup terminates when the initiator has queried and gotten responses
-            //# from the k (see [replication parameter `k`](#replication-parameter-k))
-            //# closest nodes it has seen.
-            let closest_answered = candidates
-                .values()
-                .filter(|(_, s)| *s != CandidateState::Failed)
-                .take(k)
-                .all(|(_, s)| *s == CandidateState::Answered);
-            let satisfied = enough.is_some_and(|n| match kind {
-                MessageType::GetValue => out.records.len() >= n,
-                MessageType::GetProviders => out.providers.len() >= n,
-                _ => false,
-            });
-            if closest_answered || satisfied {
-                break;
-            }
-            //= specs/kad-dht/README.md#peer-routing
-            //# Pick as many peers from the candidate peers (`Pn`) as the `α` concurrency
-            //# factor allows.
-            while in_flight.len() < self.config.alpha.max(1) {
-                let Some((d, (found, state))) = candidates
-                    .iter_mut()
-                    .find(|(_, (_, s))| *s == CandidateState::Waiting)
-                else {
-                    break;
-                };
-                *state = CandidateState::InFlight;
-                out.queried += 1;
-                let (d, found) = (*d, found.clone());
-                let request = &request;
-                in_flight.push(async move {
-                    let r = self.request(found.peer, &found.addrs, request, true).await;
-                    (d, found, r)
-                });
-            }
-            if in_flight.is_empty() {
-                break;
-            }
-            let Ok(Some((d, found, result))) =
-                tokio::time::timeout_at(deadline, in_flight.next()).await
-            else {
-                break;
+            let now = clock();
+            let wake = loop {
+                match core.poll(now) {
+                    lookup::Poll::Request(found) => {
+                        let request = &request;
+                        in_flight.push(async move {
+                            let r = self.request(found.peer, &found.addrs, request, true).await;
+                            (found.peer, r)
+                        });
+                    }
+                    lookup::Poll::Wait(until) => break Some(until),
+                    lookup::Poll::Done => break None,
+                }
             };
-            let reply = match result {
-                Ok(Some(reply)) => reply,
-                Ok(None) | Err(_) => {
-                    if let Err(Error::Dial(e)) = &result {
-                        if unreachable(e) {
-                            // It leaves the table (and comes back through identify when
-                            // it connects again).
-                            self.forget(&found.peer);
+            let Some(wake) = wake else { break };
+            tokio::select! {
+                Some((peer, result)) = in_flight.next() => {
+                    let now = clock();
+                    match result {
+                        Ok(Some(reply)) => {
+                            let wall_ms = now_ms();
+                            lock(&self.table).seen(&peer, wall_ms);
+                            let validators = &self.config.validators;
+                            let response = lookup::Response::from_message(reply, &key, |value| {
+                                validators.validate(&key, value, wall_ms).is_ok()
+                            });
+                            core.handle_success(now, &peer, response);
+                        }
+                        Ok(None) | Err(_) => {
+                            if let Err(Error::Dial(e)) = &result {
+                                if unreachable(e) {
+                                    // It leaves the table (and comes back through identify
+                                    // when it connects again).
+                                    self.forget(&peer);
+                                }
+                            }
+                            core.handle_failure(now, &peer);
                         }
                     }
-                    out.failed += 1;
-                    if let Some((_, s)) = candidates.get_mut(&d) {
-                        *s = CandidateState::Failed;
-                    }
-                    continue;
                 }
-            };
-            if let Some((_, s)) = candidates.get_mut(&d) {
-                *s = CandidateState::Answered;
-            }
-            lock(&self.table).seen(&found.peer, now_ms());
-            for p in reply.closer_peers.iter().take(MAX_RESPONSE_PEERS) {
-                let Some(f) = parse_peer(p) else { continue };
-                if f.peer == local || f.addrs.is_empty() {
-                    continue;
-                }
-                candidates
-                    .entry(Key::from_peer(&f.peer).distance(&target))
-                    .or_insert((f, CandidateState::Waiting));
-            }
-            // Remember a bounded number of candidates: drop the farthest waiting ones.
-            while candidates.len() > k * CANDIDATES_PER_K {
-                let far = candidates
-                    .iter()
-                    .rev()
-                    .find(|(_, (_, s))| *s == CandidateState::Waiting)
-                    .map(|(d, _)| *d);
-                match far {
-                    Some(d) => {
-                        candidates.remove(&d);
-                    }
-                    None => break,
-                }
-            }
-            if let Some(r) = &reply.record {
-                if r.key == key
-                    && self
-                        .config
-                        .validators
-                        .validate(&r.key, &r.value, now_ms())
-                        .is_ok()
-                {
-                    out.records.push((found.peer, r.value.clone()));
-                }
-            }
-            for p in reply.provider_peers.iter().take(MAX_RESPONSE_PEERS) {
-                if let Some(f) = parse_peer(p) {
-                    if seen_providers.insert(f.peer) {
-                        out.providers.push(f);
-                    }
-                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
             }
         }
-        out.closest = candidates
-            .into_values()
-            .filter(|(_, s)| *s == CandidateState::Answered)
-            .map(|(f, _)| f)
-            .take(k)
-            .collect();
+        let out = core.finish();
         self.estimate_size(&target, &out.closest);
         out
     }
@@ -1380,101 +1132,72 @@ impl Kad {
     }
 }
 
+/// Kad's inbound side on the host: the streams of the DHT protocol, served.
+struct Server(Arc<Kad>);
+
+impl host::Extension for Server {
+    fn protocol_ids(&self) -> Vec<String> {
+        vec![self.0.config.protocol.clone()]
+    }
+
+    fn handle_stream(self: Arc<Self>, stream: Stream) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move { self.0.serve(stream).await })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::node::{self, Node};
 
-    async fn server(verified_within: Option<Duration>) -> Node {
+    // The answers themselves are tested without a host in `server.rs`; this checks the
+    // driver's view of the peerstore, identify and the table.
+    #[tokio::test]
+    async fn the_driver_answers_from_its_table_peerstore_and_identify() {
         let config = node::Config {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             kad: Some(Config {
                 server: true,
                 refresh_interval: None,
-                serve_verified_within: verified_within,
                 ..Config::default()
             }),
             ..Default::default()
         };
-        Node::start_volatile(config, Metrics::unregistered())
+        let node = Node::start_volatile(config, Metrics::unregistered())
             .await
-            .unwrap()
-    }
-
-    fn peer() -> PeerId {
-        crate::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id()
-    }
-
-    fn ma(s: &str) -> Multiaddr {
-        s.parse().unwrap()
-    }
-
-    fn listed(reply: &[proto::Peer]) -> HashMap<PeerId, Vec<Multiaddr>> {
-        reply
-            .iter()
-            .map(|p| (PeerId::from_bytes(&p.id).unwrap(), parse_addrs(&p.addrs)))
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn public_requesters_get_only_public_addresses() {
-        let node = server(None).await;
+            .unwrap();
         let kad = node.kad.as_ref().unwrap();
-        let (mixed, private) = (peer(), peer());
-        kad.add_peer(
-            mixed,
-            vec![ma("/ip4/10.0.0.1/tcp/1"), ma("/ip4/8.8.8.8/tcp/1")],
-        );
-        kad.add_peer(private, vec![ma("/ip4/192.168.1.1/tcp/1")]);
-        let from = peer();
-        let key = peer().to_bytes();
-        let public = listed(&kad.closer_peers(from, &ma("/ip4/9.9.9.9/tcp/5"), true, &key, true));
-        assert_eq!(public.len(), 1, "the private-only peer is left out");
-        assert_eq!(public[&mixed], vec![ma("/ip4/8.8.8.8/tcp/1")]);
-        let local = listed(&kad.closer_peers(from, &ma("/ip4/10.1.1.1/tcp/5"), false, &key, true));
-        assert_eq!(local.len(), 2);
-        assert_eq!(local[&mixed].len(), 2);
-        // Never the requester itself.
-        let asked_by_mixed =
-            listed(&kad.closer_peers(mixed, &ma("/ip4/10.1.1.1/tcp/5"), false, &key, true));
-        assert!(!asked_by_mixed.contains_key(&mixed));
-    }
-
-    #[tokio::test]
-    async fn only_recently_seen_peers_are_handed_out() {
-        let node = server(Some(Duration::from_secs(3600))).await;
-        let kad = node.kad.as_ref().unwrap();
-        let (fresh, stale) = (peer(), peer());
-        kad.add_peer(fresh, vec![ma("/ip4/10.0.0.1/tcp/1")]);
-        let two_hours_ago = now_ms() - 2 * 3600 * 1000;
-        lock(&kad.table).insert(stale, vec![ma("/ip4/10.0.0.2/tcp/1")], two_hours_ago);
-        let remote = ma("/ip4/10.1.1.1/tcp/5");
-        let key = peer().to_bytes();
-        let got = listed(&kad.closer_peers(peer(), &remote, false, &key, false));
-        assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![fresh]);
-        // A liveness check or an answer refreshes it.
-        lock(&kad.table).seen(&stale, now_ms());
-        let got = listed(&kad.closer_peers(peer(), &remote, false, &key, false));
-        assert_eq!(got.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn find_node_for_ourselves_or_a_known_peer_includes_it() {
-        let node = server(None).await;
-        let kad = node.kad.as_ref().unwrap();
+        let peer = || {
+            crate::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id()
+        };
+        let ma = |s: &str| -> Multiaddr { s.parse().unwrap() };
+        let listed = |answer: Result<Answer, server::Refusal>| -> HashMap<PeerId, Vec<Multiaddr>> {
+            let Ok(Answer::Reply(reply)) = answer else {
+                panic!("expected a reply");
+            };
+            reply
+                .closer_peers
+                .iter()
+                .map(|p| (PeerId::from_bytes(&p.id).unwrap(), parse_addrs(&p.addrs)))
+                .collect()
+        };
         let remote = ma("/ip4/127.0.0.1/tcp/5");
-        // Our own key: we answer with ourselves and our addresses, as go-libp2p does.
-        let own = node.peer_id().to_bytes();
-        let got = listed(&kad.closer_peers(peer(), &remote, false, &own, true));
-        assert!(!got[&node.peer_id()].is_empty());
-        // GET_VALUE/GET_PROVIDERS closer peers never list us.
-        assert!(kad
-            .closer_peers(peer(), &remote, false, &own, false)
-            .is_empty());
-        // A peer known to the peerstore but not in the table is added for FIND_NODE.
+        let from = Requester::new(peer(), &remote);
+        let find = |key: Vec<u8>| proto::Message::new(MessageType::FindNode, key);
+        // A table peer.
+        let in_table = peer();
+        kad.add_peer(in_table, vec![ma("/ip4/10.0.0.1/tcp/1")]);
+        let got = listed(kad.answer(&from, find(b"k".to_vec()), now_ms()));
+        assert_eq!(got[&in_table], vec![ma("/ip4/10.0.0.1/tcp/1")]);
+        // Ourselves, with the addresses identify announces.
+        let own = node.peer_id();
+        let got = listed(kad.answer(&from, find(own.to_bytes()), now_ms()));
+        assert_eq!(got[&own], node.identify.advertised_addrs_for(&remote));
+        assert!(!got[&own].is_empty());
+        // A peer the peerstore knows.
         let known = peer();
         node.peerstore.apply(
             known,
@@ -1485,11 +1208,7 @@ mod tests {
             },
             now_ms(),
         );
-        let got = listed(&kad.closer_peers(peer(), &remote, false, &known.to_bytes(), true));
+        let got = listed(kad.answer(&from, find(known.to_bytes()), now_ms()));
         assert_eq!(got[&known], vec![ma("/ip4/10.9.9.9/tcp/1")]);
-        // ... but never to itself.
-        assert!(kad
-            .closer_peers(known, &remote, false, &known.to_bytes(), true)
-            .is_empty());
     }
 }

@@ -5,12 +5,12 @@
 //! (Kademlia keeps long-lived peers).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
-use multiaddr::{Multiaddr, Protocol};
+use multiaddr::Multiaddr;
 
 use super::key::Key;
 use crate::identity::PeerId;
+use crate::ipprefix::IpPrefix;
 
 /// Limits of the table.
 #[derive(Debug, Clone)]
@@ -38,38 +38,31 @@ impl Default for Config {
     }
 }
 
-/// The network a peer's address sits in, for diversity limits: IPv4 /16 or IPv6 /48.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IpGroup {
-    V4([u8; 2]),
-    V6([u8; 6]),
+/// The diversity group of an address: IPv4 /16 or IPv6 /48 of its leading IP.
+fn group_of_addr(addr: &Multiaddr) -> Option<IpPrefix> {
+    IpPrefix::of_addr(addr, IpPrefix::GROUP.0, IpPrefix::GROUP.1)
 }
 
-impl IpGroup {
-    pub fn of_ip(ip: IpAddr) -> IpGroup {
-        match ip {
-            IpAddr::V4(v4) => {
-                let o = v4.octets();
-                IpGroup::V4([o[0], o[1]])
-            }
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpGroup::of_ip(IpAddr::V4(v4)),
-                None => {
-                    let o = v6.octets();
-                    IpGroup::V6([o[0], o[1], o[2], o[3], o[4], o[5]])
-                }
-            },
-        }
-    }
-
-    /// The group of a multiaddr's leading IP, if it has one.
-    pub fn of_addr(addr: &Multiaddr) -> Option<IpGroup> {
-        match addr.iter().next()? {
-            Protocol::Ip4(ip) => Some(IpGroup::of_ip(IpAddr::V4(ip))),
-            Protocol::Ip6(ip) => Some(IpGroup::of_ip(IpAddr::V6(ip))),
-            _ => None,
-        }
-    }
+/// The buckets in order of the distance of their keys to a target at distance `d` from
+/// the local key, nearest first: every key of an earlier bucket is nearer the target than
+/// every key of a later one.
+///
+/// A key in bucket `i` is `x` from the local key, with `x`'s top bit `i`; its distance to
+/// the target is `x ^ d`. With `t` the target's own bucket (the top bit of `d`): bucket `t`
+/// clears that bit (distances below 2^t); a bucket `i < t` keeps `d`'s bits above `i` and
+/// flips bit `i` — below `d` when `d` has it set (the higher such `i`, the nearer), above
+/// `d` otherwise (the lower `i`, the nearer); a bucket `i > t` sets bit `i` (the higher,
+/// the farther).
+pub fn buckets_by_distance(d: &super::key::Distance) -> impl Iterator<Item = usize> {
+    let bytes = *d.as_bytes();
+    let bit = move |i: usize| bytes[31 - i / 8] & (1 << (i % 8)) != 0;
+    let t = d.bucket();
+    let below = t.unwrap_or(256);
+    let own = t.into_iter();
+    let nearer = (0..below).rev().filter(move |&i| bit(i));
+    let farther = (0..below).filter(move |&i| !bit(i));
+    let above = t.map_or(256, |t| t + 1)..256;
+    own.chain(nearer).chain(farther).chain(above)
 }
 
 /// One peer in the table.
@@ -78,8 +71,9 @@ pub struct Entry {
     pub peer: PeerId,
     pub key: Key,
     pub addrs: Vec<Multiaddr>,
-    /// The group counted against the diversity limits (`None`: exempt).
-    pub group: Option<IpGroup>,
+    /// The group ([`IpPrefix::group`]: IPv4 /16, IPv6 /48) counted against the diversity
+    /// limits (`None`: exempt).
+    pub group: Option<IpPrefix>,
     pub added_ms: u64,
     /// Last time the peer answered us or we saw it connected.
     pub last_seen_ms: u64,
@@ -129,7 +123,7 @@ pub struct RoutingTable {
     config: Config,
     buckets: Vec<Vec<Entry>>,
     index: HashMap<PeerId, usize>,
-    groups: HashMap<IpGroup, usize>,
+    groups: HashMap<IpPrefix, usize>,
 }
 
 impl RoutingTable {
@@ -142,6 +136,11 @@ impl RoutingTable {
             index: HashMap::new(),
             groups: HashMap::new(),
         }
+    }
+
+    /// The local peer (never in the table).
+    pub fn local(&self) -> &PeerId {
+        &self.local
     }
 
     pub fn local_key(&self) -> &Key {
@@ -183,15 +182,15 @@ impl RoutingTable {
         self.buckets.iter().map(Vec::len).collect()
     }
 
-    fn group_of(&self, addrs: &[Multiaddr]) -> Option<IpGroup> {
+    fn group_of(&self, addrs: &[Multiaddr]) -> Option<IpPrefix> {
         let public = addrs
             .iter()
             .find(|a| crate::addresses::is_public(a))
-            .and_then(IpGroup::of_addr);
+            .and_then(group_of_addr);
         if public.is_some() || self.config.exempt_private {
             return public;
         }
-        addrs.iter().find_map(IpGroup::of_addr)
+        addrs.iter().find_map(group_of_addr)
     }
 
     /// Adds a peer that serves the protocol and has the given dialable addresses, or
@@ -249,7 +248,7 @@ impl RoutingTable {
 
     /// Would one more peer of `group` in bucket `b` break a limit? (A peer changing groups
     /// is not in its new group yet, so the counts never include it.)
-    fn diversity(&self, b: usize, group: Option<IpGroup>) -> Option<Refusal> {
+    fn diversity(&self, b: usize, group: Option<IpPrefix>) -> Option<Refusal> {
         let g = group?;
         let in_bucket = self.buckets[b]
             .iter()
@@ -264,13 +263,13 @@ impl RoutingTable {
         None
     }
 
-    fn count(&mut self, group: Option<IpGroup>) {
+    fn count(&mut self, group: Option<IpPrefix>) {
         if let Some(g) = group {
             *self.groups.entry(g).or_insert(0) += 1;
         }
     }
 
-    fn uncount(&mut self, group: Option<IpGroup>) {
+    fn uncount(&mut self, group: Option<IpPrefix>) {
         if let Some(g) = group {
             if let Some(n) = self.groups.get_mut(&g) {
                 *n -= 1;
@@ -303,19 +302,31 @@ impl RoutingTable {
         self.closest_where(key, n, |_| true)
     }
 
-    /// The `n` peers closest to `key` among those `keep` accepts, nearest first.
+    /// The `n` peers closest to `key` among those `keep` accepts, nearest first. Reads
+    /// only as many buckets as it needs, in order of distance to `key` (see
+    /// [`buckets_by_distance`]).
     pub fn closest_where(&self, key: &Key, n: usize, keep: impl Fn(&Entry) -> bool) -> Vec<&Entry> {
-        let mut all: Vec<(super::key::Distance, &Entry)> = self
-            .iter()
-            .filter(|e| keep(e))
-            .map(|e| (e.key.distance(key), e))
-            .collect();
-        if all.len() > n && n > 0 {
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut all: Vec<(super::key::Distance, &Entry)> = Vec::new();
+        for b in buckets_by_distance(&self.local_key.distance(key)) {
+            all.extend(
+                self.buckets[b]
+                    .iter()
+                    .filter(|e| keep(e))
+                    .map(|e| (e.key.distance(key), e)),
+            );
+            // Every entry of a later bucket is farther than every one taken so far.
+            if all.len() >= n {
+                break;
+            }
+        }
+        if all.len() > n {
             all.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
             all.truncate(n);
         }
         all.sort_unstable_by_key(|a| a.0);
-        all.truncate(n);
         all.into_iter().map(|(_, e)| e).collect()
     }
 
@@ -476,5 +487,67 @@ mod tests {
         let want: Vec<PeerId> = want.iter().take(20).map(|e| e.peer).collect();
         assert_eq!(got, want);
         assert_eq!(t.closest(&target, 0).len(), 0);
+    }
+
+    #[test]
+    fn closest_where_reads_buckets_nearest_first_and_equals_a_full_sort() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let random_peer = |rng: &mut rand::rngs::StdRng| {
+            let mut mh = vec![0x12, 0x20];
+            mh.extend_from_slice(&rng.random::<[u8; 32]>());
+            PeerId::from_bytes(&mh).unwrap()
+        };
+        for round in 0..40 {
+            let local = random_peer(&mut rng);
+            let mut t = RoutingTable::new(
+                local,
+                Config {
+                    k: 1 + round % 20,
+                    ..Config::default()
+                },
+            );
+            for _ in 0..rng.random_range(0..400) {
+                let _ = t.insert(random_peer(&mut rng), addr("/ip4/10.1.1.1/tcp/1"), 0);
+            }
+            // Targets: random, the local key itself, and keys of table peers.
+            let mut targets: Vec<Key> = (0..5)
+                .map(|_| Key::from_hash(rng.random::<[u8; 32]>()))
+                .collect();
+            targets.push(*t.local_key());
+            targets.extend(t.iter().take(3).map(|e| e.key));
+            for target in targets {
+                // The bucket order is by distance.
+                let d = t.local_key().distance(&target);
+                let order: Vec<usize> = buckets_by_distance(&d).collect();
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..256).collect::<Vec<_>>(), "each bucket once");
+                let mut last = None;
+                for b in &order {
+                    for e in &t.buckets[*b] {
+                        let de = e.key.distance(&target);
+                        assert!(last.is_none_or(|l| l < de), "bucket {b} out of order");
+                    }
+                    if let Some(max) = t.buckets[*b].iter().map(|e| e.key.distance(&target)).max() {
+                        last = Some(max);
+                    }
+                }
+                // And closest_where is the brute force's answer, with or without a filter.
+                for n in [1, 3, 20, 50, 1000] {
+                    let odd = |e: &Entry| e.key.hash()[0] % 2 == 1;
+                    let got: Vec<PeerId> = t
+                        .closest_where(&target, n, odd)
+                        .iter()
+                        .map(|e| e.peer)
+                        .collect();
+                    let mut want: Vec<&Entry> = t.iter().filter(|e| odd(e)).collect();
+                    want.sort_by_key(|e| e.key.distance(&target));
+                    let want: Vec<PeerId> = want.iter().take(n).map(|e| e.peer).collect();
+                    assert_eq!(got, want);
+                    assert_eq!(t.closest(&target, n).len(), n.min(t.len()));
+                }
+            }
+        }
     }
 }

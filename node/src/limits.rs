@@ -1,5 +1,10 @@
-//! Per-key request rate limits (token buckets) with a bounded number of tracked keys.
-//! Time is an input.
+//! Per-key rate limits (token buckets) with a bounded number of tracked keys, shared by
+//! the protocols (kad's per-peer and per-group request rates today; identify's push limit
+//! is meant to move here). Time is an input: no clock is read here.
+//!
+//! What it is not: a scheduler or a queue — it answers "may this key act now?" and keeps
+//! no backlog. Keys are whatever the caller counts by (a `PeerId`, an
+//! [`IpPrefix`](crate::ipprefix::IpPrefix)).
 
 use std::collections::HashMap;
 use std::hash::Hash;
