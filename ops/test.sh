@@ -25,6 +25,20 @@ npm ci --prefix interop/js --no-audit --no-fund --loglevel=error
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "cargo deny (licenses, bans, sources)"
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "cargo-deny missing: installing it from crates.io (a few minutes, once per machine)"
+  cargo install cargo-deny --locked --version 0.20.2 --quiet
+fi
+# Advisories are left out: the RustSec database lives on GitHub, out of reach here.
+cargo deny --log-level error check licenses bans sources
+
+step "the libp2p stack is our own: no libp2p crate but libp2p-identity under pylon"
+if cargo tree -p pylon -e normal,build --prefix none --locked | grep -E '^libp2p' | grep -v '^libp2p-identity '; then
+  echo "the crates above must be dev-dependencies only" >&2
+  exit 1
+fi
+
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
