@@ -49,7 +49,7 @@ pub(crate) struct Config {
 pub(crate) struct Subnet(IpPrefix);
 
 impl Subnet {
-    pub fn of(ip: IpAddr) -> Subnet {
+    pub(crate) fn of(ip: IpAddr) -> Subnet {
         Subnet(IpPrefix::subnet(ip))
     }
 }
@@ -69,7 +69,7 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// The `error` label of `libp2p_swarm_handshake_errors_total`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Refusal::Ip => "pending_ip_limit",
             Refusal::Subnet => "pending_subnet_limit",
@@ -126,7 +126,7 @@ pub(crate) struct Admission<T> {
 }
 
 impl<T> Admission<T> {
-    pub fn new(config: Config) -> Self {
+    pub(crate) fn new(config: Config) -> Self {
         Admission {
             config,
             next_id: 0,
@@ -138,7 +138,7 @@ impl<T> Admission<T> {
     }
 
     /// A new inbound connection on `transport` from `ip` asks to start its handshake.
-    pub fn handle_incoming(
+    pub(crate) fn handle_incoming(
         &mut self,
         now: Instant,
         transport: &'static str,
@@ -196,7 +196,7 @@ impl<T> Admission<T> {
 
     /// A handshake ended (done, failed, timed out or cancelled); its payload if it was
     /// still admitted (not evicted already).
-    pub fn release(&mut self, id: PendingId) -> Option<T> {
+    pub(crate) fn release(&mut self, id: PendingId) -> Option<T> {
         let entry = self.entries.remove(&id)?;
         let subnet = entry.ip.map(IpPrefix::subnet);
         if let Some(pool) = self.pools.get_mut(entry.pool) {
@@ -221,7 +221,7 @@ impl<T> Admission<T> {
     }
 
     /// Handshakes in progress on `transport`.
-    pub fn pending(&self, transport: &str) -> usize {
+    pub(crate) fn pending(&self, transport: &str) -> usize {
         self.pools.get(transport).map_or(0, |p| p.len)
     }
 

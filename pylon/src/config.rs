@@ -12,11 +12,11 @@ use multiaddr::Multiaddr;
 use pylon_roles::config::bad;
 #[cfg(test)]
 use pylon_roles::config::MAX_DURATION;
-pub use pylon_roles::config::{duration, Error};
+pub(crate) use pylon_roles::config::{duration, Error};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
-pub const DEFAULT_TOML: &str = include_str!("default.toml");
+pub(crate) const DEFAULT_TOML: &str = include_str!("default.toml");
 
 // ---- The raw (file) form: strings as written, checked later -------------------------
 
@@ -215,7 +215,7 @@ struct RawStorage {
 // ---- The checked form ----------------------------------------------------------------
 
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     pub data_dir: PathBuf,
     pub log: String,
     pub metrics: Option<SocketAddr>,
@@ -230,7 +230,7 @@ pub struct Config {
 
 /// Overrides from the command line, applied last.
 #[derive(Debug, Default, Clone)]
-pub struct Flags {
+pub(crate) struct Flags {
     pub data_dir: Option<PathBuf>,
     pub listen: Vec<String>,
     pub metrics: Option<String>,
@@ -238,7 +238,7 @@ pub struct Flags {
 }
 
 /// Where the configuration comes from, all inputs explicit (no hidden environment reads).
-pub struct Sources<'a> {
+pub(crate) struct Sources<'a> {
     pub file: Option<(&'a str, String)>,
     pub env: Vec<(String, String)>,
     pub flags: Flags,
@@ -248,13 +248,13 @@ pub struct Sources<'a> {
 }
 
 /// Merges every source and checks the result.
-pub fn load(src: Sources<'_>) -> Result<Config, Error> {
+pub(crate) fn load(src: Sources<'_>) -> Result<Config, Error> {
     let merged = merge_sources(&src)?;
     check(merged, &src)
 }
 
 /// The merged TOML tree (for `pylon config`).
-pub fn merge_sources(src: &Sources<'_>) -> Result<Table, Error> {
+pub(crate) fn merge_sources(src: &Sources<'_>) -> Result<Table, Error> {
     let mut tree = default_tree();
     if let Some((path, text)) = &src.file {
         let file: Table = toml::from_str(text).map_err(|e| Error::File {
@@ -601,7 +601,7 @@ const MAX_HTTP_CONNECTIONS: usize = 4096;
 /// level (`info`) or `target=level` (`pylon_node=debug`). EnvFilter alone would take a
 /// bare word that is not a level (`debugg`) as a target name with every level on, and the
 /// node would log nothing at all; such a word is refused here.
-pub fn log_filter(s: &str) -> Result<(), String> {
+pub(crate) fn log_filter(s: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let is_level = |l: &str| LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l));
     if s.trim().is_empty() {

@@ -17,11 +17,11 @@ use crate::config::Config;
 
 /// Descriptors kept apart from connections: the database's files, the runtime's epoll and
 /// eventfds, DNS sockets, stdio, the key and certificate files.
-pub const RESERVE: u64 = 64;
+pub(crate) const RESERVE: u64 = 64;
 
 /// The soft and hard `RLIMIT_NOFILE`, before and after [`raise`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
+pub(crate) struct Limit {
     pub before: u64,
     pub soft: u64,
     pub hard: u64,
@@ -29,7 +29,7 @@ pub struct Limit {
 
 /// Raises the soft limit to the hard one (or to the kernel's `nr_open` when the hard
 /// limit is unlimited).
-pub fn raise() -> nix::Result<Limit> {
+pub(crate) fn raise() -> nix::Result<Limit> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let target = if hard == RLIM_INFINITY {
         std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -56,7 +56,7 @@ pub fn raise() -> nix::Result<Limit> {
 
 /// What the configuration asks of the descriptor budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Needs {
+pub(crate) struct Needs {
     pub max_connections: u64,
     /// `connections.max_pending_incoming`, which applies per transport.
     pub max_pending_incoming: u64,
@@ -72,14 +72,14 @@ impl Needs {
         RESERVE + self.listeners + self.http_connections
     }
     /// Descriptors the configuration may hold at once.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.fixed() + self.max_connections + self.max_pending_incoming * self.stream_transports
     }
 }
 
 /// How the configuration fits a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fit {
+pub(crate) enum Fit {
     Fits,
     /// Lowered to these values, which fit.
     Lowered {
@@ -92,7 +92,7 @@ pub enum Fit {
 
 /// Fits the configuration into `limit` descriptors. When lowering, pending handshakes
 /// get at most a quarter of what is left for connections, the rest established ones.
-pub fn fit(limit: u64, needs: &Needs) -> Fit {
+pub(crate) fn fit(limit: u64, needs: &Needs) -> Fit {
     if needs.total() <= limit {
         return Fit::Fits;
     }
@@ -137,7 +137,7 @@ fn needs(config: &Config) -> Needs {
 
 /// Raises the soft limit, then lowers `connections.max` (and the pending handshakes) in
 /// `config` when they do not fit, saying so. Fails only when not one connection fits.
-pub fn apply(config: &mut Config) -> anyhow::Result<()> {
+pub(crate) fn apply(config: &mut Config) -> anyhow::Result<()> {
     let limit = match raise() {
         Ok(l) => {
             if l.soft > l.before {
@@ -194,7 +194,7 @@ pub fn apply(config: &mut Config) -> anyhow::Result<()> {
 
 /// `pylon_fd_limit` (the soft limit now) and `pylon_connections_max_effective`
 /// (`connections.max` after [`apply`]).
-pub fn register(registry: &mut Registry, config: &Config) {
+pub(crate) fn register(registry: &mut Registry, config: &Config) {
     let gauge = |v: u64| {
         let g: Gauge = Gauge::default();
         g.set(i64::try_from(v).unwrap_or(i64::MAX));

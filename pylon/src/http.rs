@@ -40,7 +40,7 @@ use tokio::time::Instant;
 
 /// Bounds of one listener. The defaults are the documented ones (README, `[metrics]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub(crate) struct Config {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -72,14 +72,14 @@ struct ListenerLabels {
 /// The listeners' metrics: registered once, shared by every listener (one label value
 /// per listener name).
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     timeouts: Family<ReasonLabels, Counter>,
     open: Family<ListenerLabels, Gauge>,
 }
 
 impl Metrics {
-    pub fn new(registry: &mut Registry) -> Self {
+    pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Metrics {
             refused: Family::default(),
             timeouts: Family::default(),
@@ -111,7 +111,7 @@ impl Metrics {
 }
 
 /// A bound HTTP listener; [`Listener::serve`] runs it.
-pub struct Listener {
+pub(crate) struct Listener {
     tcp: TcpListener,
     name: &'static str,
     config: Config,
@@ -120,7 +120,7 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `addr`. `name` labels the listener's metrics (`metrics`, `admin`).
-    pub async fn bind(
+    pub(crate) async fn bind(
         addr: SocketAddr,
         name: &'static str,
         config: Config,
@@ -134,13 +134,13 @@ impl Listener {
         })
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
     }
 
     /// Accepts and serves connections until the future is dropped (which closes every
     /// connection of the listener too).
-    pub async fn serve(self, router: axum::Router) {
+    pub(crate) async fn serve(self, router: axum::Router) {
         let Listener {
             tcp,
             name,

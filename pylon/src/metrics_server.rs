@@ -19,11 +19,11 @@ use crate::http;
 const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Whether the node is ready to serve (`Err` with the reason when not).
-pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub(crate) type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Binds `addr` and serves the registry; returns the bound address and the server task.
 /// The listener's own metrics (`pylon_http_*{listener="metrics"}`) join the registry.
-pub async fn start(
+pub(crate) async fn start(
     addr: SocketAddr,
     config: &http::Config,
     mut registry: Registry,

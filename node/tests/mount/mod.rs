@@ -15,7 +15,7 @@ fn run(cmd: &str, args: &[&str]) {
 }
 
 /// A file system mounted for one test; unfrozen and unmounted on drop.
-pub struct Mount {
+pub(crate) struct Mount {
     dir: PathBuf,
     _parent: tempfile::TempDir,
     _image: Option<tempfile::NamedTempFile>,
@@ -23,7 +23,7 @@ pub struct Mount {
 
 impl Mount {
     /// A tmpfs of `size` (e.g. "8m").
-    pub fn tmpfs(size: &str) -> Mount {
+    pub(crate) fn tmpfs(size: &str) -> Mount {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("mnt");
         std::fs::create_dir(&dir).unwrap();
@@ -40,7 +40,7 @@ impl Mount {
     }
 
     /// A loop-mounted ext4 image (freezable, unlike tmpfs).
-    pub fn ext4(size_mib: u64) -> Mount {
+    pub(crate) fn ext4(size_mib: u64) -> Mount {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("mnt");
         std::fs::create_dir(&dir).unwrap();
@@ -56,22 +56,22 @@ impl Mount {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 
-    pub fn freeze(&self) {
+    pub(crate) fn freeze(&self) {
         run("fsfreeze", &["-f", self.dir.to_str().unwrap()]);
     }
 
-    pub fn thaw(&self) {
+    pub(crate) fn thaw(&self) {
         let _ = Command::new("fsfreeze")
             .args(["-u", self.dir.to_str().unwrap()])
             .output();
     }
 
     /// Fills the file system with one file until it refuses more; returns the file.
-    pub fn fill(&self) -> PathBuf {
+    pub(crate) fn fill(&self) -> PathBuf {
         use std::io::Write;
         let path = self.dir.join("filler");
         let mut f = std::fs::File::create(&path).unwrap();

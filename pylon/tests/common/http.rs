@@ -13,7 +13,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 /// Reads until the server closes, failing unless it does within `within`; returns what
 /// it sent and how long that took.
-pub async fn read_to_close(s: &mut TcpStream, within: Duration) -> (String, Duration) {
+pub(crate) async fn read_to_close(s: &mut TcpStream, within: Duration) -> (String, Duration) {
     let started = Instant::now();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -35,7 +35,11 @@ pub async fn read_to_close(s: &mut TcpStream, within: Duration) -> (String, Dura
 
 /// `GET path` on a connection of its own (`Connection: close`): the whole answer, status
 /// line to body, which must end within `within`.
-pub async fn get(addr: impl ToSocketAddrs + Display, path: &str, within: Duration) -> String {
+pub(crate) async fn get(
+    addr: impl ToSocketAddrs + Display,
+    path: &str,
+    within: Duration,
+) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
@@ -44,7 +48,7 @@ pub async fn get(addr: impl ToSocketAddrs + Display, path: &str, within: Duratio
 
 /// The value of one sample in a text exposition, named exactly as exposed: `name` or
 /// `name{labels}`.
-pub fn sample<V: std::str::FromStr>(exposition: &str, name: &str) -> Option<V> {
+pub(crate) fn sample<V: std::str::FromStr>(exposition: &str, name: &str) -> Option<V> {
     exposition
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
-pub mod http;
+pub(crate) mod http;
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -18,19 +18,19 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 
 /// The bound on every wait.
-pub const T: Duration = Duration::from_secs(20);
+pub(crate) const T: Duration = Duration::from_secs(20);
 
 /// Loopback TCP, the port chosen by the kernel.
-pub const LOCAL_TCP: &str = "/ip4/127.0.0.1/tcp/0";
+pub(crate) const LOCAL_TCP: &str = "/ip4/127.0.0.1/tcp/0";
 
 /// The binary under test; `TEST_PYLON_BIN` runs the scenarios against another build (a
 /// release binary, or an older commit to reproduce a defect).
-pub fn bin() -> String {
+pub(crate) fn bin() -> String {
     std::env::var("TEST_PYLON_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_pylon").to_string())
 }
 
 /// `pylon <name> --data-dir <data_dir>`.
-pub fn subcommand(name: &str, data_dir: &Path) -> Command {
+pub(crate) fn subcommand(name: &str, data_dir: &Path) -> Command {
     let mut cmd = Command::new(bin());
     cmd.arg(name).arg("--data-dir").arg(data_dir);
     cmd
@@ -38,7 +38,7 @@ pub fn subcommand(name: &str, data_dir: &Path) -> Command {
 
 /// `pylon run` on `data_dir`, listening on `listen`, with its metrics on a loopback port
 /// chosen by the kernel; `extra` arguments and `env` variables added.
-pub fn pylon_command(
+pub(crate) fn pylon_command(
     data_dir: &Path,
     listen: &str,
     extra: &[&str],
@@ -52,7 +52,7 @@ pub fn pylon_command(
 }
 
 /// A running `pylon`, its log (stderr) read as the test asks for lines.
-pub struct Running {
+pub(crate) struct Running {
     pub child: Child,
     lines: tokio::io::Lines<BufReader<ChildStderr>>,
     /// Every line read so far.
@@ -62,7 +62,7 @@ pub struct Running {
 impl Running {
     /// Spawns `cmd` (a [`pylon_command`], or one that execs it) with `RUST_LOG=info`, its
     /// stderr piped, stdin and stdout closed; the process is killed when this is dropped.
-    pub fn spawn(mut cmd: Command) -> Running {
+    pub(crate) fn spawn(mut cmd: Command) -> Running {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -80,17 +80,17 @@ impl Running {
     }
 
     /// `pylon run` on `data_dir`, listening on [`LOCAL_TCP`], with `extra` arguments.
-    pub fn start(data_dir: &Path, extra: &[&str]) -> Running {
+    pub(crate) fn start(data_dir: &Path, extra: &[&str]) -> Running {
         Self::spawn(pylon_command(data_dir, LOCAL_TCP, extra, &[]))
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap()
     }
 
     /// Reads log lines until one contains `needle` (None at the end of the log or after
     /// `T`).
-    pub async fn find_log(&mut self, needle: &str) -> Option<String> {
+    pub(crate) async fn find_log(&mut self, needle: &str) -> Option<String> {
         tokio::time::timeout(T, async {
             while let Ok(Some(line)) = self.lines.next_line().await {
                 self.log.push(line.clone());
@@ -106,7 +106,7 @@ impl Running {
     }
 
     /// Reads log lines until one contains `needle`; returns it, or fails showing the log.
-    pub async fn wait_log(&mut self, needle: &str) -> String {
+    pub(crate) async fn wait_log(&mut self, needle: &str) -> String {
         match self.find_log(needle).await {
             Some(line) => line,
             None => panic!(
@@ -118,7 +118,7 @@ impl Running {
 
     /// The first p2p listen address (with /p2p/) and the metrics `host:port`, from the
     /// start-up lines (in whichever order they come).
-    pub async fn addresses(&mut self) -> (Multiaddr, String) {
+    pub(crate) async fn addresses(&mut self) -> (Multiaddr, String) {
         let (mut listen, mut metrics) = (None, None);
         while listen.is_none() || metrics.is_none() {
             let line = self.wait_log(" on ").await;
@@ -133,7 +133,7 @@ impl Running {
     }
 
     /// Sends `signal` (`kill` syntax: "-INT", "-TERM").
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
             .args([signal, &self.pid().to_string()])
             .status()
@@ -142,14 +142,14 @@ impl Running {
     }
 
     /// The exit status, or None if the process is still running after `T`.
-    pub async fn exit(&mut self) -> Option<ExitStatus> {
+    pub(crate) async fn exit(&mut self) -> Option<ExitStatus> {
         let status = tokio::time::timeout(T, self.child.wait()).await.ok()?;
         Some(status.unwrap())
     }
 
     /// Stops by `signal`: storage is flushed and the process exits 0. Returns the log
     /// line that said so.
-    pub async fn stop(mut self, signal: &str) -> String {
+    pub(crate) async fn stop(mut self, signal: &str) -> String {
         self.signal(signal);
         let line = self.wait_log("storage flushed").await;
         let exit = self.exit().await.expect("exit after the signal");
@@ -159,13 +159,13 @@ impl Running {
 }
 
 /// The whitespace-delimited word after `marker` in `line`.
-pub fn field_after<'a>(line: &'a str, marker: &str) -> &'a str {
+pub(crate) fn field_after<'a>(line: &'a str, marker: &str) -> &'a str {
     let start = line.find(marker).unwrap() + marker.len();
     line[start..].split_whitespace().next().unwrap()
 }
 
 /// The PeerId a `/p2p/` address ends with.
-pub fn peer_of(addr: &Multiaddr) -> PeerId {
+pub(crate) fn peer_of(addr: &Multiaddr) -> PeerId {
     match addr.iter().last() {
         Some(multiaddr::Protocol::P2p(p)) => p,
         _ => panic!("no /p2p/ in {addr}"),
@@ -173,12 +173,12 @@ pub fn peer_of(addr: &Multiaddr) -> PeerId {
 }
 
 /// `GET path` from `hostport`: the whole answer, status line to body.
-pub async fn http_get(hostport: &str, path: &str) -> String {
+pub(crate) async fn http_get(hostport: &str, path: &str) -> String {
     http::get(hostport, path, T).await
 }
 
 /// Polls `path` until its answer contains `needle`; returns that answer.
-pub async fn wait_http(hostport: &str, path: &str, needle: &str) -> String {
+pub(crate) async fn wait_http(hostport: &str, path: &str, needle: &str) -> String {
     let got = tokio::time::timeout(T, async {
         loop {
             let body = http_get(hostport, path).await;
@@ -193,7 +193,7 @@ pub async fn wait_http(hostport: &str, path: &str, needle: &str) -> String {
 }
 
 /// Polls the metrics endpoint until `line` (a sample, value included) shows up.
-pub async fn wait_metric(hostport: &str, line: &str) {
+pub(crate) async fn wait_metric(hostport: &str, line: &str) {
     wait_http(hostport, "/metrics", line).await;
 }
 
@@ -209,12 +209,12 @@ async fn volatile(config: node::Config) -> Node {
 }
 
 /// A plain peer: identify and ping, no DHT.
-pub async fn client() -> Node {
+pub(crate) async fn client() -> Node {
     volatile(node::Config::default()).await
 }
 
 /// A Pylon DHT node in this process (server or client mode), refresh off.
-pub async fn kad_node(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
+pub(crate) async fn kad_node(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
     volatile(node::Config {
         kad: Some(pylon_node::protocols::kad::Config {
             server,
