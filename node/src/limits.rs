@@ -1,6 +1,5 @@
 //! Per-key rate limits (token buckets) with a bounded number of tracked keys, shared by
-//! the protocols (kad's per-peer and per-group request rates today; identify's push limit
-//! is meant to move here). Time is an input: no clock is read here.
+//! the protocols (kad's per-peer and per-group request rates, identify's pushes per peer). Time is an input: no clock is read here.
 //!
 //! What it is not: a scheduler or a queue — it answers "may this key act now?" and keeps
 //! no backlog. Keys are whatever the caller counts by (a `PeerId`, an
@@ -48,6 +47,12 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         } else {
             false
         }
+    }
+
+    /// Forgets `key` (it left: a peer that disconnected); it starts again with a full
+    /// bucket.
+    pub fn forget(&mut self, key: &K) {
+        self.buckets.remove(key);
     }
 
     /// Forgets keys whose bucket has refilled (they are back to the default state).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use prost::Message;
 use pylon_node::host::{self, Host};
-use pylon_node::metrics::Metrics;
+use pylon_node::metrics::{ErrorLabels, Metrics};
 use pylon_node::node::{self, Node};
 use pylon_node::protocols::{identify, ping};
 use pylon_node::{proto, record, varint, Keypair};
@@ -192,9 +192,8 @@ async fn push_floods_are_rate_limited() {
     let key = Keypair::generate_ed25519();
     let reply = Arc::new(Mutex::new(framed(&message(&key, None))));
     let liar = liar(key.clone(), reply).await;
-    let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry);
-    let node = Node::start_volatile(node::Config::default(), metrics)
+    let metrics = Metrics::unregistered();
+    let node = Node::start_volatile(node::Config::default(), metrics.clone())
         .await
         .unwrap();
     let mut events = node.identify.subscribe();
@@ -206,7 +205,9 @@ async fn push_floods_are_rate_limited() {
         .await
         .unwrap()
         .unwrap();
-    for _ in 0..12 {
+    const PUSHES: u64 = 12;
+    let burst_started = std::time::Instant::now();
+    for _ in 0..PUSHES {
         let mut s = liar
             .open_stream(&node.peer_id(), &[identify::PUSH_PROTOCOL])
             .await
@@ -214,18 +215,32 @@ async fn push_floods_are_rate_limited() {
         let _ = s.write_all(&framed(&message(&key, None))).await;
         let _ = s.shutdown().await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until every push was decided: accepted (an identify event) or refused (counted).
+    let refused = metrics
+        .protocol_errors
+        .get_or_create(&ErrorLabels {
+            protocol: "identify",
+            reason: "push_rate",
+        })
+        .clone();
     let mut accepted = 0;
-    while let Ok(identify::Event::Identified(info)) = events.try_recv() {
-        assert!(info.push);
-        accepted += 1;
-    }
-    // A burst of 5 (plus what refilled meanwhile) gets through; the rest is refused.
-    assert!((5..=7).contains(&accepted), "{accepted} pushes accepted");
-    let text = metric_text(&registry);
+    tokio::time::timeout(T, async {
+        while accepted + refused.get() < PUSHES {
+            if let identify::Event::Identified(info) = events.recv().await.unwrap() {
+                assert!(info.push);
+                accepted += 1;
+            }
+        }
+    })
+    .await
+    .expect("every push accepted or refused");
+    // A burst of 5 gets through, plus one per second the burst took; the rest is refused.
+    let refills = burst_started.elapsed().as_secs() + 1;
     assert!(
-        text.contains("libp2p_protocol_errors_total{protocol=\"identify\",reason=\"push_rate\"}"),
-        "{text}"
+        (5..=5 + refills).contains(&accepted),
+        "{accepted} pushes accepted in {:?}",
+        burst_started.elapsed()
     );
+    assert_eq!(accepted + refused.get(), PUSHES);
     node.shutdown(T).await;
 }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use multiaddr::{Multiaddr, Protocol};
 use prost::Message;
@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 
 use crate::addresses;
+use crate::limits::RateLimiter;
 use futures::future::BoxFuture;
 
 use crate::host::{self, Connection, Host, Stream};
@@ -37,9 +38,11 @@ pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 pub const MAX_LISTEN_ADDRS: usize = 64;
 /// Most protocols we take from one message.
 pub const MAX_PROTOCOLS: usize = 256;
-/// A peer may push this many times in a burst, then once per [`MIN_PUSH_INTERVAL`].
-pub const PUSH_BURST: f64 = 5.0;
-pub const MIN_PUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// A peer may push this many times in a burst, then [`PUSHES_PER_SECOND`].
+pub const PUSH_BURST: u32 = 5;
+pub const PUSHES_PER_SECOND: u32 = 1;
+/// Peers whose push budget is tracked at once (entries leave with the peer).
+const MAX_PUSH_PEERS: usize = 65_536;
 /// How long we wait after a change before pushing, so a burst of changes is one push.
 const PUSH_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Peers pushed to at once.
@@ -145,7 +148,7 @@ pub struct Identify {
     events: broadcast::Sender<Event>,
     observers: RwLock<Vec<Observer>>,
     /// Push rate budget of each connected peer (entries leave with the peer).
-    last_push: Mutex<HashMap<PeerId, (f64, Instant)>>,
+    push_limiter: Mutex<RateLimiter<PeerId>>,
     push_scheduled: AtomicBool,
 }
 
@@ -172,7 +175,11 @@ impl Identify {
             config,
             own: Mutex::new(Vec::new()),
             observed: Mutex::new(addresses::Observed::default()),
-            last_push: Mutex::new(HashMap::new()),
+            push_limiter: Mutex::new(RateLimiter::new(
+                PUSH_BURST,
+                PUSHES_PER_SECOND,
+                MAX_PUSH_PEERS,
+            )),
             push_scheduled: AtomicBool::new(false),
             events,
             observers: RwLock::new(Vec::new()),
@@ -313,18 +320,12 @@ impl Identify {
         let conn = stream.connection().clone();
         {
             // Each push costs a peerstore write: one per peer per interval is plenty.
-            // A token bucket per peer: bursts of PUSH_BURST, then one per MIN_PUSH_INTERVAL.
-            let mut buckets = lock(&self.last_push);
-            let now = Instant::now();
-            let (tokens, at) = buckets.entry(conn.peer()).or_insert((PUSH_BURST, now));
-            let refill = now.duration_since(*at).as_secs_f64() / MIN_PUSH_INTERVAL.as_secs_f64();
-            *tokens = (*tokens + refill).min(PUSH_BURST);
-            *at = now;
-            if *tokens < 1.0 {
+            // A token bucket per peer: bursts of PUSH_BURST, then PUSHES_PER_SECOND.
+            let now = tokio::time::Instant::now().into_std();
+            if !lock(&self.push_limiter).allow(&conn.peer(), now) {
                 self.host.metrics().protocol_error("identify", "push_rate");
                 return; // dropping the stream resets it
             }
-            *tokens -= 1.0;
         }
         let result = tokio::time::timeout(self.config.timeout, async {
             let bytes = varint::read_frame(&mut stream, MAX_MESSAGE_LEN).await?;
@@ -510,7 +511,7 @@ impl host::Extension for Identify {
 
     fn on_connection_closed(&self, conn: &Connection, _reason: &str) {
         if self.host.connection(&conn.peer()).is_none() {
-            lock(&self.last_push).remove(&conn.peer());
+            lock(&self.push_limiter).forget(&conn.peer());
         }
     }
 
