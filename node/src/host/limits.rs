@@ -1,5 +1,5 @@
 //! Admission of inbound connections: per-IP and per-subnet counts of established
-//! connections, pending-handshake places (decided by [`crate::admission`]), and the
+//! connections, pending-handshake places (decided by the pure table in `admission.rs`), and the
 //! connection limits.
 
 use super::*;

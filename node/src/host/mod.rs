@@ -33,14 +33,15 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{self, Admission, PendingId, Subnet};
 use crate::identity::{key_type_label, Keypair, PeerId, PublicKey};
 use crate::metrics::{
     ConnLabels, DialErrorLabels, DirLabels, HandshakeLabels, KeyTypeLabels, Metrics, StreamLabels,
 };
 use crate::multistream::{self, Negotiated};
 use crate::transport::{self, RawStream, Target};
+use admission::{Admission, PendingId, Subnet};
 
+mod admission;
 mod connection;
 mod dial;
 mod error;

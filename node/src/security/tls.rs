@@ -539,7 +539,7 @@ mod tests {
 
     #[test]
     fn spec_vectors() {
-        let spec = include_str!("../tests/data/tls-vectors.txt");
+        let spec = include_str!("../../tests/data/tls-vectors.txt");
         let mut lines = spec.lines().filter(|l| !l.trim().is_empty());
         for _ in 0..3 {
             let cert = hex(lines.next().unwrap());

@@ -624,7 +624,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_key_type_authenticates() {
-        let rsa_hex = include_str!("../tests/data/rsa-private-vector.hex").trim();
+        let rsa_hex = include_str!("../../tests/data/rsa-private-vector.hex").trim();
         let rsa: Vec<u8> = (0..rsa_hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&rsa_hex[i..i + 2], 16).unwrap())
