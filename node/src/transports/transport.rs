@@ -469,34 +469,44 @@ impl Drop for Listener {
 /// A listening TCP socket (SO_REUSEADDR and SO_REUSEPORT, v6-only for IPv6) that owns its
 /// port: the bind fails when another socket already listens there.
 ///
-/// SO_REUSEPORT is set only after the bind. Linux lets sockets that all set SO_REUSEPORT
-/// (same user) bind one port and splits inbound connections between their listeners, so a
-/// second Pylon started by mistake on the same port would silently take half the inbound
-/// connections. Bound without it, the bind conflicts with any listener already there
-/// (SO_REUSEADDR still lets it take over the TIME_WAIT sockets of a previous run). The
-/// kernel checks a later bind against the flags the listener has at that time, so once
-/// SO_REUSEPORT is set our own dials can still bind the listen port (port reuse).
+/// Linux lets sockets that all set SO_REUSEPORT (same user) bind one port and splits
+/// inbound connections between their listeners, so a second Pylon started by mistake on
+/// the same port would silently take half the inbound connections. A probe socket bound
+/// first without SO_REUSEPORT conflicts with any listener already there (SO_REUSEADDR
+/// still lets it pass the TIME_WAIT sockets of a previous run); only then is the listener
+/// bound, with SO_REUSEPORT set before its bind as port reuse needs (our dials bind the
+/// listen port too: setting the flag after the bind made some of those binds fall back to
+/// an ephemeral port). Two processes starting in the same instant could still both pass
+/// the probe.
 fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, Error> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => {
-            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
-            // So `/ip4/0.0.0.0/tcp/P` and `/ip6/::/tcp/P` can both be bound.
-            s.set_only_v6(true)?;
-            s.set_nonblocking(true)?;
-            tokio::net::TcpSocket::from_std_stream(s.into())
-        }
+    let new_socket = || -> io::Result<tokio::net::TcpSocket> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => {
+                let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+                // So `/ip4/0.0.0.0/tcp/P` and `/ip6/::/tcp/P` can both be bound.
+                s.set_only_v6(true)?;
+                s.set_nonblocking(true)?;
+                tokio::net::TcpSocket::from_std_stream(s.into())
+            }
+        };
+        socket.set_reuseaddr(true)?;
+        Ok(socket)
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr).map_err(|e| match e.kind() {
-        io::ErrorKind::AddrInUse => io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("{addr} is already in use: something else listens on it (another Pylon?)"),
-        ),
-        _ => e,
-    })?;
+    if addr.port() != 0 {
+        let probe = new_socket()?;
+        probe.bind(addr).map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse => io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{addr} is already in use: something else listens on it (another Pylon?)"),
+            ),
+            _ => e,
+        })?;
+    }
+    let socket = new_socket()?;
     // Outgoing dials bind the same port (port reuse), which NAT hole punching needs.
     socket.set_reuseport(true)?;
+    socket.bind(addr)?;
     Ok(socket.listen(1024)?)
 }
 
