@@ -382,7 +382,7 @@ async fn mixed_network_of_50_finds_the_true_closest_through_churn() {
     const K: usize = 20;
     // A DHT server whose refresh (run by hand below) checks every table peer.
     async fn server(bootstrap: Vec<Multiaddr>) -> Node {
-        let config = pylon_node::node::Config {
+        let mut config = pylon_node::node::Config {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             kad: Some(pkad::Config {
                 server: true,
@@ -393,6 +393,9 @@ async fn mixed_network_of_50_finds_the_true_closest_through_churn() {
             }),
             ..Default::default()
         };
+        // 50 hosts share 127.0.0.1 here and join at once: no per-source handshake budget.
+        config.host.max_pending_incoming_per_ip = 0;
+        config.host.max_pending_incoming_per_subnet = 0;
         Node::start_volatile(config, pylon_node::metrics::Metrics::unregistered())
             .await
             .unwrap()

@@ -313,7 +313,7 @@ impl RustPeer {
 
 /// A Pylon node with the DHT on (server or client mode), refresh off.
 pub async fn pylon_kad(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
-    let config = node::Config {
+    let mut config = node::Config {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         kad: Some(pylon_node::protocols::kad::Config {
             server,
@@ -323,6 +323,10 @@ pub async fn pylon_kad(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
         }),
         ..Default::default()
     };
+    // Every test peer shares 127.0.0.1 and many join at once: no per-source handshake
+    // budget (it would treat them as one host).
+    config.host.max_pending_incoming_per_ip = 0;
+    config.host.max_pending_incoming_per_subnet = 0;
     Node::start_volatile(config, Metrics::unregistered())
         .await
         .unwrap()
