@@ -754,7 +754,9 @@ impl Inner {
             s.failed = None;
             s.generation += 1;
         }
-        tracing::info!(
+        // Once per retry while the disk is still full: the outage and the recovery are
+        // each logged once, elsewhere.
+        tracing::debug!(
             "storage: the database at {} is open again; writing the node's state back",
             self.path.display()
         );

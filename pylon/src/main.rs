@@ -147,6 +147,14 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
             anyhow::bail!("environment variable RUST_LOG is not valid UTF-8")
         }
     };
+    // sled logs every failed write and flush itself, again at each reopen attempt while a
+    // disk is full; Pylon reports storage failures once per outage (node/src/storage.rs),
+    // so sled's own lines are off unless the filter names sled.
+    let filter = if filter.contains("sled") {
+        filter
+    } else {
+        format!("{filter},sled=off")
+    };
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(&filter)
         .with_context(|| format!("log filter {filter:?}"))?;
