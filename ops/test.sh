@@ -39,6 +39,17 @@ if cargo tree -p pylon -e normal,build --prefix none --locked | grep -E '^libp2p
   exit 1
 fi
 
+step "the declared MSRV builds the product (rust-version in Cargo.toml)"
+msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+if rustup toolchain install "$msrv" --profile minimal >/dev/null 2>&1; then
+  # Its own target dir: a second toolchain's artefacts would evict the main build's.
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/msrv" \
+    cargo "+$msrv" check --locked --quiet -p pylon -p pylon-node -p pylon-roles
+  echo "rust $msrv builds pylon, pylon-node and pylon-roles"
+else
+  echo "WARNING: could not install Rust $msrv with rustup; the MSRV is NOT checked in this run" >&2
+fi
+
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

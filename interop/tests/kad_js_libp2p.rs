@@ -9,12 +9,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use common::*;
 use pylon_interop::js::{JsKadMode, JsPeer};
 use pylon_node::protocols::kad as pkad;
 use pylon_node::PeerId;
+use pylon_testkit::wait;
 
 /// js DHT servers in the network (plus one js client and the Pylon server).
 const JS_SERVERS: usize = 3;
@@ -42,20 +42,19 @@ fn key_beyond(far: &PeerId, near: &HashSet<PeerId>) -> [u8; 32] {
     panic!("no key with {far} farther than {near:?}");
 }
 
-/// Waits until the js peer's routing table holds all of `peers`.
+/// Waits until the js peer's routing table holds all of `peers` (asked again and again:
+/// the js peer reports nothing).
 async fn js_table_holds(js: &mut JsPeer, peers: &HashSet<String>) {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let table: HashSet<String> = js.kad_table().await.unwrap().into_iter().collect();
-        if table.is_superset(peers) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "js routing table {table:?} still lacks some of {peers:?} after {T:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut table = HashSet::new();
+    let held = wait::within(T, async || {
+        table = js.kad_table().await.unwrap().into_iter().collect();
+        table.is_superset(peers)
+    })
+    .await;
+    assert!(
+        held,
+        "js routing table {table:?} still lacks some of {peers:?} after {T:?}"
+    );
 }
 
 /// The address without its `/p2p/<id>` suffix.

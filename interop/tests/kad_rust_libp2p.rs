@@ -382,23 +382,12 @@ async fn mixed_network_of_50_finds_the_true_closest_through_churn() {
     const K: usize = 20;
     // A DHT server whose refresh (run by hand below) checks every table peer.
     async fn server(bootstrap: Vec<Multiaddr>) -> Node {
-        let mut config = pylon_node::node::Config {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            kad: Some(pkad::Config {
-                server: true,
-                bootstrap,
-                refresh_interval: None,
-                liveness_interval: Duration::ZERO,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut config = pylon_testkit::node::kad_config(true, bootstrap);
+        config.kad.as_mut().unwrap().liveness_interval = Duration::ZERO;
         // 50 hosts share 127.0.0.1 here and join at once: no per-source handshake budget.
         config.host.max_pending_incoming_per_ip = 0;
         config.host.max_pending_incoming_per_subnet = 0;
-        Node::start_volatile(config, pylon_node::metrics::Metrics::unregistered())
-            .await
-            .unwrap()
+        pylon_testkit::node::start_with(config).await
     }
     let seed = server(Vec::new()).await;
     let seed_addr = pylon_addr(&seed);

@@ -4,6 +4,7 @@
 
 pub mod addresses;
 pub mod dialer;
+pub mod fault;
 pub mod host;
 pub mod identity;
 mod io_util;

@@ -34,7 +34,10 @@ pub struct HandshakeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DialErrorLabels {
     pub transport: &'static str,
+    /// What failed, in go-libp2p's terms (`deadline`, `connection_refused`, `handshake`, ...).
     pub error: &'static str,
+    /// Whose fault it was ([`crate::fault::Fault::label`]).
+    pub fault: &'static str,
     pub ip_version: &'static str,
 }
 

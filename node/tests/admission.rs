@@ -21,6 +21,7 @@ use pylon_node::host::{self, Event, Host};
 use pylon_node::metrics::{DialErrorLabels, Metrics};
 use pylon_node::secure::{self, Security};
 use pylon_node::{Keypair, Multiaddr, PeerId};
+use pylon_testkit::wait;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -82,6 +83,7 @@ impl Server {
             .sum()
     }
 
+    /// Inbound TCP connections refused or evicted for `error` (all limits: fault `limit`).
     fn tcp_errors(&self, error: &'static str) -> u64 {
         self.host
             .metrics()
@@ -89,6 +91,7 @@ impl Server {
             .get_or_create(&DialErrorLabels {
                 transport: "tcp",
                 error,
+                fault: "limit",
                 ip_version: "ip4",
             })
             .get()
@@ -102,17 +105,16 @@ impl Server {
         for source in sources {
             held.push(connect_from(*source, self.tcp).await.unwrap());
         }
-        tokio::time::timeout(SETTLE, async {
-            loop {
+        // An accepted socket entering its handshake has no event: polled.
+        wait::until(
+            "the server takes in the flood within the bound",
+            SETTLE,
+            || {
                 let seen = self.host.pending_incoming("tcp") as u64 + self.tcp_handshake_errors();
-                if seen >= held.len() as u64 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the server takes in the flood within the bound");
+                seen >= held.len() as u64
+            },
+        )
+        .await;
         held
     }
 }

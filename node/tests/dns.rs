@@ -13,10 +13,10 @@ use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use hickory_server::Server;
 use pylon_node::dns::{self, Resolver};
-use pylon_node::metrics::Metrics;
-use pylon_node::node::{self, Node};
+use pylon_node::node;
 use pylon_node::protocols::ping;
 use pylon_node::{Keypair, Multiaddr};
+use pylon_testkit::node::{self as kit, port_of};
 
 const T: Duration = Duration::from_secs(10);
 const ZONE: &str = "pylon.test.";
@@ -72,26 +72,9 @@ fn resolver(server: SocketAddr) -> Resolver {
     .unwrap()
 }
 
-async fn target() -> Node {
-    let config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..Default::default()
-    };
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
-}
-
-fn port_of(node: &Node) -> u16 {
-    match node.host.listen_addrs()[0].iter().nth(1) {
-        Some(multiaddr::Protocol::Tcp(p)) => p,
-        _ => unreachable!(),
-    }
-}
-
 #[tokio::test]
 async fn dns_and_dnsaddr_resolve_and_dial() {
-    let a = target().await;
+    let a = kit::start(&[kit::LOCAL_TCP]).await;
     let port = port_of(&a);
     let id = a.peer_id();
     let other = Keypair::generate_ed25519().public().to_peer_id();
@@ -205,9 +188,7 @@ async fn dns_and_dnsaddr_resolve_and_dial() {
         nameservers: vec![server_addr],
         timeout: Duration::from_secs(2),
     };
-    let b = Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap();
+    let b = kit::start_with(config).await;
     let conn = b
         .host
         .dial(&m(&format!("/dnsaddr/nested.pylon.test/p2p/{id}")))

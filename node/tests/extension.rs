@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use pylon_node::host::{Connection, ConnectionId, Direction, Extension, Stream};
-use pylon_node::metrics::Metrics;
-use pylon_node::node::{self, Node};
+use pylon_node::node::Node;
+use pylon_testkit::node as kit;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -71,17 +71,12 @@ impl Extension for Recorder {
 }
 
 async fn node() -> Node {
-    let mut config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..Default::default()
-    };
+    let mut config = kit::config(&[kit::LOCAL_TCP]);
     config.host.max_connections_per_peer = 1024;
     config.host.max_pending_incoming = 1024;
     config.host.max_pending_incoming_per_ip = 0;
     config.host.max_pending_incoming_per_subnet = 0;
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
+    kit::start_with(config).await
 }
 
 /// 400 connections, each opening a stream and closing, as fast as they come: the

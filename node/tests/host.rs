@@ -7,29 +7,14 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use pylon_node::host::{self, DialError, Event, StreamError};
 use pylon_node::metrics::Metrics;
-use pylon_node::node::{self, Node};
+use pylon_node::node::Node;
 use pylon_node::protocols::{identify, ping};
 use pylon_node::{Keypair, Multiaddr, PeerId};
+use pylon_testkit::node::{self as kit, addr_of};
+use pylon_testkit::wait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
-
-async fn start(listen: &str) -> Node {
-    start_with(listen, node::Config::default()).await
-}
-
-async fn start_with(listen: &str, mut config: node::Config) -> Node {
-    config.listen = vec![listen.parse().unwrap()];
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
-}
-
-fn addr_of(node: &Node) -> Multiaddr {
-    node.host.listen_addrs()[0]
-        .clone()
-        .with(multiaddr::Protocol::P2p(node.peer_id()))
-}
 
 async fn wait_identified(
     events: &mut tokio::sync::broadcast::Receiver<identify::Event>,
@@ -85,8 +70,8 @@ async fn close_seen_by(conn: &host::Connection, us: PeerId, remote: &Node) {
 }
 
 async fn identify_and_ping(listen: &str) {
-    let a = start(listen).await;
-    let b = start(listen).await;
+    let a = kit::start(&[listen]).await;
+    let b = kit::start(&[listen]).await;
     let mut a_events = a.identify.subscribe();
     let mut b_events = b.identify.subscribe();
     let conn = b.host.dial(&addr_of(&a)).await.unwrap();
@@ -233,13 +218,13 @@ fn wss_certificates(
 async fn secure_websocket_with_an_operator_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, chain, key) = wss_certificates(dir.path());
-    let mut config = node::Config::default();
+    let mut config = kit::config(&["/ip4/127.0.0.1/tcp/0/wss"]);
     config.host.websocket = host::WsConfig {
         server: Some(pylon_node::transport::WsTls::server_config(&chain, &key).unwrap()),
         extra_roots: vec![ca],
     };
-    let a = start_with("/ip4/127.0.0.1/tcp/0/wss", config.clone()).await;
-    let b = start_with("/ip4/127.0.0.1/tcp/0/wss", config).await;
+    let a = kit::start_with(config.clone()).await;
+    let b = kit::start_with(config).await;
     assert!(a.host.listen_addrs()[0].to_string().ends_with("/tls/ws"));
     let mut events = b.identify.subscribe();
     let conn = b.host.dial(&addr_of(&a)).await.unwrap();
@@ -248,10 +233,7 @@ async fn secure_websocket_with_an_operator_certificate() {
     ping::ping(&b.host, &a.peer_id()).await.unwrap();
     ping::ping(&a.host, &b.peer_id()).await.unwrap();
     // By name: the certificate carries `localhost`.
-    let port = match a.host.listen_addrs()[0].iter().nth(1) {
-        Some(multiaddr::Protocol::Tcp(p)) => p,
-        _ => unreachable!(),
-    };
+    let port = kit::tcp_port(&a.host.listen_addrs()[0]);
     let by_name: Multiaddr = Multiaddr::empty()
         .with(multiaddr::Protocol::Ip4([127, 0, 0, 1].into()))
         .with(multiaddr::Protocol::Tcp(port))
@@ -260,7 +242,7 @@ async fn secure_websocket_with_an_operator_certificate() {
         .with(multiaddr::Protocol::Ws("/".into()))
         .with(multiaddr::Protocol::P2p(a.peer_id()));
     b.host.disconnect(&a.peer_id());
-    let c = start("/ip4/127.0.0.1/tcp/0").await;
+    let c = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     // A dialer that does not trust the CA refuses the server; a wrong name likewise.
     assert!(matches!(c.host.dial(&by_name).await, Err(DialError::Io(_))));
     let mut wrong_name = by_name.to_string();
@@ -306,11 +288,11 @@ async fn identify_and_ping_over_quic_ipv6() {
 
 #[tokio::test]
 async fn quic_wrong_peer_silent_port_limits_and_port_reuse() {
-    let mut quick = node::Config::default();
+    let mut quick = kit::config(&["/ip4/127.0.0.1/udp/0/quic-v1"]);
     quick.host.handshake_timeout = Duration::from_millis(500);
     quick.host.max_streams_per_connection = 4;
-    let a = start_with("/ip4/127.0.0.1/udp/0/quic-v1", quick.clone()).await;
-    let b = start_with("/ip4/127.0.0.1/udp/0/quic-v1", quick).await;
+    let a = kit::start_with(quick.clone()).await;
+    let b = kit::start_with(quick).await;
     // Wrong PeerId: refused inside the TLS handshake, naming who answered.
     wrong_peer_refused(&b, &a).await;
     assert!(a.host.connection(&b.peer_id()).is_none());
@@ -337,14 +319,13 @@ async fn quic_wrong_peer_silent_port_limits_and_port_reuse() {
             }),
         );
     }
+    // No event says a stream ended: polled.
     let settled = |peer: PeerId, host: host::Host| async move {
-        tokio::time::timeout(T, async {
-            while host.connection(&peer).is_none_or(|c| c.stream_count() > 0) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        wait::until("the connection up with no stream open", T, || {
+            host.connection(&peer)
+                .is_some_and(|c| c.stream_count() == 0)
         })
-        .await
-        .unwrap();
+        .await;
     };
     settled(a.peer_id(), b.host.clone()).await;
     settled(b.peer_id(), a.host.clone()).await;
@@ -363,18 +344,13 @@ async fn quic_wrong_peer_silent_port_limits_and_port_reuse() {
     // close() is seen by the remote.
     close_seen_by(&conn, b.peer_id(), &a).await;
     // Shutdown frees the UDP port (quinn keeps a socket while any endpoint handle lives).
-    let port = match a.host.listen_addrs()[0].iter().nth(1) {
-        Some(multiaddr::Protocol::Udp(p)) => p,
-        _ => unreachable!(),
-    };
+    let port = kit::port_of(&a);
     a.shutdown(T).await;
-    tokio::time::timeout(T, async {
-        while std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    // The kernel says nothing when it frees a port: polled.
+    wait::until("QUIC port freed after shutdown", T, || {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
     })
-    .await
-    .expect("QUIC port freed after shutdown");
+    .await;
     b.shutdown(T).await;
 }
 
@@ -382,8 +358,8 @@ async fn quic_wrong_peer_silent_port_limits_and_port_reuse() {
 async fn quic_stream_credit_grows_to_the_limit() {
     // A QUIC connection starts with a small stream credit (quinn keeps state per allowed
     // stream) and is raised as streams are used: 200 streams held open at once all work.
-    let a = start("/ip4/127.0.0.1/udp/0/quic-v1").await;
-    let b = start("/ip4/127.0.0.1/udp/0/quic-v1").await;
+    let a = kit::start(&["/ip4/127.0.0.1/udp/0/quic-v1"]).await;
+    let b = kit::start(&["/ip4/127.0.0.1/udp/0/quic-v1"]).await;
     a.host.set_handler(
         "/echo/1",
         host::handler(|mut s| async move {
@@ -423,8 +399,8 @@ async fn quic_stream_credit_grows_to_the_limit() {
 
 #[tokio::test]
 async fn wrong_peer_id_is_refused() {
-    let a = start("/ip4/127.0.0.1/tcp/0").await;
-    let b = start("/ip4/127.0.0.1/tcp/0").await;
+    let a = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
+    let b = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     wrong_peer_refused(&b, &a).await;
     assert!(b.host.connection(&a.peer_id()).is_none());
     // Refused port: a distinct error.
@@ -437,8 +413,8 @@ async fn wrong_peer_id_is_refused() {
 
 #[tokio::test]
 async fn unsupported_protocol_and_custom_handler() {
-    let a = start("/memory/0").await;
-    let b = start("/memory/0").await;
+    let a = kit::start(&["/memory/0"]).await;
+    let b = kit::start(&["/memory/0"]).await;
     a.host.set_handler(
         "/echo/1",
         host::handler(|mut s| async move {
@@ -485,16 +461,10 @@ async fn unsupported_protocol_and_custom_handler() {
 async fn garbage_and_stalled_handshakes_are_dropped_and_counted() {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let mut config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..Default::default()
-    };
+    let mut config = kit::config(&["/ip4/127.0.0.1/tcp/0"]);
     config.host.handshake_timeout = Duration::from_millis(500);
     let a = Node::start_volatile(config, metrics).await.unwrap();
-    let port = match a.host.listen_addrs()[0].iter().nth(1) {
-        Some(multiaddr::Protocol::Tcp(p)) => p,
-        _ => unreachable!(),
-    };
+    let port = kit::tcp_port(&a.host.listen_addrs()[0]);
     // Garbage instead of multistream-select.
     let mut garbage = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -505,7 +475,7 @@ async fn garbage_and_stalled_handshakes_are_dropped_and_counted() {
         .await
         .unwrap();
     // An honest peer is served meanwhile.
-    let b = start("/ip4/127.0.0.1/tcp/0").await;
+    let b = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     b.host.dial(&addr_of(&a)).await.unwrap();
     ping::ping(&b.host, &a.peer_id()).await.unwrap();
     // Both bad connections get closed by a.
@@ -541,11 +511,8 @@ async fn garbage_and_stalled_handshakes_are_dropped_and_counted() {
 #[tokio::test]
 async fn restart_keeps_peer_id_and_peerstore() {
     let dir = tempfile::tempdir().unwrap();
-    let config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..Default::default()
-    };
-    let other = start("/ip4/127.0.0.1/tcp/0").await;
+    let config = kit::config(&["/ip4/127.0.0.1/tcp/0"]);
+    let other = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     let (id, seq) = {
         let a = Node::start_in(dir.path(), config.clone(), Metrics::unregistered())
             .await
@@ -577,23 +544,25 @@ async fn restart_keeps_peer_id_and_peerstore() {
 
 #[tokio::test]
 async fn identify_push_announces_new_listen_addresses() {
-    let a = start("/memory/0").await;
-    let b = start("/memory/0").await;
+    let a = kit::start(&["/memory/0"]).await;
+    let b = kit::start(&["/memory/0"]).await;
+    let mut a_events = a.identify.subscribe();
     let mut b_events = b.identify.subscribe();
     b.host.dial(&addr_of(&a)).await.unwrap();
     wait_identified(&mut b_events, a.peer_id()).await;
-    // a must know b supports push before it pushes: wait until a identified b.
+    // a must know b supports push before it pushes: wait until a identified b (identify
+    // stores what it learnt, then reports it: checked again after each report).
     tokio::time::timeout(T, async {
         while a
             .peerstore
             .get(&b.peer_id())
             .is_none_or(|p| p.protocols.is_empty())
         {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            a_events.recv().await.unwrap();
         }
     })
     .await
-    .unwrap();
+    .expect("a identified b");
     let new_addr = a.host.listen(&"/memory/0".parse().unwrap()).await.unwrap();
     let info = tokio::time::timeout(T, async {
         loop {
@@ -614,13 +583,13 @@ async fn identify_push_announces_new_listen_addresses() {
 
 #[tokio::test]
 async fn stream_limits_refuse_streams_not_connections() {
-    let mut small = node::Config::default();
+    let mut small = kit::config(&["/memory/0"]);
     small.host.max_streams_per_connection = 4;
-    let mut large = node::Config::default();
+    let mut large = kit::config(&["/memory/0"]);
     large.host.max_streams_per_connection = 16;
-    let a = start_with("/memory/0", small.clone()).await;
-    let b = start_with("/memory/0", large).await;
-    let c = start_with("/memory/0", small).await;
+    let a = kit::start_with(small.clone()).await;
+    let b = kit::start_with(large).await;
+    let c = kit::start_with(small).await;
     for n in [&a, &b, &c] {
         n.host.set_handler(
             "/hold/1",
@@ -630,15 +599,13 @@ async fn stream_limits_refuse_streams_not_connections() {
             }),
         );
     }
-    // Let each connection's identify streams finish so only ours count.
+    // Let each connection's identify streams finish so only ours count (no event says a
+    // stream ended: polled).
     let settle = |conn: host::Connection| async move {
-        tokio::time::timeout(T, async {
-            while conn.stream_count() > 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        wait::until("identify's streams finished", T, || {
+            conn.stream_count() == 0
         })
-        .await
-        .unwrap();
+        .await;
     };
 
     // Our own limit: c may hold 4 streams to a; the fifth open fails locally.
@@ -660,16 +627,7 @@ async fn stream_limits_refuse_streams_not_connections() {
     let conn = b.host.dial(&addr_of(&a)).await.unwrap();
     settle(conn.clone()).await;
     // With lazy muxer negotiation the dialer is ready before the listener: wait for it.
-    let a_side = tokio::time::timeout(T, async {
-        loop {
-            match a.host.connection(&b.peer_id()) {
-                Some(c) => return c,
-                None => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let a_side = kit::connection(&a, b.peer_id(), T).await;
     settle(a_side.clone()).await;
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -687,59 +645,52 @@ async fn stream_limits_refuse_streams_not_connections() {
 
 #[tokio::test]
 async fn tcp_dials_reuse_the_listen_port() {
-    let tcp_port = |a: &Multiaddr| match a.iter().nth(1) {
-        Some(multiaddr::Protocol::Tcp(p)) => p,
-        _ => panic!("not tcp: {a}"),
-    };
-    let a = start("/ip4/127.0.0.1/tcp/0").await;
-    let b = start("/ip4/127.0.0.1/tcp/0").await;
-    let a_port = tcp_port(&a.host.listen_addrs()[0]);
+    let a = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
+    let b = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
+    let a_port = kit::tcp_port(&a.host.listen_addrs()[0]);
     let conn = a.host.dial(&addr_of(&b)).await.unwrap();
-    assert_eq!(tcp_port(conn.local_addr()), a_port);
+    assert_eq!(kit::tcp_port(conn.local_addr()), a_port);
     assert_eq!(
-        tcp_port(&seen_by(&b, a.peer_id()).await),
+        kit::tcp_port(&seen_by(&b, a.peer_id()).await),
         a_port,
         "b sees a at its listen port"
     );
     // A second connection to the same remote cannot reuse the 4-tuple: it falls back.
     let second = a.host.dial(&addr_of(&b)).await.unwrap();
-    assert_ne!(tcp_port(second.local_addr()), a_port);
+    assert_ne!(kit::tcp_port(second.local_addr()), a_port);
     ping::ping(&a.host, &b.peer_id()).await.unwrap();
 
     // Turned off, dials leave from an ephemeral port.
-    let mut config = node::Config::default();
+    let mut config = kit::config(&["/ip4/127.0.0.1/tcp/0"]);
     config.host.port_reuse = false;
-    let c = start_with("/ip4/127.0.0.1/tcp/0", config).await;
-    let c_port = tcp_port(&c.host.listen_addrs()[0]);
+    let c = kit::start_with(config).await;
+    let c_port = kit::tcp_port(&c.host.listen_addrs()[0]);
     let conn = c.host.dial(&addr_of(&b)).await.unwrap();
-    assert_ne!(tcp_port(conn.local_addr()), c_port);
+    assert_ne!(kit::tcp_port(conn.local_addr()), c_port);
 }
 
 async fn seen_by(node: &Node, peer: PeerId) -> Multiaddr {
-    tokio::time::timeout(T, async {
-        loop {
-            if let Some(c) = node
-                .host
-                .connections()
-                .into_iter()
-                .find(|c| c.peer() == peer)
-            {
-                return c.remote_addr().clone();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let mut seen = None;
+    kit::until(node, "the connection seen", T, || {
+        seen = node
+            .host
+            .connections()
+            .into_iter()
+            .find(|c| c.peer() == peer)
+            .map(|c| c.remote_addr().clone());
+        seen.is_some()
     })
-    .await
-    .unwrap()
+    .await;
+    seen.unwrap()
 }
 
 #[tokio::test]
 async fn observed_address_is_confirmed_by_distinct_peers() {
-    let a = start("/ip4/127.0.0.1/tcp/0").await;
+    let a = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     let mut events = a.identify.subscribe();
     let mut others = Vec::new();
     for i in 0..3 {
-        let o = start("/ip4/127.0.0.1/tcp/0").await;
+        let o = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
         // With port reuse, every peer sees a's dials come from a's listen address.
         a.host.dial(&addr_of(&o)).await.unwrap();
         // a's own identify of o (its answer carries what o observed), not a push o may
@@ -772,8 +723,8 @@ async fn observed_address_is_confirmed_by_distinct_peers() {
 
 #[tokio::test]
 async fn connect_ranks_races_backs_off_and_dials_once_per_peer() {
-    let a = start("/ip4/127.0.0.1/tcp/0").await;
-    let b = start("/ip4/127.0.0.1/tcp/0").await;
+    let a = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
+    let b = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     let good = b.host.listen_addrs()[0].clone();
     let dead: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
     let mut events = a.host.subscribe();
@@ -802,7 +753,7 @@ async fn connect_ranks_races_backs_off_and_dials_once_per_peer() {
     ));
 
     // Many concurrent connects to one peer: one dial, one connection.
-    let c = start("/ip4/127.0.0.1/tcp/0").await;
+    let c = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     let addrs = c.host.listen_addrs();
     let results =
         futures::future::join_all((0..8).map(|_| a.host.connect(c.peer_id(), &addrs))).await;
@@ -820,16 +771,16 @@ async fn connect_ranks_races_backs_off_and_dials_once_per_peer() {
 
 #[tokio::test]
 async fn tls_on_tcp_between_pylons() {
-    let mut tls_only = node::Config::default();
+    let mut tls_only = kit::config(&["/ip4/127.0.0.1/tcp/0"]);
     tls_only.host.security = vec![pylon_node::secure::Security::Tls];
-    let mut both = node::Config::default();
+    let mut both = kit::config(&["/ip4/127.0.0.1/tcp/0"]);
     both.host.security = vec![
         pylon_node::secure::Security::Tls,
         pylon_node::secure::Security::Noise,
     ];
-    let a = start("/ip4/127.0.0.1/tcp/0").await; // listens with both, dials noise
-    let b = start_with("/ip4/127.0.0.1/tcp/0", tls_only).await;
-    let c = start_with("/ip4/127.0.0.1/tcp/0", both).await;
+    let a = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await; // listens with both, dials noise
+    let b = kit::start_with(tls_only).await;
+    let c = kit::start_with(both).await;
     let mut events = b.identify.subscribe();
     // Lazy TLS proposal.
     b.host.dial(&addr_of(&a)).await.unwrap();
@@ -846,13 +797,13 @@ async fn tls_on_tcp_between_pylons() {
 async fn inlined_muxer_negotiation_and_fallback() {
     use pylon_node::secure::Security;
     for security in [Security::Noise, Security::Tls] {
-        let mut inline = node::Config::default();
+        let mut inline = kit::config(&["/ip4/127.0.0.1/tcp/0"]);
         inline.host.security = vec![security];
         let mut plain = inline.clone();
         plain.host.inline_muxer = false;
-        let a = start_with("/ip4/127.0.0.1/tcp/0", inline.clone()).await;
-        let b = start_with("/ip4/127.0.0.1/tcp/0", inline).await;
-        let c = start_with("/ip4/127.0.0.1/tcp/0", plain).await;
+        let a = kit::start_with(inline.clone()).await;
+        let b = kit::start_with(inline).await;
+        let c = kit::start_with(plain).await;
         // Both offer it: agreed in the handshake.
         let conn = b.host.dial(&addr_of(&a)).await.unwrap();
         assert!(conn.early_muxer(), "{security:?}");
@@ -869,7 +820,7 @@ async fn inlined_muxer_negotiation_and_fallback() {
 
 #[tokio::test]
 async fn cancelled_connects_leave_nothing_behind() {
-    let a = start("/ip4/127.0.0.1/tcp/0").await;
+    let a = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     // A listener that accepts and then says nothing: the handshake would hang for its
     // full timeout, so the caller's own timeout cancels the connect mid-dial.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -900,12 +851,12 @@ async fn cancelled_connects_leave_nothing_behind() {
 /// Inbound caps per source IP: the listener refuses a connection past the cap (counted),
 /// and a closed connection frees its place. Loopback clients all share 127.0.0.1.
 async fn per_ip_cap(listen: &str, transport: &'static str) {
-    let mut config = node::Config::default();
+    let mut config = kit::config(&[listen]);
     config.host.max_incoming_per_ip = 2;
-    let server = start_with(listen, config).await;
+    let server = kit::start_with(config).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
-        clients.push(start(listen).await);
+        clients.push(kit::start(&[listen]).await);
     }
     let first = clients[0].host.dial(&addr_of(&server)).await.unwrap();
     clients[1].host.dial(&addr_of(&server)).await.unwrap();
@@ -928,6 +879,7 @@ async fn per_ip_cap(listen: &str, transport: &'static str) {
         .get_or_create(&pylon_node::metrics::DialErrorLabels {
             transport,
             error: "ip_limit",
+            fault: "limit",
             ip_version: "ip4",
         })
         .get();
@@ -935,16 +887,10 @@ async fn per_ip_cap(listen: &str, transport: &'static str) {
     first.close();
     first.closed().await;
     // The server sees the close shortly after; then there is room again.
-    tokio::time::timeout(T, async {
-        loop {
-            if server.host.connections().len() < 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    kit::until(&server, "the server saw the close", T, || {
+        server.host.connections().len() < 2
     })
-    .await
-    .unwrap();
+    .await;
     clients[2].host.dial(&addr_of(&server)).await.unwrap();
     ping::ping(&clients[2].host, &server.peer_id())
         .await

@@ -7,40 +7,27 @@
 use std::time::Duration;
 
 use pylon_node::host::Stream;
-use pylon_node::metrics::{ErrorLabels, Metrics};
+use pylon_node::metrics::ErrorLabels;
 use pylon_node::node::{self, Node};
 use pylon_node::protocols::kad::{self, proto, MessageType};
 use pylon_node::{varint, Keypair, Multiaddr};
+use pylon_testkit::node as kit;
+use pylon_testkit::wait;
 use tokio::io::AsyncWriteExt;
 
 const T: Duration = Duration::from_secs(10);
 
+/// A DHT server on IPv4 and IPv6 loopback, refresh off, the rest of `config` kept.
 async fn kad_server(config: kad::Config) -> Node {
-    let config = node::Config {
-        listen: vec![
-            "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
-            "/ip6/::1/tcp/0".parse().unwrap(),
-        ],
+    kit::start_with(node::Config {
         kad: Some(kad::Config {
             server: true,
             refresh_interval: None,
             ..config
         }),
-        ..Default::default()
-    };
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
-}
-
-async fn plain(listen: &str) -> Node {
-    let config = node::Config {
-        listen: vec![listen.parse().unwrap()],
-        ..Default::default()
-    };
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
+        ..kit::config(&["/ip4/127.0.0.1/tcp/0", "/ip6/::1/tcp/0"])
+    })
+    .await
 }
 
 /// `to`'s listen address of the family `from` listens on.
@@ -110,7 +97,7 @@ async fn bad_messages_and_bogus_records_are_refused_and_counted() {
         ..Default::default()
     })
     .await;
-    let attacker = plain("/ip4/127.0.0.1/tcp/0").await;
+    let attacker = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     let target = attacker.peer_id().to_bytes();
 
     // An honest request first: answered.
@@ -203,7 +190,7 @@ async fn bad_messages_and_bogus_records_are_refused_and_counted() {
     // The same peer's honest requests and another peer's are still served.
     let mut s = stream_to(&attacker, &server).await;
     assert!(ask(&mut s, &find_node(&target)).await.is_some());
-    let honest = plain("/ip4/127.0.0.1/tcp/0").await;
+    let honest = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     let mut s = stream_to(&honest, &server).await;
     assert!(ask(&mut s, &find_node(&target)).await.is_some());
     // A valid /pk/ record is stored and echoed.
@@ -234,13 +221,11 @@ async fn bad_messages_and_bogus_records_are_refused_and_counted() {
         .await
         .unwrap();
     s.flush().await.unwrap();
-    tokio::time::timeout(T, async {
-        while k.store().counts().providers == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    // The store reports nothing: polled.
+    wait::until("the provider stored", T, || {
+        k.store().counts().providers > 0
     })
-    .await
-    .unwrap();
+    .await;
     let held = k.store().providers(&add.key, 0).unwrap();
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].peer, honest.peer_id());
@@ -269,7 +254,7 @@ async fn floods_from_one_peer_and_one_subnet_are_rate_limited() {
     })
     .await;
     // One peer: its burst, then a reset.
-    let flooder = plain("/ip4/127.0.0.1/tcp/0").await;
+    let flooder = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
     let answered = flood(&flooder, &server, 100).await;
     assert!((20..=22).contains(&answered), "answered {answered}");
     assert!(errors(&server, "rate_limited") >= 1);
@@ -278,7 +263,7 @@ async fn floods_from_one_peer_and_one_subnet_are_rate_limited() {
     // subnet's budget: together they are cut off near it.
     let mut subnet_total = answered;
     for _ in 0..3 {
-        let p = plain("/ip4/127.0.0.1/tcp/0").await;
+        let p = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
         subnet_total += flood(&p, &server, 19).await;
     }
     assert!(
@@ -291,6 +276,6 @@ async fn floods_from_one_peer_and_one_subnet_are_rate_limited() {
         eprintln!("no IPv6 loopback here; skipping the other-network check");
         return;
     }
-    let honest = plain("/ip6/::1/tcp/0").await;
+    let honest = kit::start(&["/ip6/::1/tcp/0"]).await;
     assert_eq!(flood(&honest, &server, 10).await, 10);
 }

@@ -6,34 +6,17 @@
 
 use std::time::Duration;
 
-use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
 use pylon_node::protocols::ping;
-use pylon_node::Multiaddr;
+use pylon_testkit::node::{self as kit, addr_of, tcp_port};
 
 const T: Duration = Duration::from_secs(10);
 
+/// A node on `listen`, or why it did not start; within [`T`].
 async fn start(listen: &str) -> Result<Node, node::Error> {
-    let config = node::Config {
-        listen: vec![listen.parse().unwrap()],
-        ..Default::default()
-    };
-    tokio::time::timeout(T, Node::start_volatile(config, Metrics::unregistered()))
+    tokio::time::timeout(T, kit::try_start_with(kit::config(&[listen])))
         .await
         .unwrap()
-}
-
-fn tcp_port(a: &Multiaddr) -> u16 {
-    match a.iter().nth(1) {
-        Some(multiaddr::Protocol::Tcp(p)) => p,
-        _ => panic!("not tcp: {a}"),
-    }
-}
-
-fn dialable(node: &Node) -> Multiaddr {
-    node.host.listen_addrs()[0]
-        .clone()
-        .with(multiaddr::Protocol::P2p(node.peer_id()))
 }
 
 /// Starting a node on `listen` fails, and the error names the multiaddr and the socket.
@@ -59,10 +42,10 @@ async fn a_second_tcp_listener_on_the_port_is_refused() {
 
     // The owner still dials from its listen port, and is still reachable.
     let b = start("/ip4/127.0.0.1/tcp/0").await.unwrap();
-    let conn = a.host.dial(&dialable(&b)).await.unwrap();
+    let conn = a.host.dial(&addr_of(&b)).await.unwrap();
     assert_eq!(tcp_port(conn.local_addr()), port, "port reuse kept");
     let c = start("/ip4/127.0.0.1/tcp/0").await.unwrap();
-    c.host.dial(&dialable(&a)).await.unwrap();
+    c.host.dial(&addr_of(&a)).await.unwrap();
     tokio::time::timeout(T, ping::ping(&c.host, &a.peer_id()))
         .await
         .unwrap()
@@ -85,14 +68,14 @@ async fn the_port_of_a_stopped_node_can_be_taken_again() {
     let port = tcp_port(&a.host.listen_addrs()[0]);
     let b = start("/ip4/127.0.0.1/tcp/0").await.unwrap();
     let c = start("/ip4/127.0.0.1/tcp/0").await.unwrap();
-    let out = a.host.dial(&dialable(&b)).await.unwrap();
+    let out = a.host.dial(&addr_of(&b)).await.unwrap();
     assert_eq!(tcp_port(out.local_addr()), port);
-    c.host.dial(&dialable(&a)).await.unwrap();
+    c.host.dial(&addr_of(&a)).await.unwrap();
     tokio::time::timeout(T, a.shutdown(Duration::from_secs(2)))
         .await
         .unwrap();
     drop(a);
     let again = start(&format!("/ip4/127.0.0.1/tcp/{port}")).await.unwrap();
     assert_eq!(tcp_port(&again.host.listen_addrs()[0]), port);
-    c.host.dial(&dialable(&again)).await.unwrap();
+    c.host.dial(&addr_of(&again)).await.unwrap();
 }

@@ -4,30 +4,13 @@
 
 use std::time::Duration;
 
-use pylon_node::metrics::Metrics;
-use pylon_node::node::{self, Node};
+use pylon_node::node;
 use pylon_node::protocols::perf;
-use pylon_node::Multiaddr;
+use pylon_testkit::node::{self as kit, addr_of};
+use pylon_testkit::wait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(30);
-
-async fn start(listen: &str, perf: Option<perf::Config>) -> Node {
-    let config = node::Config {
-        listen: vec![listen.parse().unwrap()],
-        perf,
-        ..Default::default()
-    };
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
-}
-
-fn addr_of(node: &Node) -> Multiaddr {
-    node.host.listen_addrs()[0]
-        .clone()
-        .with(multiaddr::Protocol::P2p(node.peer_id()))
-}
 
 #[tokio::test]
 async fn upload_and_download_on_every_transport() {
@@ -36,8 +19,12 @@ async fn upload_and_download_on_every_transport() {
         "/ip4/127.0.0.1/udp/0/quic-v1",
         "/ip4/127.0.0.1/tcp/0/ws",
     ] {
-        let server = start(listen, Some(perf::Config::default())).await;
-        let client = start(listen, None).await;
+        let server = kit::start_with(node::Config {
+            perf: Some(perf::Config::default()),
+            ..kit::config(&[listen])
+        })
+        .await;
+        let client = kit::start(&[listen]).await;
         client.host.dial(&addr_of(&server)).await.unwrap();
         for (up, down) in [
             (0, 0),
@@ -65,15 +52,15 @@ async fn upload_and_download_on_every_transport() {
 
 #[tokio::test]
 async fn allow_list_and_misbehaving_clients() {
-    let allowed = start("/ip4/127.0.0.1/tcp/0", None).await;
-    let other = start("/ip4/127.0.0.1/tcp/0", None).await;
-    let server = start(
-        "/ip4/127.0.0.1/tcp/0",
-        Some(perf::Config {
+    let allowed = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
+    let other = kit::start(&["/ip4/127.0.0.1/tcp/0"]).await;
+    let server = kit::start_with(node::Config {
+        perf: Some(perf::Config {
             allow: [allowed.peer_id()].into_iter().collect(),
             idle_timeout: Some(Duration::from_millis(300)),
         }),
-    )
+        ..kit::config(&["/ip4/127.0.0.1/tcp/0"])
+    })
     .await;
     for n in [&allowed, &other] {
         n.host.dial(&addr_of(&server)).await.unwrap();
@@ -112,14 +99,12 @@ async fn allow_list_and_misbehaving_clients() {
     let mut s = conn.open_stream(&[perf::PROTOCOL]).await.unwrap();
     s.write_all(&u64::MAX.to_be_bytes()).await.unwrap();
     s.shutdown().await.unwrap();
-    // The server fills the flow-control window, then gives up after its idle timeout.
-    tokio::time::timeout(T, async {
-        while errors("timeout") < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    // The server fills the flow-control window, then gives up after its idle timeout (a
+    // counter, no event: polled).
+    wait::until("a client that never reads is dropped", T, || {
+        errors("timeout") >= 2
     })
-    .await
-    .expect("a client that never reads is dropped");
+    .await;
     drop(s);
     perf::run(&allowed.host, &server.peer_id(), 1 << 20, 1 << 20)
         .await

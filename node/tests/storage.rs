@@ -11,6 +11,8 @@ use pylon_node::node::{self, Node};
 use pylon_node::protocols::kad;
 use pylon_node::storage::{self, Health, Storage};
 use pylon_node::Multiaddr;
+use pylon_testkit::node as kit;
+use pylon_testkit::wait;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -109,25 +111,8 @@ async fn a_stuck_flush_is_reported_and_waiters_are_released() {
     storage.close(T).await.unwrap();
 }
 
-async fn kad_server(bootstrap: Vec<Multiaddr>) -> Node {
-    let config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        kad: Some(kad::Config {
-            server: true,
-            bootstrap,
-            refresh_interval: None,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
-}
-
 fn persistent_config() -> node::Config {
     node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         kad: Some(kad::Config {
             server: true,
             persist_table: true,
@@ -135,20 +120,16 @@ fn persistent_config() -> node::Config {
             ..Default::default()
         }),
         storage: fast(),
-        ..Default::default()
+        ..kit::config(&[kit::LOCAL_TCP])
     }
 }
 
 async fn wait_table(node: &Node, n: usize) {
     let kad = node.kad.as_ref().unwrap();
-    let reached = tokio::time::timeout(T, async {
-        while kad.table_len() < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    // The routing table reports nothing: polled.
+    let reached = wait::within(T, async || kad.table_len() >= n).await;
     assert!(
-        reached.is_ok(),
+        reached,
         "routing table at {} of {n} (peerstore {})",
         kad.table_len(),
         node.peerstore.len()
@@ -156,7 +137,7 @@ async fn wait_table(node: &Node, n: usize) {
 }
 
 async fn join(n: usize, addr: &Multiaddr) -> Vec<Node> {
-    let joins = (0..n).map(|_| kad_server(vec![addr.clone()]));
+    let joins = (0..n).map(|_| kit::kad_node(true, vec![addr.clone()]));
     futures::future::join_all(joins).await
 }
 

@@ -8,11 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pylon_node::metrics::{DialErrorLabels, Metrics};
-use pylon_node::node::{self, Node};
+use pylon_node::metrics::DialErrorLabels;
+use pylon_node::node::Node;
 use pylon_node::protocols::ping;
 use pylon_node::tls::Certificate;
 use pylon_node::{multistream, Keypair, Multiaddr};
+use pylon_testkit::node::{self as kit, port};
+use pylon_testkit::wait;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -127,15 +129,11 @@ fn client_config(attack: &Attack) -> rustls::ClientConfig {
     config
 }
 
+/// A node on `listen` whose handshakes time out after `handshake_timeout`.
 async fn start(listen: &[&str], handshake_timeout: Duration) -> Node {
-    let mut config = node::Config {
-        listen: listen.iter().map(|a| a.parse().unwrap()).collect(),
-        ..Default::default()
-    };
+    let mut config = kit::config(listen);
     config.host.handshake_timeout = handshake_timeout;
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
+    kit::start_with(config).await
 }
 
 fn addr(node: &Node, transport: &str) -> Multiaddr {
@@ -147,36 +145,41 @@ fn addr(node: &Node, transport: &str) -> Multiaddr {
         .with(multiaddr::Protocol::P2p(node.peer_id()))
 }
 
-fn port(addr: &Multiaddr) -> u16 {
-    addr.iter()
-        .find_map(|p| match p {
-            multiaddr::Protocol::Tcp(p) | multiaddr::Protocol::Udp(p) => Some(p),
-            _ => None,
-        })
-        .unwrap()
-}
-
+/// Inbound handshake errors counted on `transport` for `error`, whatever their fault.
 fn handshake_errors(node: &Node, transport: &'static str, error: &'static str) -> u64 {
-    node.host
-        .metrics()
-        .handshake_errors
-        .get_or_create(&DialErrorLabels {
-            transport,
-            error,
-            ip_version: "ip4",
+    let faults = [
+        "malformed",
+        "protocol",
+        "unsupported",
+        "limit",
+        "timeout",
+        "io",
+        "local",
+    ];
+    faults
+        .into_iter()
+        .map(|fault| {
+            node.host
+                .metrics()
+                .handshake_errors
+                .get_or_create(&DialErrorLabels {
+                    transport,
+                    error,
+                    fault,
+                    ip_version: "ip4",
+                })
+                .get()
         })
-        .get()
+        .sum()
 }
 
-/// Waits until `n` handshake errors were counted on `transport`.
+/// Waits until `n` handshake errors were counted on `transport` (a counter, no event:
+/// polled).
 async fn counted(node: &Node, transport: &'static str, n: u64) {
-    tokio::time::timeout(T, async {
-        while handshake_errors(node, transport, "handshake") < n {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    wait::until("handshake errors counted", T, || {
+        handshake_errors(node, transport, "handshake") >= n
     })
-    .await
-    .expect("handshake errors counted");
+    .await;
 }
 
 /// An honest peer can still connect and ping.

@@ -322,7 +322,9 @@ fn merge(into: &mut Table, from: Table) {
 }
 
 /// `PYLON_A__B=v` sets key `a.b`. Values parse as TOML (numbers, booleans, arrays) and
-/// fall back to a plain string; a comma-separated string sets a list key.
+/// fall back to a plain string; a comma-separated string sets a list key. A key the
+/// embedded default does not write (a role's section, commented out there) has no type
+/// to go by: its value is read as a TOML number, boolean or array when it is one.
 fn apply_env(tree: &mut Table, name: &str, value: &str) -> Result<(), Error> {
     let Some(rest) = name.strip_prefix("PYLON_") else {
         return Ok(());
@@ -357,14 +359,24 @@ fn apply_env(tree: &mut Table, name: &str, value: &str) -> Result<(), Error> {
                 .map(|s| Value::String(s.into()))
                 .collect(),
         ),
-        Some(Value::String(_)) | None => Value::String(value.to_string()),
-        Some(_) => toml::from_str::<Table>(&format!("v = {value}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| Value::String(value.to_string())),
+        Some(Value::String(_)) => Value::String(value.to_string()),
+        None => match toml_value(value) {
+            Some(
+                v @ (Value::Integer(_) | Value::Float(_) | Value::Boolean(_) | Value::Array(_)),
+            ) => v,
+            _ => Value::String(value.to_string()),
+        },
+        Some(_) => toml_value(value).unwrap_or_else(|| Value::String(value.to_string())),
     };
     table.insert(last.clone(), parsed);
     Ok(())
+}
+
+/// `value` as a TOML value, if it is one.
+fn toml_value(value: &str) -> Option<Value> {
+    toml::from_str::<Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
 }
 
 fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
@@ -1023,6 +1035,22 @@ mod tests {
         assert_eq!(c.node.host.max_incoming_per_subnet, 64);
         let bootstrap = c.roles[0].config::<pylon_roles::bootstrap::Bootstrap>();
         assert_eq!(bootstrap.unwrap().grace_period, Duration::from_secs(30));
+        // A role's keys from the environment, though the default does not write them:
+        // numbers are numbers, durations stay strings.
+        let env = [
+            ("PYLON_ROLES__BOOTSTRAP__MAX_CONNECTIONS_PER_IP", "64"),
+            ("PYLON_ROLES__BOOTSTRAP__GRACE_PERIOD", "5s"),
+        ];
+        let flags = Flags {
+            roles: vec!["bootstrap".into()],
+            ..Default::default()
+        };
+        let c = load(sources(None, &env, flags)).unwrap();
+        let bootstrap = c.roles[0]
+            .config::<pylon_roles::bootstrap::Bootstrap>()
+            .unwrap();
+        assert_eq!(bootstrap.max_connections_per_ip, 64);
+        assert_eq!(bootstrap.grace_period, Duration::from_secs(5));
     }
 
     #[test]

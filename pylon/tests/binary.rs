@@ -2,11 +2,10 @@
 //! by signal. Every wait is bounded.
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use pylon_node::metrics::Metrics;
 use pylon_node::node;
 use pylon_node::protocols::{identify, ping};
+use pylon_testkit::wait;
 use tokio::process::Command;
 
 mod common;
@@ -255,13 +254,11 @@ async fn bootstrap_role_survives_kill_9_with_its_table_and_records() {
     wait_metric(&hostport, "libp2p_kad_routing_table_peers 5").await;
     let client = kad_node(false, vec![addr.clone()]).await;
     let ck = client.kad.as_ref().unwrap();
-    tokio::time::timeout(T, async {
-        while ck.table_len() == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    // The routing table reports nothing: polled.
+    wait::until("the client's routing table filled", T, || {
+        ck.table_len() > 0
     })
-    .await
-    .unwrap();
+    .await;
     let mut key = b"/pk/".to_vec();
     key.extend_from_slice(&client.peer_id().to_bytes());
     let value = client.host.keypair().public().encode_protobuf();

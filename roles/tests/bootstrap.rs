@@ -5,22 +5,21 @@
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
 use pylon_node::protocols::kad::{self, proto, MessageType};
 use pylon_roles::bootstrap::{self, Bootstrap};
+use pylon_testkit::node as kit;
+use pylon_testkit::wait;
 
 const T: Duration = Duration::from_secs(10);
 
+/// A node on loopback TCP, with the DHT as given.
 async fn start(kad: Option<kad::Config>) -> Node {
-    let config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+    kit::start_with(node::Config {
         kad,
-        ..Default::default()
-    };
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
+        ..kit::config(&[kit::LOCAL_TCP])
+    })
+    .await
 }
 
 /// A DHT server with the role on: the given low watermark, a 300 ms grace period.
@@ -80,22 +79,19 @@ async fn served_peers_are_shed_above_the_low_watermark() {
             .unwrap();
         assert_eq!(reply.kind(), Some(MessageType::FindNode));
     }
-    tokio::time::timeout(T, async {
-        while role.shed_count() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("both served peers shed");
-    tokio::time::timeout(T, async {
-        while server.host.connection(&a.peer_id()).is_some()
-            || server.host.connection(&b.peer_id()).is_some()
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("their connections closed");
+    // The role counts a shed as it asks for the close, before the host closes the
+    // connection and reports it: checked at each host event.
+    kit::until(
+        &server,
+        "both served peers shed, their connections closed",
+        T,
+        || {
+            role.shed_count() >= 2
+                && server.host.connection(&a.peer_id()).is_none()
+                && server.host.connection(&b.peer_id()).is_none()
+        },
+    )
+    .await;
     assert!(
         server.host.connection(&c.peer_id()).is_some(),
         "c was never served"
@@ -110,17 +106,10 @@ async fn served_peers_are_shed_above_the_low_watermark() {
         .query(server.peer_id(), std::slice::from_ref(&addr), &msg)
         .await
         .unwrap();
-    // Wait for the role's decision on c (after its grace period), then look.
-    tokio::time::timeout(T, async {
-        while role.pending_sheds() == 0 {
-            tokio::task::yield_now().await;
-        }
-        while role.pending_sheds() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the role decided about c");
+    // Wait for the role's decision on c (after its grace period), then look. A decision
+    // to keep a connection makes no event: polled.
+    wait::until("c marked served", T, || role.pending_sheds() > 0).await;
+    wait::until("the role decided about c", T, || role.pending_sheds() == 0).await;
     assert!(server.host.connection(&c.peer_id()).is_some());
     assert_eq!(role.shed_count(), 2);
     assert_eq!(role.idle_closed_count(), 0);
@@ -144,20 +133,12 @@ async fn idle_connections_are_closed_above_the_low_watermark_oldest_first() {
             .unwrap();
         clients.push(c); // connected one after another: distinct ages, oldest first
     }
-    tokio::time::timeout(T, async {
-        while role.idle_closed_count() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    // The idle sweep counts a close as it asks for it, before the host closes the
+    // connection and reports it: checked at each host event.
+    kit::until(&server, "two idle connections closed", T, || {
+        role.idle_closed_count() >= 2 && server.host.connections().len() <= 2
     })
-    .await
-    .expect("two idle connections closed");
-    tokio::time::timeout(T, async {
-        while server.host.connections().len() > 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    .await;
     // The two oldest went; the two youngest stay: at the watermark, a sweep closes nothing.
     role.close_idle();
     assert!(server.host.connection(&clients[0].peer_id()).is_none());

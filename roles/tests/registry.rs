@@ -4,32 +4,24 @@
 #![allow(clippy::unwrap_used)]
 
 use prometheus_client::registry::Registry;
-use pylon_node::metrics::Metrics;
-use pylon_node::node::{self, Node};
+use pylon_testkit::node as kit;
 
 #[tokio::test]
 async fn bootstrap_through_the_registry() {
     let role = pylon_roles::find("bootstrap").unwrap();
     let section: toml::Value = toml::from_str("low_watermark = 5\n").unwrap();
     let configured = role.configure(&section).unwrap();
-    let mut config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..Default::default()
-    };
+    let mut config = kit::config(&[kit::LOCAL_TCP]);
 
     // Without its needs met (no DHT server), the role does not start, and says which.
-    let bare = Node::start_volatile(config.clone(), Metrics::unregistered())
-        .await
-        .unwrap();
+    let bare = kit::start_with(config.clone()).await;
     let e = configured
         .start(&bare, &mut Registry::default())
         .unwrap_err();
     assert!(format!("{e:#}").contains("bootstrap"), "{e:#}");
 
     configured.require(&mut config).unwrap();
-    let node = Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap();
+    let node = kit::start_with(config).await;
     let mut registry = Registry::default();
     let running = configured.start(&node, &mut registry).unwrap();
     assert_eq!(running.name(), "bootstrap");

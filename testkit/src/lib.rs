@@ -1,14 +1,21 @@
 //! Pylon's test kit: a deterministic simulator for the pure (sans-IO) cores of
-//! `pylon-node`, and networks built with it.
+//! `pylon-node`, networks built with it, and the helpers the integration tests share.
 //!
 //! - [`sim`]: virtual clock, event queue, seeded random numbers;
 //! - [`links`]: in-memory links with latency, jitter and loss;
 //! - [`kad`]: a Kademlia network of simulated nodes made of the real routing table,
-//!   lookup core, answer function and record store, under churn.
+//!   lookup core, answer function and record store, under churn;
+//! - [`node`]: real in-process nodes for tests: start one, the address to dial it by,
+//!   waiting on its host's events;
+//! - [`wait`]: the one polling loop, for conditions nothing reports.
 //!
-//! What it is not: a place for I/O. Nothing here opens a socket, spawns a task, sleeps or
-//! reads the wall clock; a run is a function of its config and seed.
+//! Where the I/O is: [`node`] is the one module that does I/O (it starts real nodes, with
+//! sockets and tasks, on the caller's tokio runtime), and [`wait`] the one that sleeps (on
+//! tokio's clock). [`sim`], [`links`] and [`kad`] open no socket, spawn no task, never
+//! sleep or read the wall clock: a run is a function of its config and seed.
 
 pub mod kad;
 pub mod links;
+pub mod node;
 pub mod sim;
+pub mod wait;

@@ -6,8 +6,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
-use pylon_node::metrics::Metrics;
-use pylon_node::node::{self, Node};
+use pylon_node::node::Node;
+use pylon_testkit::node as kit;
+use pylon_testkit::wait;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub const T: Duration = Duration::from_secs(20);
@@ -25,14 +26,9 @@ pub async fn pylon_on(listen: &str) -> Node {
 
 /// A Pylon node listening on one loopback address, dialing with `security`.
 pub async fn pylon_with(listen: &str, security: pylon_node::secure::Security) -> Node {
-    let mut config = node::Config {
-        listen: vec![listen.parse().unwrap()],
-        ..Default::default()
-    };
+    let mut config = kit::config(&[listen]);
     config.host.security = vec![security];
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
+    kit::start_with(config).await
 }
 
 pub fn pylon_addr(node: &Node) -> Multiaddr {
@@ -313,38 +309,22 @@ impl RustPeer {
 
 /// A Pylon node with the DHT on (server or client mode), refresh off.
 pub async fn pylon_kad(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
-    let mut config = node::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        kad: Some(pylon_node::protocols::kad::Config {
-            server,
-            bootstrap,
-            refresh_interval: None,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut config = kit::kad_config(server, bootstrap);
     // Every test peer shares 127.0.0.1 and many join at once: no per-source handshake
     // budget (it would treat them as one host).
     config.host.max_pending_incoming_per_ip = 0;
     config.host.max_pending_incoming_per_subnet = 0;
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
+    kit::start_with(config).await
 }
 
 pub fn kad_of(node: &Node) -> &std::sync::Arc<pylon_node::protocols::kad::Kad> {
     node.kad.as_ref().unwrap()
 }
 
-/// Polls `check` until it holds, failing after [`T`].
-pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    tokio::time::timeout(T, async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what} within {T:?}"));
+/// Polls `check` until it holds, failing after [`T`] ([`wait::until`]: the DHT state
+/// checked has no event).
+pub async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    wait::until(what, T, check).await
 }
 
 /// The `/pk/` record key of a peer.

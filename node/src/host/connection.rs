@@ -28,7 +28,7 @@ impl Direction {
 }
 
 pub(super) enum Command {
-    Open(oneshot::Sender<Result<yamux::Stream, String>>),
+    Open(oneshot::Sender<Result<yamux::Stream, StreamError>>),
 }
 
 /// How a connection opens outbound streams: yamux streams come from the connection's
@@ -229,7 +229,7 @@ impl Connection {
                 Ok(Err(multistream::Error::NoCommonProtocol)) => {
                     return Err(StreamError::Unsupported)
                 }
-                Ok(Err(e)) => return Err(StreamError::Negotiation(e.to_string())),
+                Ok(Err(e)) => return Err(StreamError::Negotiation(e)),
                 Ok(Ok(p)) => p,
             };
         Ok(Stream::new(
@@ -262,16 +262,13 @@ impl Connection {
                     cmd.send(Command::Open(tx))
                         .await
                         .map_err(|_| StreamError::Closed)?;
-                    let stream = rx
-                        .await
-                        .map_err(|_| StreamError::Closed)?
-                        .map_err(StreamError::Muxer)?;
+                    let stream = rx.await.map_err(|_| StreamError::Closed)??;
                     Ok(Substream::Yamux(stream.compat()))
                 }
                 Opener::Quic(conn) => {
                     let (send, recv) = conn.open_bi().await.map_err(|e| match e {
                         quinn::ConnectionError::LocallyClosed => StreamError::Closed,
-                        other => StreamError::Muxer(other.to_string()),
+                        other => StreamError::Muxer(MuxerError::Quic(other)),
                     })?;
                     Ok(Substream::Quic(crate::quic::QuicStream::new(send, recv)))
                 }

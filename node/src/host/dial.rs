@@ -63,26 +63,25 @@ impl Host {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let ep = crate::quic::bind(any, None).map_err(|e| DialError::Handshake(e.to_string()))?;
+        let ep = crate::quic::bind(any, None).map_err(DialError::Quic)?;
         *slot = Some(ep.clone());
         Ok(ep)
     }
 
-    /// Dials over QUIC: TLS with the expected PeerId checked inside the handshake.
+    /// The QUIC handshake: TLS with the expected PeerId checked inside it. Returns the
+    /// handshaken connection and our local address.
     pub(super) async fn dial_quic(
         &self,
         remote: std::net::SocketAddr,
-        addr: &Multiaddr,
         expected: Option<PeerId>,
-    ) -> Result<Connection, DialError> {
+    ) -> Result<(Handshaken, Multiaddr), DialError> {
         let endpoint = self.quic_endpoint_for(remote)?;
         let (config, setup) = crate::quic::client_config(
             self.inner.security.certificate(),
             expected,
             self.inner.config.max_streams_per_connection + YAMUX_STREAM_HEADROOM,
         )
-        .map_err(|e| DialError::Handshake(e.to_string()))?;
-        let started = Instant::now();
+        .map_err(DialError::Quic)?;
         let connecting = crate::quic::connect(&endpoint, config, remote);
         let conn = match tokio::time::timeout(self.inner.config.handshake_timeout, connecting).await
         {
@@ -98,38 +97,23 @@ impl Host {
                         crate::quic::Error::Connection(quinn::ConnectionError::TimedOut) => {
                             DialError::Timeout
                         }
-                        other => DialError::Handshake(other.to_string()),
+                        other => DialError::Quic(other),
                     },
                 })
             }
         };
-        let key = crate::quic::peer_key(&conn).map_err(|e| DialError::Handshake(e.to_string()))?;
-        let peer = key.to_peer_id();
-        if peer == self.peer_id() {
-            conn.close(0u32.into(), b"self dial");
-            return Err(DialError::SelfDial);
-        }
-        let route = quic_route(if remote.is_ipv4() { "ip4" } else { "ip6" });
+        let key = crate::quic::peer_key(&conn).map_err(DialError::Quic)?;
         let local = endpoint
             .local_addr()
             .map(crate::quic::multiaddr)
-            .map_err(|e| DialError::Handshake(e.to_string()))?;
-        let established = self.admit(&peer).and_then(|()| {
-            self.observe_handshake(started, route);
-            self.establish(
-                Muxer::Quic(conn.clone()),
-                peer,
-                key,
-                strip_p2p(addr),
-                local,
-                Direction::Outbound,
-                route,
-            )
-        });
-        if established.is_err() {
-            conn.close(0u32.into(), b"connection limit");
-        }
-        established
+            .map_err(DialError::Io)?;
+        let handshaken = Handshaken {
+            mux: Muxer::Quic(conn),
+            peer: key.to_peer_id(),
+            key,
+            route: quic_route(if remote.is_ipv4() { "ip4" } else { "ip6" }),
+        };
+        Ok((handshaken, local))
     }
 
     /// The listen port to dial `target` from, unless we did so within the last
@@ -196,13 +180,27 @@ impl Host {
     }
 
     pub(super) async fn dial_any(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        if let Some(transport) = self.added_transport(addr) {
+            let label = transport.label();
+            let result = self.dial_added(transport, addr).await;
+            if let Err(e) = &result {
+                count_error(
+                    &self.inner.metrics.dial_errors,
+                    label,
+                    e.label(),
+                    e.fault(),
+                    "",
+                );
+            }
+            return result;
+        }
         if !crate::dns::is_dns(addr) {
             return self.dial_resolved(addr).await;
         }
         let resolved = match self.resolver()?.resolve(addr).await {
             Ok(r) => r,
             Err(e) => {
-                count_error(&self.inner.metrics.dial_errors, "dns", "dns", "");
+                count_error(&self.inner.metrics.dial_errors, "dns", "dns", e.fault(), "");
                 return Err(DialError::Dns(e));
             }
         };
@@ -220,7 +218,13 @@ impl Host {
         let (target, expected) = match transport::parse(addr) {
             Ok(t) => t,
             Err(e) => {
-                count_error(&self.inner.metrics.dial_errors, "other", "unsupported", "");
+                count_error(
+                    &self.inner.metrics.dial_errors,
+                    "other",
+                    "unsupported",
+                    Fault::Unsupported,
+                    "",
+                );
                 return Err(e.into());
             }
         };
@@ -235,6 +239,7 @@ impl Host {
                 &self.inner.metrics.dial_errors,
                 transport,
                 e.label(),
+                e.fault(),
                 ip_version,
             );
         }
@@ -253,45 +258,47 @@ impl Host {
         if let Some(peer) = &expected {
             self.admit(peer)?;
         }
-        if let Target::Quic(remote) = target {
-            return self.dial_quic(*remote, addr, expected).await;
-        }
         let cfg = &self.inner.config;
-        let reuse = if cfg.port_reuse {
-            self.reuse_port_for(target)
-        } else {
-            None
-        };
-        let (raw, local) = tokio::time::timeout(
-            cfg.dial_timeout,
-            transport::dial(target, reuse, &self.inner.ws_tls),
-        )
-        .await
-        .map_err(|_| DialError::Timeout)??;
-        let started = Instant::now();
-        let (mux, peer, key, route) =
-            tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, true, expected))
+        let (handshaken, local, started) = match target {
+            Target::Quic(remote) => {
+                let started = Instant::now();
+                let (handshaken, local) = self.dial_quic(*remote, expected).await?;
+                (handshaken, local, started)
+            }
+            _ => {
+                let reuse = if cfg.port_reuse {
+                    self.reuse_port_for(target)
+                } else {
+                    None
+                };
+                let (raw, local) = tokio::time::timeout(
+                    cfg.dial_timeout,
+                    transport::dial(target, reuse, &self.inner.ws_tls),
+                )
                 .await
                 .map_err(|_| DialError::Timeout)??;
-        if peer == self.peer_id() {
-            return Err(DialError::SelfDial);
-        }
-        self.admit(&peer)?;
-        let route = Route {
-            transport: target.transport_label(),
-            ip_version: target.ip_version(),
-            ..route
+                let started = Instant::now();
+                let handshaken =
+                    tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, true, expected))
+                        .await
+                        .map_err(|_| DialError::Timeout)??;
+                (handshaken, local, started)
+            }
         };
-        self.observe_handshake(started, route);
-        self.establish(
-            mux,
-            peer,
-            key,
-            strip_p2p(addr),
+        let handshaken = Handshaken {
+            route: Route {
+                transport: target.transport_label(),
+                ip_version: target.ip_version(),
+                ..handshaken.route
+            },
+            ..handshaken
+        };
+        let ends = Ends {
+            remote: strip_p2p(addr),
             local,
-            Direction::Outbound,
-            route,
-        )
+            direction: Direction::Outbound,
+        };
+        self.establish(handshaken, ends, started)
     }
 
     /// Returns an open connection to `peer`, or dials `addrs` in order until one works.

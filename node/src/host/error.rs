@@ -1,6 +1,9 @@
-//! Errors of dialing and of opening streams.
+//! Errors of dialing and of opening streams. Each variant says what failed in the host's
+//! terms; [`Classify::fault`] says whose fault it was (the layers below classify their own
+//! errors), and `label` gives the `error` label of go-libp2p's swarm metrics.
 
 use super::*;
+use crate::fault::{Classify, Fault};
 
 /// Why a dial failed. [`DialError::label`] is the `error` label of `libp2p_swarm_dial_errors_total`.
 #[derive(Debug, thiserror::Error)]
@@ -20,10 +23,24 @@ pub enum DialError {
     },
     #[error("no common protocol ({0})")]
     NoCommonProtocol(&'static str),
+    /// The security handshake (Noise or TLS) failed.
     #[error("handshake failed: {0}")]
-    Handshake(String),
-    #[error("connection limit reached")]
-    Limit,
+    Security(crate::secure::Error),
+    /// The muxer could not be agreed with multistream-select after the handshake.
+    #[error("muxer negotiation: {0}")]
+    MuxerNegotiation(multistream::Error),
+    /// The handshake agreed on a muxer we never offered.
+    #[error("handshake agreed on unknown muxer {0:?}")]
+    UnknownMuxer(String),
+    /// The QUIC handshake failed.
+    #[error("quic: {0}")]
+    Quic(crate::quic::Error),
+    /// The transport failed on top of a connected socket (the WebSocket upgrade) or could
+    /// not be set up for this address (a `/wss` server name).
+    #[error("transport: {0}")]
+    Transport(transport::Error),
+    #[error("{0} limit reached")]
+    Limit(LimitScope),
     #[error("dialing ourselves")]
     SelfDial,
     #[error("host is shutting down")]
@@ -45,8 +62,12 @@ impl DialError {
             DialError::Timeout => "deadline",
             DialError::WrongPeer { .. } => "wrong_peer",
             DialError::NoCommonProtocol(_) => "no_common_protocol",
-            DialError::Handshake(_) => "handshake",
-            DialError::Limit => "limit",
+            DialError::Security(_)
+            | DialError::MuxerNegotiation(_)
+            | DialError::UnknownMuxer(_)
+            | DialError::Quic(_)
+            | DialError::Transport(_) => "handshake",
+            DialError::Limit(_) => "limit",
             DialError::SelfDial => "self_dial",
             DialError::ShuttingDown => "shutting_down",
             DialError::Io(_) => "io",
@@ -64,8 +85,48 @@ impl From<transport::Error> for DialError {
             transport::Error::Io(e) => DialError::Io(e),
             e @ (transport::Error::WebSocket(_)
             | transport::Error::NoCertificate
-            | transport::Error::ServerName(_)) => DialError::Handshake(e.to_string()),
+            | transport::Error::ServerName(_)) => DialError::Transport(e),
         }
+    }
+}
+
+impl Classify for DialError {
+    fn fault(&self) -> Fault {
+        match self {
+            DialError::NoAddresses
+            | DialError::SelfDial
+            | DialError::ShuttingDown
+            | DialError::Backoff => Fault::Local,
+            DialError::Unsupported(_) | DialError::NoCommonProtocol(_) => Fault::Unsupported,
+            DialError::Refused => Fault::Io,
+            DialError::Timeout => Fault::Timeout,
+            DialError::WrongPeer { .. } | DialError::UnknownMuxer(_) => Fault::Protocol,
+            DialError::Security(e) => e.fault(),
+            DialError::MuxerNegotiation(e) => e.fault(),
+            DialError::Quic(e) => e.fault(),
+            DialError::Transport(e) => e.fault(),
+            DialError::Limit(_) => Fault::Limit,
+            DialError::Io(e) => e.fault(),
+            DialError::Dns(e) => e.fault(),
+        }
+    }
+}
+
+/// Which connection limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// `connections.max` over all peers.
+    Connections,
+    /// `connections.max_per_peer`.
+    ConnectionsPerPeer,
+}
+
+impl std::fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LimitScope::Connections => "connection",
+            LimitScope::ConnectionsPerPeer => "per-peer connection",
+        })
     }
 }
 
@@ -81,9 +142,42 @@ pub enum StreamError {
     #[error("remote supports none of the protocols")]
     Unsupported,
     #[error("negotiation: {0}")]
-    Negotiation(String),
+    Negotiation(multistream::Error),
     #[error("muxer: {0}")]
-    Muxer(String),
+    Muxer(MuxerError),
     #[error("stream limit of the connection reached")]
     Limit,
+}
+
+impl Classify for StreamError {
+    fn fault(&self) -> Fault {
+        match self {
+            StreamError::NotConnected(_) => Fault::Local,
+            StreamError::Closed => Fault::Io,
+            StreamError::Timeout => Fault::Timeout,
+            StreamError::Unsupported => Fault::Unsupported,
+            StreamError::Negotiation(e) => e.fault(),
+            StreamError::Muxer(e) => e.fault(),
+            StreamError::Limit => Fault::Limit,
+        }
+    }
+}
+
+/// The connection's muxer failed while a stream was being opened.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MuxerError {
+    /// Shared: every stream waiting on the connection gets the same error.
+    #[error("yamux: {0}")]
+    Yamux(Arc<yamux::ConnectionError>),
+    #[error("quic: {0}")]
+    Quic(quinn::ConnectionError),
+}
+
+impl Classify for MuxerError {
+    fn fault(&self) -> Fault {
+        match self {
+            MuxerError::Yamux(e) => e.fault(),
+            MuxerError::Quic(e) => e.fault(),
+        }
+    }
 }

@@ -3,25 +3,72 @@
 
 use super::*;
 
-impl Host {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn establish(
-        &self,
-        mux: Muxer,
-        peer: PeerId,
-        remote_key: PublicKey,
-        remote_addr: Multiaddr,
-        local_addr: Multiaddr,
-        direction: Direction,
-        route: Route,
-    ) -> Result<Connection, DialError> {
-        let (opener, cmd_rx) = match &mux {
+/// A connection whose handshake is done, from whichever transport: who is at the other
+/// end and the muxer that will carry its streams. Every transport's path ends in one of
+/// these and hands it to [`Host::establish`].
+pub(super) struct Handshaken {
+    pub(super) mux: Muxer,
+    pub(super) peer: PeerId,
+    pub(super) key: PublicKey,
+    pub(super) route: Route,
+}
+
+/// The two ends of a connection and which side opened it.
+pub(super) struct Ends {
+    pub(super) remote: Multiaddr,
+    pub(super) local: Multiaddr,
+    pub(super) direction: Direction,
+}
+
+impl Muxer {
+    /// How the connection will open outbound streams, and the command queue its driver
+    /// reads (yamux streams are opened by the driver task).
+    fn opener(&self) -> (Opener, Option<mpsc::Receiver<Command>>) {
+        match self {
             Muxer::Yamux(_) => {
                 let (tx, rx) = mpsc::channel(32);
                 (Opener::Yamux(tx), Some(rx))
             }
             Muxer::Quic(c) => (Opener::Quic(c.clone()), None),
-        };
+        }
+    }
+
+    /// Drops a connection that will not be established: dropping yamux closes the socket,
+    /// QUIC tells the remote why.
+    pub(super) fn abandon(self, reason: &'static [u8]) {
+        if let Muxer::Quic(c) = self {
+            c.close(0u32.into(), reason);
+        }
+    }
+}
+
+impl Host {
+    /// The one place where a connection of any transport joins the pool: refuses a
+    /// connection to ourselves and one over the connection limits (checked and registered
+    /// under one lock, so concurrent handshakes cannot overshoot), records the handshake
+    /// latency, tells the extensions and observers, and starts the muxer's driver.
+    pub(super) fn establish(
+        &self,
+        handshaken: Handshaken,
+        ends: Ends,
+        started: Instant,
+    ) -> Result<Connection, DialError> {
+        let Handshaken {
+            mux,
+            peer,
+            key: remote_key,
+            route,
+        } = handshaken;
+        if peer == self.peer_id() {
+            mux.abandon(b"self dial");
+            return Err(DialError::SelfDial);
+        }
+        let Ends {
+            remote: remote_addr,
+            local: local_addr,
+            direction,
+        } = ends;
+        let (opener, cmd_rx) = mux.opener();
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let conn = Connection {
             inner: Arc::new(ConnInner {
@@ -47,17 +94,15 @@ impl Host {
             }),
         };
         {
-            // Check and insert under one lock, so concurrent handshakes cannot overshoot.
             let mut conns = lock(&self.inner.connections);
-            let total: usize = conns.values().map(Vec::len).sum();
-            let per_peer = conns.get(&peer).map_or(0, Vec::len);
-            if total >= self.inner.config.max_connections
-                || per_peer >= self.inner.config.max_connections_per_peer
-            {
-                return Err(DialError::Limit); // dropping `mux` closes the socket
+            if let Some(scope) = self.limit_hit(&conns, &peer) {
+                drop(conns);
+                mux.abandon(b"connection limit");
+                return Err(DialError::Limit(scope));
             }
             conns.entry(peer).or_default().push(conn.clone());
         }
+        self.observe_handshake(started, route);
         let labels = ConnLabels {
             dir: direction.as_str(),
             transport: route.transport,
@@ -135,7 +180,8 @@ impl Host {
         mut cmds: mpsc::Receiver<Command>,
         conn: Connection,
     ) -> String {
-        let mut opening: VecDeque<oneshot::Sender<Result<yamux::Stream, String>>> = VecDeque::new();
+        let mut opening: VecDeque<oneshot::Sender<Result<yamux::Stream, StreamError>>> =
+            VecDeque::new();
         let mut closing = false;
         let mut close_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut shutdown_wait = std::pin::pin!(self.inner.shutdown.clone().cancelled_owned());
@@ -160,7 +206,7 @@ impl Host {
             let queue_was_full = opening.len() >= MAX_PENDING_OPENS;
             if closing {
                 for tx in opening.drain(..) {
-                    let _ = tx.send(Err("connection closing".into()));
+                    let _ = tx.send(Err(StreamError::Closed));
                 }
                 // A remote that stops reading cannot hold the close open forever.
                 let deadline = close_deadline
@@ -182,10 +228,12 @@ impl Host {
                         }
                     }
                     Poll::Ready(Err(e)) => {
+                        let reason = format!("muxer error: {e}");
+                        let e = MuxerError::Yamux(Arc::new(e));
                         for tx in opening.drain(..) {
-                            let _ = tx.send(Err(e.to_string()));
+                            let _ = tx.send(Err(StreamError::Muxer(e.clone())));
                         }
-                        return Poll::Ready(format!("muxer error: {e}"));
+                        return Poll::Ready(reason);
                     }
                     Poll::Pending => break,
                 }

@@ -61,6 +61,13 @@ impl CutShort {
             CutShort::Evicted => admission::EVICTED,
         }
     }
+
+    pub(super) fn fault(self) -> Fault {
+        match self {
+            CutShort::Deadline => Fault::Timeout,
+            CutShort::Evicted => Fault::Limit,
+        }
+    }
 }
 
 impl PendingSlot {
@@ -124,6 +131,7 @@ impl Host {
                 &self.inner.metrics.handshake_errors,
                 transport,
                 reason,
+                Fault::Limit,
                 ip_version,
             );
             return Err(());
@@ -170,6 +178,7 @@ impl Host {
                     &self.inner.metrics.handshake_errors,
                     transport,
                     refusal.label(),
+                    Fault::Limit,
                     ip_version,
                 );
                 None
@@ -194,6 +203,7 @@ impl Host {
             &self.inner.metrics.handshake_errors,
             transport,
             e.label(),
+            e.fault(),
             ip_version,
         );
         tracing::debug!("inbound {transport} handshake failed: {e}");
@@ -202,15 +212,27 @@ impl Host {
         });
     }
 
+    /// Refuses early (before dialing) when a connection to `peer` would be over a limit;
+    /// [`Host::establish`] checks again when the connection is registered.
     pub(super) fn admit(&self, peer: &PeerId) -> Result<(), DialError> {
-        let conns = lock(&self.inner.connections);
-        let total: usize = conns.values().map(Vec::len).sum();
-        let per_peer = conns.get(peer).map_or(0, Vec::len);
-        if total >= self.inner.config.max_connections
-            || per_peer >= self.inner.config.max_connections_per_peer
-        {
-            return Err(DialError::Limit);
+        match self.limit_hit(&lock(&self.inner.connections), peer) {
+            Some(scope) => Err(DialError::Limit(scope)),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The connection limit one more connection to `peer` would break, if any.
+    pub(super) fn limit_hit(
+        &self,
+        conns: &HashMap<PeerId, Vec<Connection>>,
+        peer: &PeerId,
+    ) -> Option<LimitScope> {
+        let total: usize = conns.values().map(Vec::len).sum();
+        if total >= self.inner.config.max_connections {
+            return Some(LimitScope::Connections);
+        }
+        let per_peer = conns.get(peer).map_or(0, Vec::len);
+        (per_peer >= self.inner.config.max_connections_per_peer)
+            .then_some(LimitScope::ConnectionsPerPeer)
     }
 }

@@ -1,4 +1,4 @@
-//! Listening: TCP, WebSocket and QUIC listeners and the inbound connection path.
+//! Listening: TCP, WebSocket and QUIC listeners and the inbound path all transports share.
 
 use super::*;
 
@@ -45,9 +45,14 @@ impl Host {
                 let places = Places { ip: slot, pending };
                 let host2 = host.clone();
                 let local = local_addr.clone();
+                let ends = Ends {
+                    remote,
+                    local,
+                    direction: Direction::Inbound,
+                };
                 host.spawn(async move {
                     host2
-                        .handle_incoming(raw, remote, local, transport_label, ip_version, places)
+                        .handle_incoming(raw, ends, transport_label, ip_version, places)
                         .await;
                 });
             }
@@ -61,7 +66,7 @@ impl Host {
     ) -> Result<Multiaddr, transport::Error> {
         let quic_err = |e: crate::quic::Error| match e {
             crate::quic::Error::Io(e) => transport::Error::Io(e),
-            other => transport::Error::Io(io::Error::other(other.to_string())),
+            other => transport::Error::Io(io::Error::other(other)),
         };
         let server = crate::quic::server_config(
             self.inner.security.certificate(),
@@ -110,6 +115,7 @@ impl Host {
         Ok(bound)
     }
 
+    /// An inbound QUIC connection: quinn runs the TLS handshake inside its pending place.
     pub(super) async fn handle_incoming_quic(
         &self,
         incoming: quinn::Incoming,
@@ -117,88 +123,73 @@ impl Host {
         ip_version: &'static str,
         places: Places,
     ) {
-        let Places { ip: slot, pending } = places;
-        let started = Instant::now();
         let remote = crate::quic::multiaddr(incoming.remote_address());
         let handshake = async {
             let conn = incoming
                 .accept()
-                .map_err(|e| DialError::Handshake(e.to_string()))?
+                .map_err(|e| DialError::Quic(crate::quic::Error::Connection(e)))?
                 .await
-                .map_err(|e| DialError::Handshake(e.to_string()))?;
-            let key =
-                crate::quic::peer_key(&conn).map_err(|e| DialError::Handshake(e.to_string()))?;
-            Ok::<_, DialError>((conn, key))
-        };
-        let result = pending.run(handshake).await;
-        drop(pending);
-        let (conn, key) = match result {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => return self.inbound_failed("quic-v1", ip_version, &e),
-            Err(CutShort::Deadline) => {
-                return self.inbound_failed("quic-v1", ip_version, &DialError::Timeout)
-            }
-            Err(cut @ CutShort::Evicted) => {
-                return count_error(
-                    &self.inner.metrics.handshake_errors,
-                    "quic-v1",
-                    cut.label(),
-                    ip_version,
-                )
-            }
-        };
-        let peer = key.to_peer_id();
-        let route = quic_route(ip_version);
-        let admitted = self.admit(&peer).and_then(|()| {
-            self.observe_handshake(started, route);
-            self.establish(
-                Muxer::Quic(conn.clone()),
-                peer,
+                .map_err(|e| DialError::Quic(crate::quic::Error::Connection(e)))?;
+            let key = crate::quic::peer_key(&conn).map_err(DialError::Quic)?;
+            Ok(Handshaken {
+                mux: Muxer::Quic(conn),
+                peer: key.to_peer_id(),
                 key,
-                remote,
-                local,
-                Direction::Inbound,
-                route,
-            )
-        });
-        if let Ok(c) = &admitted {
-            *lock(&c.inner.ip_slot) = slot;
-        }
-        if let Err(e) = admitted {
-            conn.close(0u32.into(), b"connection limit");
-            count_error(
-                &self.inner.metrics.handshake_errors,
-                "quic-v1",
-                e.label(),
-                ip_version,
-            );
-        }
+                route: quic_route(ip_version),
+            })
+        };
+        let ends = Ends {
+            remote,
+            local,
+            direction: Direction::Inbound,
+        };
+        self.accept_inbound(handshake, ends, "quic-v1", ip_version, places)
+            .await;
     }
 
+    /// An inbound connection of a byte-stream transport (TCP, WebSocket, memory, or one
+    /// added with [`Host::add_transport`]): the transport's own upgrade (WebSocket), then
+    /// security and muxer, inside its pending place.
     pub(super) async fn handle_incoming(
         &self,
         raw: transport::Inbound,
-        remote: Multiaddr,
-        local: Multiaddr,
+        ends: Ends,
+        transport: &'static str,
+        ip_version: &'static str,
+        places: Places,
+    ) {
+        let handshake = async {
+            let raw = raw.upgrade().await?;
+            self.upgrade(raw, false, None).await
+        };
+        self.accept_inbound(handshake, ends, transport, ip_version, places)
+            .await;
+    }
+
+    /// The inbound path every transport shares: the handshake runs in its pending place
+    /// (cut short at its deadline or when evicted for a newcomer), then the connection is
+    /// established and keeps its per-IP place until it closes.
+    pub(super) async fn accept_inbound(
+        &self,
+        handshake: impl Future<Output = Result<Handshaken, DialError>>,
+        ends: Ends,
         transport: &'static str,
         ip_version: &'static str,
         places: Places,
     ) {
         let Places { ip: slot, pending } = places;
         let started = Instant::now();
-        let upgraded = pending
-            .run(async {
-                let raw = raw.upgrade().await?;
-                self.upgrade(raw, false, None).await
-            })
-            .await;
+        let result = pending.run(handshake).await;
         drop(pending);
-        let (mux, peer, key, route) = match upgraded {
+        let handshaken = match result {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return self.inbound_failed(transport, ip_version, &e),
             Err(cut) => {
                 count_error(
                     &self.inner.metrics.handshake_errors,
                     transport,
                     cut.label(),
+                    cut.fault(),
                     ip_version,
                 );
                 if let CutShort::Deadline = cut {
@@ -208,30 +199,22 @@ impl Host {
                 }
                 return;
             }
-            Ok(Err(e)) => return self.inbound_failed(transport, ip_version, &e),
-            Ok(Ok(u)) => u,
         };
-        if let Err(e) = self.admit(&peer) {
-            count_error(
-                &self.inner.metrics.handshake_errors,
+        let handshaken = Handshaken {
+            route: Route {
                 transport,
-                e.label(),
                 ip_version,
-            );
-            return; // dropping `mux` closes the socket
-        }
-        let route = Route {
-            transport,
-            ip_version,
-            ..route
+                ..handshaken.route
+            },
+            ..handshaken
         };
-        self.observe_handshake(started, route);
-        match self.establish(mux, peer, key, remote, local, Direction::Inbound, route) {
+        match self.establish(handshaken, ends, started) {
             Ok(c) => *lock(&c.inner.ip_slot) = slot,
             Err(e) => count_error(
                 &self.inner.metrics.handshake_errors,
                 transport,
                 e.label(),
+                e.fault(),
                 ip_version,
             ),
         }

@@ -11,8 +11,10 @@
 //! `events.rs` what observers are told; `limits.rs` admission of inbound connections and
 //! the connection limits; `listen.rs` listeners and the inbound path; `dial.rs` dialing;
 //! `upgrade.rs` security and muxer negotiation; `establish.rs` a connection's life from
-//! handshake to close; `router.rs` protocol handlers and inbound stream negotiation; `extension.rs` the
-//! [`Extension`] trait through which protocols and roles hear about connections.
+//! handshake to close (one `establish` for every transport); `router.rs` protocol
+//! handlers and inbound stream negotiation; `extension.rs` the [`Extension`] trait through
+//! which protocols and roles hear about connections; `transports.rs` the [`Transport`]
+//! trait for transports added from outside.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
@@ -33,6 +35,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::fault::{Classify, Fault};
 use crate::identity::{key_type_label, Keypair, PeerId, PublicKey};
 use crate::metrics::{
     ConnLabels, DialErrorLabels, DirLabels, HandshakeLabels, KeyTypeLabels, Metrics, StreamLabels,
@@ -51,16 +54,19 @@ mod extension;
 mod limits;
 mod listen;
 mod router;
+mod transports;
 mod upgrade;
 
 pub(crate) use connection::Substream;
 use connection::*;
 pub use connection::{Connection, ConnectionId, Direction, Stream};
-pub use error::{DialError, StreamError};
+pub use error::{DialError, LimitScope, MuxerError, StreamError};
+use establish::{Ends, Handshaken};
 pub use events::Event;
 pub use extension::{Extension, LocalChange};
 use limits::*;
 pub use router::{handler, Handler};
+pub use transports::Transport;
 
 pub const YAMUX_PROTOCOL: &str = "/yamux/1.0.0";
 /// Outbound stream requests one connection queues while yamux cannot open more.
@@ -181,6 +187,8 @@ struct HostInner {
     handlers: RwLock<HashMap<String, Handler>>,
     /// Installed protocols and roles, told about connections and streams.
     protocols: RwLock<Vec<Arc<dyn Extension>>>,
+    /// Transports added from outside (`Host::add_transport`), asked before the built-in ones.
+    transports: RwLock<Vec<Arc<dyn Transport>>>,
     listen_addrs: RwLock<Vec<Multiaddr>>,
     events: broadcast::Sender<Event>,
     /// Inbound handshakes in progress, each with the token that cuts it short.
@@ -236,7 +244,7 @@ impl Host {
             config.websocket.server.clone(),
             &config.websocket.extra_roots,
         )
-        .map_err(|e| crate::secure::Error::Handshake("wss", e.to_string()))?;
+        .map_err(|e| crate::secure::Error::Setup(format!("wss: {e}")))?;
         let (events, _) = broadcast::channel(1024);
         let pending = Arc::new(Mutex::new(Admission::new(admission::Config {
             max_pending: config.max_pending_incoming,
@@ -256,6 +264,7 @@ impl Host {
                 connections: Mutex::new(HashMap::new()),
                 handlers: RwLock::new(HashMap::new()),
                 protocols: RwLock::new(Vec::new()),
+                transports: RwLock::new(Vec::new()),
                 listen_addrs: RwLock::new(Vec::new()),
                 events,
                 pending_incoming: pending,
@@ -464,12 +473,14 @@ fn count_error(
     family: &Family<DialErrorLabels, Counter>,
     transport: &'static str,
     error: &'static str,
+    fault: Fault,
     ip_version: &'static str,
 ) {
     family
         .get_or_create(&DialErrorLabels {
             transport,
             error,
+            fault: fault.label(),
             ip_version,
         })
         .inc();

@@ -24,7 +24,7 @@ impl Host {
         raw: RawStream,
         dialer: bool,
         expected: Option<PeerId>,
-    ) -> Result<(Muxer, PeerId, PublicKey, Route), DialError> {
+    ) -> Result<Handshaken, DialError> {
         let secured = if dialer {
             crate::secure::outbound(raw, &self.inner.security, expected).await
         } else {
@@ -35,17 +35,13 @@ impl Host {
                 DialError::WrongPeer { expected, got }
             }
             crate::secure::Error::NoCommonProtocol => DialError::NoCommonProtocol("security"),
-            other => DialError::Handshake(other.to_string()),
+            other => DialError::Security(other),
         })?;
         let security = secured.security.label();
         let early = match secured.muxer.as_deref() {
             None => false,
             Some(YAMUX_PROTOCOL) => true,
-            Some(other) => {
-                return Err(DialError::Handshake(format!(
-                    "handshake agreed on unknown muxer {other:?}"
-                )))
-            }
+            Some(other) => return Err(DialError::UnknownMuxer(other.to_string())),
         };
         let mut stream = secured.stream;
         // Agreed inside the handshake: no multistream-select round for the muxer at all.
@@ -61,7 +57,7 @@ impl Host {
                     multistream::Error::NoCommonProtocol | multistream::Error::TooManyProposals => {
                         DialError::NoCommonProtocol("muxer")
                     }
-                    other => DialError::Handshake(format!("muxer negotiation: {other}")),
+                    other => DialError::MuxerNegotiation(other),
                 })?;
             Negotiated::done(stream)
         };
@@ -76,17 +72,18 @@ impl Host {
         } else {
             yamux::Mode::Server
         };
-        Ok((
-            Muxer::Yamux(Box::new(yamux::Connection::new(stream.compat(), cfg, mode))),
-            secured.remote_peer,
-            secured.remote_key,
-            Route {
+        Ok(Handshaken {
+            mux: Muxer::Yamux(Box::new(yamux::Connection::new(stream.compat(), cfg, mode))),
+            peer: secured.remote_peer,
+            key: secured.remote_key,
+            // The transport's labels are filled in by the caller, which knows them.
+            route: Route {
                 transport: "",
                 security,
                 muxer: "yamux",
                 early_muxer: if early { "true" } else { "false" },
                 ip_version: "",
             },
-        ))
+        })
     }
 }

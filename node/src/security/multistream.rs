@@ -42,6 +42,19 @@ pub enum Error {
     UnexpectedAnswer(String),
 }
 
+impl crate::fault::Classify for Error {
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::Fault;
+        match self {
+            Error::Io(e) => Fault::of_io(e),
+            Error::Malformed(_) => Fault::Malformed,
+            Error::BadHeader(_) | Error::UnexpectedAnswer(_) => Fault::Protocol,
+            Error::NoCommonProtocol => Fault::Unsupported,
+            Error::TooManyProposals => Fault::Limit,
+        }
+    }
+}
+
 impl From<FrameError> for Error {
     fn from(e: FrameError) -> Self {
         match e {

@@ -49,6 +49,19 @@ pub enum Error {
     },
 }
 
+impl crate::fault::Classify for Error {
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::Fault;
+        match self {
+            Error::Io(e) => Fault::of_io(e),
+            // A message that fails to decrypt or has the wrong length: the remote's bytes.
+            Error::Noise(_) | Error::BadPayload(_) => Fault::Malformed,
+            Error::BadSignature | Error::WrongPeer { .. } => Fault::Protocol,
+            Error::NoCommonMuxer => Fault::Unsupported,
+        }
+    }
+}
+
 /// Per-host Noise configuration: one static DH key, signed once by the identity key.
 pub struct Config {
     static_private: Vec<u8>,

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::fault::{Classify, Fault};
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::multistream::{self, Negotiated};
 use crate::{noise, tls};
@@ -42,19 +43,56 @@ impl Security {
     }
 }
 
+/// Why the security step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("no security protocol in common")]
     NoCommonProtocol,
     #[error("security negotiation: {0}")]
-    Negotiation(String),
+    Negotiation(multistream::Error),
     #[error("connected to {got}, expected {expected}")]
     WrongPeer {
         expected: Box<PeerId>,
         got: Box<PeerId>,
     },
-    #[error("{0} handshake: {1}")]
-    Handshake(&'static str, String),
+    #[error("noise handshake: {0}")]
+    Noise(noise::Error),
+    #[error("tls handshake: {0}")]
+    Tls(TlsError),
+    /// Our own keys or configuration could not be set up.
+    #[error("security setup: {0}")]
+    Setup(String),
+}
+
+/// How a TLS handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls failed (a bad record, an alert, a certificate our verifier refused) or the
+    /// connection did.
+    #[error("{0}")]
+    Io(io::Error),
+    /// The remote's certificate is not a valid libp2p certificate.
+    #[error("{0}")]
+    Certificate(tls::Error),
+    #[error("no ALPN protocol agreed")]
+    NoAlpn,
+    #[error("ALPN protocol not UTF-8")]
+    BadAlpn,
+}
+
+impl Classify for Error {
+    fn fault(&self) -> Fault {
+        match self {
+            Error::NoCommonProtocol => Fault::Unsupported,
+            Error::Negotiation(e) => e.fault(),
+            Error::WrongPeer { .. } => Fault::Protocol,
+            Error::Noise(e) => e.fault(),
+            Error::Tls(TlsError::Io(e)) => e.fault(),
+            Error::Tls(TlsError::Certificate(e)) => e.fault(),
+            Error::Tls(TlsError::NoAlpn | TlsError::BadAlpn) => Fault::Protocol,
+            Error::Setup(_) => Fault::Local,
+        }
+    }
 }
 
 /// Keys and configurations for both handshakes, made once per host.
@@ -76,11 +114,11 @@ impl Config {
         muxers: Vec<String>,
     ) -> Result<Self, Error> {
         let noise = noise::Config::with_muxers(identity, muxers.clone())
-            .map_err(|e| Error::Handshake("noise", e.to_string()))?;
+            .map_err(|e| Error::Setup(format!("noise: {e}")))?;
         let cert = tls::Certificate::generate(identity)
-            .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+            .map_err(|e| Error::Setup(format!("tls certificate: {e}")))?;
         let mut server =
-            tls::server_config(&cert).map_err(|e| Error::Handshake("tls", e.to_string()))?;
+            tls::server_config(&cert).map_err(|e| Error::Setup(format!("tls server: {e}")))?;
         server.alpn_protocols = tls::alpn_list(&muxers);
         let dial_order = if dial_order.is_empty() {
             vec![Security::Noise]
@@ -144,13 +182,13 @@ where
         Security::Noise => noise_handshake(io, config, true, expected).await,
         Security::Tls => {
             let mut setup = tls::client_config(&config.cert, expected)
-                .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+                .map_err(|e| Error::Setup(format!("tls client: {e}")))?;
             setup.config.alpn_protocols = tls::alpn_list(&config.muxers);
             let seen = |setup: &tls::ClientSetup| setup.seen_peer();
             let connector = tokio_rustls::TlsConnector::from(Arc::new(setup.config.clone()));
             // SNI is off; rustls still wants a name to hand to the verifier.
             let name = rustls::pki_types::ServerName::try_from("libp2p")
-                .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+                .map_err(|e| Error::Setup(format!("tls server name: {e}")))?;
             match connector.connect(name, io).await {
                 Ok(stream) => finish_tls(tokio_rustls::TlsStream::Client(stream), expected),
                 Err(e) => match (expected, seen(&setup)) {
@@ -159,7 +197,7 @@ where
                         got: Box::new(got),
                     }),
                     _ if multistream_refused(&e) => Err(Error::NoCommonProtocol),
-                    _ => Err(Error::Handshake("tls", e.to_string())),
+                    _ => Err(Error::Tls(TlsError::Io(e))),
                 },
             }
         }
@@ -182,7 +220,7 @@ where
             let stream = acceptor
                 .accept(io)
                 .await
-                .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+                .map_err(|e| Error::Tls(TlsError::Io(e)))?;
             finish_tls(tokio_rustls::TlsStream::Server(stream), None)
         }
         None => Err(Error::NoCommonProtocol),
@@ -194,7 +232,7 @@ fn negotiation(e: multistream::Error) -> Error {
         multistream::Error::NoCommonProtocol | multistream::Error::TooManyProposals => {
             Error::NoCommonProtocol
         }
-        other => Error::Negotiation(other.to_string()),
+        other => Error::Negotiation(other),
     }
 }
 
@@ -222,7 +260,7 @@ where
         }),
         Err(noise::Error::WrongPeer { expected, got }) => Err(Error::WrongPeer { expected, got }),
         Err(noise::Error::Io(e)) if multistream_refused(&e) => Err(Error::NoCommonProtocol),
-        Err(e) => Err(Error::Handshake("noise", e.to_string())),
+        Err(e) => Err(Error::Noise(e)),
     }
 }
 
@@ -236,14 +274,13 @@ fn finish_tls<T>(
     //# negotiation of the stream multiplexer
     let muxer = match session.alpn_protocol() {
         Some(tls::ALPN) => None,
-        Some(other) => Some(
-            String::from_utf8(other.to_vec())
-                .map_err(|_| Error::Handshake("tls", "ALPN not UTF-8".into()))?,
-        ),
-        None => return Err(Error::Handshake("tls", "no ALPN protocol agreed".into())),
+        Some(other) => {
+            Some(String::from_utf8(other.to_vec()).map_err(|_| Error::Tls(TlsError::BadAlpn))?)
+        }
+        None => return Err(Error::Tls(TlsError::NoAlpn)),
     };
     let key = tls::peer_key(session.peer_certificates())
-        .map_err(|e| Error::Handshake("tls", e.to_string()))?;
+        .map_err(|e| Error::Tls(TlsError::Certificate(e)))?;
     let peer = key.to_peer_id();
     if let Some(expected) = expected {
         if expected != peer {

@@ -68,6 +68,23 @@ pub enum Error {
     },
 }
 
+impl crate::fault::Classify for Error {
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::Fault;
+        match self {
+            Error::Generate(_) => Fault::Local,
+            Error::Parse(_) | Error::BadExtension => Fault::Malformed,
+            Error::ChainLength(_)
+            | Error::Expired
+            | Error::BadSelfSignature
+            | Error::MissingExtension
+            | Error::UnknownCriticalExtension(_)
+            | Error::BadHostSignature
+            | Error::WrongPeer { .. } => Fault::Protocol,
+        }
+    }
+}
+
 /// Our certificate and its private key, made once per host.
 pub struct Certificate {
     pub cert: CertificateDer<'static>,

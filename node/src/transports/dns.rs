@@ -59,6 +59,18 @@ pub enum Error {
     TooManyLookups,
 }
 
+impl crate::fault::Classify for Error {
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::Fault;
+        match self {
+            Error::Setup(_) => Fault::Local,
+            Error::Lookup { .. } | Error::NotFound(_) => Fault::Io,
+            Error::TooDeep | Error::TooManyLookups => Fault::Limit,
+            Error::Loop => Fault::Protocol,
+        }
+    }
+}
+
 /// Is this a multiaddr that needs DNS before it can be dialed?
 pub fn is_dns(addr: &Multiaddr) -> bool {
     matches!(

@@ -39,7 +39,22 @@ pub enum Error {
     #[error("{0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("peer presented no valid libp2p certificate: {0}")]
-    Certificate(String),
+    Certificate(tls::Error),
+    #[error("peer presented no certificate")]
+    NoCertificate,
+}
+
+impl crate::fault::Classify for Error {
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::Fault;
+        match self {
+            Error::Config(_) | Error::Connect(_) => Fault::Local,
+            Error::Io(e) => Fault::of_io(e),
+            Error::Connection(e) => e.fault(),
+            Error::Certificate(e) => e.fault(),
+            Error::NoCertificate => Fault::Protocol,
+        }
+    }
 }
 
 /// Streams a remote may have open at once on a new connection. quinn keeps state for every
@@ -141,13 +156,11 @@ pub async fn connect(
 
 /// The verified identity key of the peer at the other end of an established connection.
 pub fn peer_key(conn: &quinn::Connection) -> Result<PublicKey, Error> {
-    let identity = conn
-        .peer_identity()
-        .ok_or_else(|| Error::Certificate("no certificate".into()))?;
+    let identity = conn.peer_identity().ok_or(Error::NoCertificate)?;
     let chain = identity
         .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| Error::Certificate("unexpected identity type".into()))?;
-    tls::peer_key(Some(&chain)).map_err(|e| Error::Certificate(e.to_string()))
+        .map_err(|_| Error::NoCertificate)?;
+    tls::peer_key(Some(&chain)).map_err(Error::Certificate)
 }
 
 /// The multiaddr of a QUIC socket address.

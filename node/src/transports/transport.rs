@@ -38,6 +38,19 @@ pub enum Error {
     ServerName(String),
 }
 
+impl crate::fault::Classify for Error {
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::Fault;
+        match self {
+            Error::Unsupported(_) => Fault::Unsupported,
+            Error::Refused => Fault::Io,
+            Error::Io(e) => Fault::of_io(e),
+            Error::WebSocket(e) => e.fault(),
+            Error::NoCertificate | Error::ServerName(_) => Fault::Local,
+        }
+    }
+}
+
 /// Where a parsed multiaddr points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -267,6 +280,20 @@ pub enum RawStream {
     Memory(DuplexStream),
     Ws(Box<WsStream<TcpStream>>),
     Wss(Box<WsStream<tokio_rustls::TlsStream<TcpStream>>>),
+    /// The byte stream of a transport added to the host (`host::Transport`).
+    Other(Box<dyn Io>),
+}
+
+/// What a byte stream of an added transport must be.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+impl RawStream {
+    /// Wraps the byte stream of an added transport.
+    pub fn other(io: impl Io) -> Self {
+        RawStream::Other(Box::new(io))
+    }
 }
 
 /// Runs `$body` with `$s` bound to the inner stream of any [`RawStream`] variant.
@@ -277,6 +304,7 @@ macro_rules! each {
             RawStream::Memory($s) => $body,
             RawStream::Ws($s) => $body,
             RawStream::Wss($s) => $body,
+            RawStream::Other($s) => $body,
         }
     };
 }
@@ -566,7 +594,12 @@ pub async fn dial(
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                         return Err(Error::Refused)
                     }
-                    Err(_) => None,
+                    Err(e) => {
+                        // Rare, unexplained on loopback under load (a test that needs the
+                        // listen port as the observed address then flakes): say why.
+                        tracing::debug!(%addr, port, "port reuse failed, dialing from an ephemeral port: {e}");
+                        None
+                    }
                 },
                 None => None,
             };

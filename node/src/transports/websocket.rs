@@ -76,6 +76,19 @@ pub enum Error {
     TextMessage,
 }
 
+impl crate::fault::Classify for Error {
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::Fault;
+        match self {
+            Error::Io(e) => Fault::of_io(e),
+            Error::InvalidRequest(_) => Fault::Local,
+            Error::Handshake(_) => Fault::Malformed,
+            Error::Limit(_) => Fault::Limit,
+            Error::Protocol(_) | Error::TextMessage => Fault::Protocol,
+        }
+    }
+}
+
 /// The limits we run every connection with.
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()

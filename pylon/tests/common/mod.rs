@@ -11,17 +11,18 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use pylon_node::metrics::Metrics;
-use pylon_node::node::{self, Node};
+use pylon_node::node::Node;
 use pylon_node::{Multiaddr, PeerId};
+use pylon_testkit::node as kit;
+// Re-exported for the tests (not every test binary uses both).
+#[allow(unused_imports)]
+pub(crate) use pylon_testkit::node::{kad_node, LOCAL_TCP};
+use pylon_testkit::wait;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 
 /// The bound on every wait.
 pub(crate) const T: Duration = Duration::from_secs(20);
-
-/// Loopback TCP, the port chosen by the kernel.
-pub(crate) const LOCAL_TCP: &str = "/ip4/127.0.0.1/tcp/0";
 
 /// The binary under test; `TEST_PYLON_BIN` runs the scenarios against another build (a
 /// release binary, or an older commit to reproduce a defect).
@@ -177,19 +178,17 @@ pub(crate) async fn http_get(hostport: &str, path: &str) -> String {
     http::get(hostport, path, T).await
 }
 
-/// Polls `path` until its answer contains `needle`; returns that answer.
+/// Polls `path` until its answer contains `needle`; returns that answer. (The process
+/// under test tells this one nothing: polled.)
 pub(crate) async fn wait_http(hostport: &str, path: &str, needle: &str) -> String {
-    let got = tokio::time::timeout(T, async {
-        loop {
-            let body = http_get(hostport, path).await;
-            if body.contains(needle) {
-                return body;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let mut body = String::new();
+    let what = format!("{path} answering {needle:?}");
+    wait::until_async(&what, T, async || {
+        body = http_get(hostport, path).await;
+        body.contains(needle)
     })
     .await;
-    got.unwrap_or_else(|_| panic!("{path} never answered {needle:?} within {T:?}"))
+    body
 }
 
 /// Polls the metrics endpoint until `line` (a sample, value included) shows up.
@@ -197,32 +196,8 @@ pub(crate) async fn wait_metric(hostport: &str, line: &str) {
     wait_http(hostport, "/metrics", line).await;
 }
 
-/// A node in this process on [`LOCAL_TCP`], nothing stored.
-async fn volatile(config: node::Config) -> Node {
-    let config = node::Config {
-        listen: vec![LOCAL_TCP.parse().unwrap()],
-        ..config
-    };
-    Node::start_volatile(config, Metrics::unregistered())
-        .await
-        .unwrap()
-}
-
-/// A plain peer: identify and ping, no DHT.
+/// A plain peer in this process on [`LOCAL_TCP`]: identify and ping, no DHT, nothing
+/// stored. (A DHT node: [`kad_node`].)
 pub(crate) async fn client() -> Node {
-    volatile(node::Config::default()).await
-}
-
-/// A Pylon DHT node in this process (server or client mode), refresh off.
-pub(crate) async fn kad_node(server: bool, bootstrap: Vec<Multiaddr>) -> Node {
-    volatile(node::Config {
-        kad: Some(pylon_node::protocols::kad::Config {
-            server,
-            bootstrap,
-            refresh_interval: None,
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
+    kit::start(&[LOCAL_TCP]).await
 }

@@ -157,8 +157,12 @@ pub enum Error {
     Stream(#[from] StreamError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("bad response: {0}")]
-    BadResponse(&'static str),
+    /// The response does not decode.
+    #[error("malformed response")]
+    Malformed,
+    /// The remote closed the stream without answering.
+    #[error("no reply")]
+    NoReply,
     #[error("timed out")]
     Timeout,
     #[error("record refused: {0}")]
@@ -175,7 +179,8 @@ impl Error {
             Error::Dial(_) => "dial",
             Error::Stream(_) => "stream",
             Error::Io(_) => "io",
-            Error::BadResponse(r) => r,
+            Error::Malformed => "malformed",
+            Error::NoReply => "no reply",
             Error::Timeout => "timeout",
             Error::Record(e) => e.label(),
             Error::Store(e) => e.label(),
@@ -184,11 +189,30 @@ impl Error {
     }
 }
 
+impl crate::fault::Classify for Error {
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::Fault;
+        match self {
+            Error::Dial(e) => e.fault(),
+            Error::Stream(e) => e.fault(),
+            Error::Io(e) => e.fault(),
+            Error::Malformed => Fault::Malformed,
+            Error::NoReply => Fault::Protocol,
+            Error::Timeout => Fault::Timeout,
+            // A record that fails validation is the sender's; a store that cannot take it
+            // is ours.
+            Error::Record(_) => Fault::Protocol,
+            Error::Store(_) => Fault::Local,
+            Error::NoPeers => Fault::Local,
+        }
+    }
+}
+
 impl From<FrameError> for Error {
     fn from(e: FrameError) -> Self {
         match e {
             FrameError::Io(e) => Error::Io(e),
-            FrameError::Decode(_) => Error::BadResponse("malformed"),
+            FrameError::Decode(_) => Error::Malformed,
         }
     }
 }
@@ -217,17 +241,10 @@ fn parse_addrs(raw: &[Vec<u8>]) -> Vec<Multiaddr> {
 }
 
 /// Does a dial error say the peer is gone, rather than something about us (no address
-/// we may dial yet, our limits, backoff, shutdown)?
+/// we may dial yet, our limits, backoff, shutdown, our DNS)?
 fn unreachable(e: &DialError) -> bool {
-    matches!(
-        e,
-        DialError::Refused
-            | DialError::Timeout
-            | DialError::WrongPeer { .. }
-            | DialError::NoCommonProtocol(_)
-            | DialError::Handshake(_)
-            | DialError::Io(_)
-    )
+    use crate::fault::Classify;
+    !matches!(e, DialError::Unsupported(_) | DialError::Dns(_)) && e.fault().is_remote()
 }
 
 /// A peer's entry in a lookup's answers, checked.
@@ -865,7 +882,7 @@ impl Kad {
             stream.flush().await?;
             let reply = if want_reply {
                 let frame = varint::read_frame(&mut stream, max).await?;
-                Some(proto::decode(&frame, max).map_err(|_| Error::BadResponse("malformed"))?)
+                Some(proto::decode(&frame, max).map_err(|_| Error::Malformed)?)
             } else {
                 None
             };
@@ -892,7 +909,7 @@ impl Kad {
     ) -> Result<proto::Message, Error> {
         self.request(peer, addrs, msg, true)
             .await?
-            .ok_or(Error::BadResponse("no reply"))
+            .ok_or(Error::NoReply)
     }
 
     /// An iterative lookup of `key` with `kind` requests (FIND_NODE, GET_VALUE or

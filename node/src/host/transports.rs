@@ -1,0 +1,132 @@
+//! The transport extension point: a transport added from outside the host (the relay's
+//! `/p2p-circuit` is the first) dials the addresses it claims and hands the host raw byte
+//! streams; the host secures and muxes them exactly like TCP, and counts and limits them
+//! like any connection. Inbound, the transport hands its accepted streams to
+//! [`Host::accept`].
+//!
+//! The built-in transports (TCP, WebSocket, memory in `transports/transport.rs`; QUIC,
+//! which brings its own security and streams) need no registration.
+
+use super::*;
+
+/// A byte-stream transport added with [`Host::add_transport`].
+pub trait Transport: Send + Sync + 'static {
+    /// The `transport` label of the connection metrics (`"p2p-circuit"`).
+    fn label(&self) -> &'static str;
+
+    /// Whether this transport dials `addr`. Added transports are asked, in the order they
+    /// were added, before the built-in ones and before DNS resolution.
+    fn handles(&self, addr: &Multiaddr) -> bool;
+
+    /// Opens a byte stream to `addr` (including its `/p2p/` suffix, if any); returns it and
+    /// our local address on it. Bounded by the host's `dial_timeout`.
+    fn dial(
+        &self,
+        addr: &Multiaddr,
+    ) -> BoxFuture<'static, Result<(RawStream, Multiaddr), transport::Error>>;
+}
+
+impl Host {
+    /// Adds a transport. Its dials and its inbound streams go through the host's upgrade
+    /// pipeline, admission and limits.
+    pub fn add_transport(&self, transport: Arc<dyn Transport>) {
+        write(&self.inner.transports).push(transport);
+    }
+
+    pub(super) fn added_transport(&self, addr: &Multiaddr) -> Option<Arc<dyn Transport>> {
+        read(&self.inner.transports)
+            .iter()
+            .find(|t| t.handles(addr))
+            .cloned()
+    }
+
+    /// Dials through an added transport: its byte stream, then security and muxer.
+    pub(super) async fn dial_added(
+        &self,
+        transport: Arc<dyn Transport>,
+        addr: &Multiaddr,
+    ) -> Result<Connection, DialError> {
+        let expected = last_peer(addr);
+        if expected == Some(self.peer_id()) {
+            return Err(DialError::SelfDial);
+        }
+        if self.inner.shutdown.is_cancelled() {
+            return Err(DialError::ShuttingDown);
+        }
+        if let Some(peer) = &expected {
+            self.admit(peer)?;
+        }
+        let cfg = &self.inner.config;
+        let (raw, local) = tokio::time::timeout(cfg.dial_timeout, transport.dial(addr))
+            .await
+            .map_err(|_| DialError::Timeout)??;
+        let started = Instant::now();
+        let handshaken =
+            tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, true, expected))
+                .await
+                .map_err(|_| DialError::Timeout)??;
+        let handshaken = Handshaken {
+            route: Route {
+                transport: transport.label(),
+                ip_version: ip_version_of(addr),
+                ..handshaken.route
+            },
+            ..handshaken
+        };
+        let ends = Ends {
+            remote: addr.clone(),
+            local,
+            direction: Direction::Outbound,
+        };
+        self.establish(handshaken, ends, started)
+    }
+
+    /// Takes an inbound byte stream of an added transport (`transport` is its label):
+    /// secures and muxes it in a pending-handshake place of that transport's pool, and
+    /// establishes the connection. Returns at once; `false` when no place was free (the
+    /// stream is dropped and the refusal counted).
+    pub fn accept(
+        &self,
+        raw: RawStream,
+        remote: Multiaddr,
+        local: Multiaddr,
+        transport: &'static str,
+    ) -> bool {
+        let ip_version = ip_version_of(&remote);
+        // No per-IP place: the IP in a relayed address is the relay's, shared by everyone
+        // behind it. The transport's own pool still bounds the handshakes in flight.
+        let Some(pending) = self.pending_slot(None, transport, ip_version) else {
+            return false;
+        };
+        let places = Places { ip: None, pending };
+        let ends = Ends {
+            remote,
+            local,
+            direction: Direction::Inbound,
+        };
+        let host = self.clone();
+        self.spawn(async move {
+            let handshake = async { host.upgrade(raw, false, None).await };
+            host.accept_inbound(handshake, ends, transport, ip_version, places)
+                .await;
+        });
+        true
+    }
+}
+
+/// The PeerId an address ends with (for a relayed address, the peer behind the relay).
+fn last_peer(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+/// The `ip_version` label of an address: that of its first component.
+fn ip_version_of(addr: &Multiaddr) -> &'static str {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(_)) => "ip4",
+        Some(Protocol::Ip6(_)) => "ip6",
+        _ => "",
+    }
+}
