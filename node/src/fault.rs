@@ -18,7 +18,9 @@ pub enum Fault {
     Protocol,
     /// The two sides share no protocol, or an address is of a kind nobody here speaks.
     Unsupported,
-    /// A limit was hit: ours (connection and stream caps, budgets) or the remote's.
+    /// A capacity limit was hit: ours (connection and stream caps, handshake budgets) or
+    /// the remote's (it has no room for another stream). A remote that goes past a bound
+    /// we set on its messages (size, count) broke the protocol instead: [`Fault::Protocol`].
     Limit,
     /// The remote or the network took too long.
     Timeout,

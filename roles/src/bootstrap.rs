@@ -230,8 +230,9 @@ impl Bootstrap {
             self.config.low_watermark,
             self.config.grace_period,
         ) {
-            conns[i].close();
+            // Counted first: whoever sees the close already sees it counted.
             self.idle_closed.inc();
+            conns[i].close();
         }
     }
 
@@ -252,8 +253,8 @@ impl Bootstrap {
             let now = Instant::now();
             let snapshots: Vec<Snapshot> = conns.iter().map(|c| Snapshot::of(c, now)).collect();
             for i in to_shed(&snapshots, &peer, me.config.low_watermark) {
-                conns[i].close();
                 me.shed.inc();
+                conns[i].close();
             }
             lock(&me.pending).remove(&peer);
         });

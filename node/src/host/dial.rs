@@ -63,18 +63,21 @@ impl Host {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let ep = crate::quic::bind(any, None).map_err(DialError::Quic)?;
+        let ep = crate::quic::bind(any, None).map_err(|e| match e {
+            crate::quic::Error::Io(e) => DialError::LocalSocket(e),
+            other => DialError::Quic(other),
+        })?;
         *slot = Some(ep.clone());
         Ok(ep)
     }
 
     /// The QUIC handshake: TLS with the expected PeerId checked inside it. Returns the
-    /// handshaken connection and our local address.
+    /// handshaken connection, our local address and when the handshake started.
     pub(super) async fn dial_quic(
         &self,
         remote: std::net::SocketAddr,
         expected: Option<PeerId>,
-    ) -> Result<(Handshaken, Multiaddr), DialError> {
+    ) -> Result<(Handshaken, Multiaddr, Instant), DialError> {
         let endpoint = self.quic_endpoint_for(remote)?;
         let (config, setup) = crate::quic::client_config(
             self.inner.security.certificate(),
@@ -82,6 +85,7 @@ impl Host {
             self.inner.config.max_streams_per_connection + YAMUX_STREAM_HEADROOM,
         )
         .map_err(DialError::Quic)?;
+        let started = Instant::now();
         let connecting = crate::quic::connect(&endpoint, config, remote);
         let conn = match tokio::time::timeout(self.inner.config.handshake_timeout, connecting).await
         {
@@ -106,14 +110,14 @@ impl Host {
         let local = endpoint
             .local_addr()
             .map(crate::quic::multiaddr)
-            .map_err(DialError::Io)?;
+            .map_err(DialError::LocalSocket)?;
         let handshaken = Handshaken {
             mux: Muxer::Quic(conn),
             peer: key.to_peer_id(),
             key,
             route: quic_route(if remote.is_ipv4() { "ip4" } else { "ip6" }),
         };
-        Ok((handshaken, local))
+        Ok((handshaken, local, started))
     }
 
     /// The listen port to dial `target` from, unless we did so within the last
@@ -189,7 +193,7 @@ impl Host {
                     label,
                     e.label(),
                     e.fault(),
-                    "",
+                    transports::ip_version_of(addr),
                 );
             }
             return result;
@@ -260,11 +264,7 @@ impl Host {
         }
         let cfg = &self.inner.config;
         let (handshaken, local, started) = match target {
-            Target::Quic(remote) => {
-                let started = Instant::now();
-                let (handshaken, local) = self.dial_quic(*remote, expected).await?;
-                (handshaken, local, started)
-            }
+            Target::Quic(remote) => self.dial_quic(*remote, expected).await?,
             _ => {
                 let reuse = if cfg.port_reuse {
                     self.reuse_port_for(target)
@@ -297,6 +297,7 @@ impl Host {
             remote: strip_p2p(addr),
             local,
             direction: Direction::Outbound,
+            ip_slot: None,
         };
         self.establish(handshaken, ends, started)
     }

@@ -41,6 +41,10 @@ pub enum DialError {
     Transport(transport::Error),
     #[error("{0} limit reached")]
     Limit(LimitScope),
+    /// Our own socket could not be set up (a QUIC endpoint to dial from: out of file
+    /// descriptors, say).
+    #[error("local socket: {0}")]
+    LocalSocket(io::Error),
     #[error("dialing ourselves")]
     SelfDial,
     #[error("host is shutting down")]
@@ -68,6 +72,7 @@ impl DialError {
             | DialError::Quic(_)
             | DialError::Transport(_) => "handshake",
             DialError::Limit(_) => "limit",
+            DialError::LocalSocket(_) => "other",
             DialError::SelfDial => "self_dial",
             DialError::ShuttingDown => "shutting_down",
             DialError::Io(_) => "io",
@@ -96,7 +101,8 @@ impl Classify for DialError {
             DialError::NoAddresses
             | DialError::SelfDial
             | DialError::ShuttingDown
-            | DialError::Backoff => Fault::Local,
+            | DialError::Backoff
+            | DialError::LocalSocket(_) => Fault::Local,
             DialError::Unsupported(_) | DialError::NoCommonProtocol(_) => Fault::Unsupported,
             DialError::Refused => Fault::Io,
             DialError::Timeout => Fault::Timeout,

@@ -13,11 +13,13 @@ pub(super) struct Handshaken {
     pub(super) route: Route,
 }
 
-/// The two ends of a connection and which side opened it.
+/// The two ends of a connection, which side opened it, and (inbound) the per-IP place the
+/// connection holds while it lives.
 pub(super) struct Ends {
     pub(super) remote: Multiaddr,
     pub(super) local: Multiaddr,
     pub(super) direction: Direction,
+    pub(super) ip_slot: Option<IpSlot>,
 }
 
 impl Muxer {
@@ -67,6 +69,7 @@ impl Host {
             remote: remote_addr,
             local: local_addr,
             direction,
+            ip_slot,
         } = ends;
         let (opener, cmd_rx) = mux.opener();
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
@@ -88,7 +91,7 @@ impl Host {
                 close_requested: CancellationToken::new(),
                 closed: CancellationToken::new(),
                 live_streams: AtomicUsize::new(0),
-                ip_slot: Mutex::new(None),
+                ip_slot: Mutex::new(ip_slot),
                 max_streams: self.inner.config.max_streams_per_connection.max(1),
                 metrics: self.inner.metrics.clone(),
             }),

@@ -49,6 +49,7 @@ impl Host {
                     remote,
                     local,
                     direction: Direction::Inbound,
+                    ip_slot: None,
                 };
                 host.spawn(async move {
                     host2
@@ -142,6 +143,7 @@ impl Host {
             remote,
             local,
             direction: Direction::Inbound,
+            ip_slot: None,
         };
         self.accept_inbound(handshake, ends, "quic-v1", ip_version, places)
             .await;
@@ -208,15 +210,19 @@ impl Host {
             },
             ..handshaken
         };
-        match self.establish(handshaken, ends, started) {
-            Ok(c) => *lock(&c.inner.ip_slot) = slot,
-            Err(e) => count_error(
+        // The connection holds its per-IP place from the moment it is registered.
+        let ends = Ends {
+            ip_slot: slot,
+            ..ends
+        };
+        if let Err(e) = self.establish(handshaken, ends, started) {
+            count_error(
                 &self.inner.metrics.handshake_errors,
                 transport,
                 e.label(),
                 e.fault(),
                 ip_version,
-            ),
+            );
         }
     }
 }

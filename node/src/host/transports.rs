@@ -1,8 +1,14 @@
 //! The transport extension point: a transport added from outside the host (the relay's
 //! `/p2p-circuit` is the first) dials the addresses it claims and hands the host raw byte
-//! streams; the host secures and muxes them exactly like TCP, and counts and limits them
-//! like any connection. Inbound, the transport hands its accepted streams to
-//! [`Host::accept`].
+//! streams; the host secures and muxes them exactly like TCP. Inbound, the transport hands
+//! its accepted streams to [`Host::accept`].
+//!
+//! Bounds: the host applies its connection limits (total, per peer) and the transport's
+//! own pool of pending handshakes (`max_pending_incoming` per transport label, oldest
+//! evicted when full). Per-IP and per-subnet caps do not apply, as an added transport's
+//! remote carries no IP of its own (a relayed address carries the relay's): the transport
+//! bounds its own inbound (the relay client accepts circuits only through the
+//! reservations it holds, with the relay's limits).
 //!
 //! The built-in transports (TCP, WebSocket, memory in `transports/transport.rs`; QUIC,
 //! which brings its own security and streams) need no registration.
@@ -74,14 +80,16 @@ impl Host {
             ..handshaken
         };
         let ends = Ends {
-            remote: addr.clone(),
+            remote: without_last_peer(addr),
             local,
             direction: Direction::Outbound,
+            ip_slot: None,
         };
         self.establish(handshaken, ends, started)
     }
 
-    /// Takes an inbound byte stream of an added transport (`transport` is its label):
+    /// Takes an inbound byte stream of an added transport (`transport` is its label, which
+    /// must be its own: a built-in label such as `"tcp"` would share that pool):
     /// secures and muxes it in a pending-handshake place of that transport's pool, and
     /// establishes the connection. Returns at once; `false` when no place was free (the
     /// stream is dropped and the refusal counted).
@@ -103,6 +111,7 @@ impl Host {
             remote,
             local,
             direction: Direction::Inbound,
+            ip_slot: None,
         };
         let host = self.clone();
         self.spawn(async move {
@@ -114,6 +123,16 @@ impl Host {
     }
 }
 
+/// `addr` without the `/p2p/` it ends with (the peer is the connection's, not its
+/// address's; a relayed address keeps the relay's own `/p2p/`).
+fn without_last_peer(addr: &Multiaddr) -> Multiaddr {
+    let mut addr = addr.clone();
+    if let Some(Protocol::P2p(_)) = addr.iter().last() {
+        addr.pop();
+    }
+    addr
+}
+
 /// The PeerId an address ends with (for a relayed address, the peer behind the relay).
 fn last_peer(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last() {
@@ -123,7 +142,7 @@ fn last_peer(addr: &Multiaddr) -> Option<PeerId> {
 }
 
 /// The `ip_version` label of an address: that of its first component.
-fn ip_version_of(addr: &Multiaddr) -> &'static str {
+pub(super) fn ip_version_of(addr: &Multiaddr) -> &'static str {
     match addr.iter().next() {
         Some(Protocol::Ip4(_)) => "ip4",
         Some(Protocol::Ip6(_)) => "ip6",

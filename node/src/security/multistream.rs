@@ -48,9 +48,11 @@ impl crate::fault::Classify for Error {
         match self {
             Error::Io(e) => Fault::of_io(e),
             Error::Malformed(_) => Fault::Malformed,
-            Error::BadHeader(_) | Error::UnexpectedAnswer(_) => Fault::Protocol,
+            // Past our bound on proposals: the remote's misbehaviour.
+            Error::BadHeader(_) | Error::UnexpectedAnswer(_) | Error::TooManyProposals => {
+                Fault::Protocol
+            }
             Error::NoCommonProtocol => Fault::Unsupported,
-            Error::TooManyProposals => Fault::Limit,
         }
     }
 }

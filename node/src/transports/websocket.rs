@@ -83,8 +83,8 @@ impl crate::fault::Classify for Error {
             Error::Io(e) => Fault::of_io(e),
             Error::InvalidRequest(_) => Fault::Local,
             Error::Handshake(_) => Fault::Malformed,
-            Error::Limit(_) => Fault::Limit,
-            Error::Protocol(_) | Error::TextMessage => Fault::Protocol,
+            // The remote went past one of our bounds: its misbehaviour, not our capacity.
+            Error::Limit(_) | Error::Protocol(_) | Error::TextMessage => Fault::Protocol,
         }
     }
 }
