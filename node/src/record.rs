@@ -170,6 +170,30 @@ pub fn seal(
     .encode_to_vec())
 }
 
+/// Opens an envelope of one `domain` and `payload_type` (a relay's reservation voucher,
+/// say): the signer's key and the payload, once the signature checks out.
+pub fn open(
+    envelope: &[u8],
+    domain: &str,
+    payload_type: &[u8],
+) -> Result<(PublicKey, Vec<u8>), Error> {
+    let env: proto::Envelope =
+        proto::decode(envelope, MAX_ENVELOPE_LEN).map_err(|_| Error::MalformedEnvelope)?;
+    let key: PublicKey = decode_public_key(&env.public_key).map_err(|_| Error::BadKey)?;
+    if env.payload_type != payload_type {
+        return Err(Error::WrongType);
+    }
+    if !crate::identity::verify_cached(
+        &key,
+        &env.public_key,
+        &signing_input(domain, &env.payload_type, &env.payload),
+        &env.signature,
+    ) {
+        return Err(Error::BadSignature);
+    }
+    Ok((key, env.payload))
+}
+
 /// Opens and verifies a peer-record envelope in either accepted format.
 ///
 /// Order follows RFC 0003: the signature is checked before the payload is parsed.

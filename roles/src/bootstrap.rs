@@ -124,8 +124,12 @@ impl Role for Bootstrap {
         Ok(())
     }
 
-    fn start(node: &Node, config: Config, metrics: &mut Registry) -> Result<Arc<Self>, Error> {
-        Bootstrap::start_in(node, config, metrics)
+    fn start(
+        node: &Node,
+        config: Config,
+        metrics: &mut crate::Metrics<'_>,
+    ) -> Result<Arc<Self>, Error> {
+        Bootstrap::start_in(node, config, metrics.own())
     }
 
     fn status(&self) -> Status {

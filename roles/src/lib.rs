@@ -14,6 +14,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod relay;
 
 use std::any::Any;
 use std::fmt;
@@ -28,7 +29,8 @@ use serde::Serialize;
 /// Every role, in the order they are configured and started. Adding a role: its module
 /// (above) and one line here.
 static ALL: &[&dyn DynRole] = &[
-    &Registered::<bootstrap::Bootstrap>::ROLE, //
+    &Registered::<bootstrap::Bootstrap>::ROLE,
+    &Registered::<relay::Relay>::ROLE,
 ];
 
 /// Every role the binary knows, in the order they are configured and started.
@@ -68,13 +70,13 @@ pub trait Role: Send + Sync + Sized + 'static {
     /// that conflicts.
     fn require(config: &Self::Config, node: &mut node::Config) -> Result<(), config::Error>;
 
-    /// Starts the role on the running node. `metrics` is the role's own sub-registry:
-    /// a metric registered as `shed_connections` is exported as
-    /// `pylon_NAME_shed_connections_total`.
+    /// Starts the role on the running node, its metrics registered through `metrics`
+    /// ([`Metrics::own`]: a metric registered as `shed_connections` is exported as
+    /// `pylon_NAME_shed_connections_total`).
     fn start(
         node: &Node,
         config: Self::Config,
-        metrics: &mut Registry,
+        metrics: &mut Metrics<'_>,
     ) -> Result<Arc<Self>, Self::Error>;
 
     /// What the running role is doing.
@@ -84,6 +86,36 @@ pub trait Role: Send + Sync + Sized + 'static {
 /// The role's own metrics registry under `registry`: prefix `pylon_NAME`.
 pub fn metrics_registry<R: Role>(registry: &mut Registry) -> &mut Registry {
     registry.sub_registry_with_prefix(format!("pylon_{}", R::NAME))
+}
+
+/// Where a role registers its metrics: its own families under `pylon_NAME_*`
+/// ([`Metrics::own`]), and the families of go-libp2p's it reproduces under their standard
+/// prefix ([`Metrics::standard`], e.g. `libp2p_relaysvc`), so go-libp2p's published
+/// dashboards read them unchanged.
+pub struct Metrics<'a> {
+    root: &'a mut Registry,
+    name: &'static str,
+}
+
+impl<'a> Metrics<'a> {
+    /// Metrics of the role `R`, registered in `root`.
+    pub fn of<R: Role>(root: &'a mut Registry) -> Self {
+        Metrics {
+            root,
+            name: R::NAME,
+        }
+    }
+
+    /// The role's own sub-registry: prefix `pylon_NAME`.
+    pub fn own(&mut self) -> &mut Registry {
+        self.root
+            .sub_registry_with_prefix(format!("pylon_{}", self.name))
+    }
+
+    /// A sub-registry with a standard prefix (`libp2p_relaysvc`).
+    pub fn standard(&mut self, prefix: &str) -> &mut Registry {
+        self.root.sub_registry_with_prefix(prefix)
+    }
 }
 
 /// Why a role did not start.
@@ -251,7 +283,7 @@ impl<R: Role> DynConfigured for Checked<R> {
 
     fn start(&self, node: &Node, registry: &mut Registry) -> Result<Running, Error> {
         let role =
-            R::start(node, self.config.clone(), metrics_registry::<R>(registry)).map_err(|e| {
+            R::start(node, self.config.clone(), &mut Metrics::of::<R>(registry)).map_err(|e| {
                 Error::Start {
                     role: R::NAME,
                     source: Box::new(e),

@@ -4,3 +4,4 @@ pub mod identify;
 pub mod kad;
 pub mod perf;
 pub mod ping;
+pub mod relay;

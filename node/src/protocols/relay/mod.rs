@@ -1,0 +1,16 @@
+//! Circuit relay v2 (`specs/relay/circuit-v2.md`): what both ends of a relay speak.
+//!
+//! - [`proto`]: the hop and stop messages, status codes and their framing;
+//! - [`voucher`]: reservation vouchers (signed envelopes).
+//!
+//! The relay service — the hop protocol's server, its limits and policy, the splice of
+//! circuits — is the relay role's (`pylon_roles::relay`). The client side (reserving,
+//! dialing through a relay as a transport, answering `STOP`) builds on these same types.
+
+pub mod proto;
+pub mod voucher;
+
+/// The hop protocol: clients to the relay.
+pub const HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
+/// The stop protocol: the relay to the target of a circuit.
+pub const STOP: &str = "/libp2p/circuit/relay/0.2.0/stop";

@@ -1,0 +1,291 @@
+//! The relay role on real nodes in this process (loopback TCP, Noise, yamux): clients
+//! speaking the hop and stop protocols message by message, so every answer is checked
+//! on the wire. Interop with rust-libp2p's relay client: `interop/tests/relay_rust_libp2p.rs`.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use prometheus_client::registry::Registry;
+use pylon_node::host::{Extension, Stream};
+use pylon_node::node::Node;
+use pylon_node::protocols::relay::proto::{self, HopMessage, Status, StopMessage};
+use pylon_node::protocols::relay::{voucher, HOP, STOP};
+use pylon_node::varint;
+use pylon_node::PeerId;
+use pylon_roles::relay::{Config, Relay};
+use pylon_roles::{Metrics, Role};
+use pylon_testkit::node as kit;
+use pylon_testkit::wait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(20);
+
+/// A relay node with `config`; its registry (to read the metrics).
+async fn relay(config: Config) -> (Node, Arc<Relay>, Registry) {
+    let node = kit::start(&[kit::LOCAL_TCP]).await;
+    let mut registry = Registry::default();
+    let relay = Relay::start(&node, config, &mut Metrics::of::<Relay>(&mut registry)).unwrap();
+    (node, relay, registry)
+}
+
+fn metric(registry: &Registry, line_start: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A client connected to `relay`.
+async fn client(relay: &Node) -> Node {
+    let c = kit::start(&[kit::LOCAL_TCP]).await;
+    c.host.dial(&kit::addr_of(relay)).await.unwrap();
+    c
+}
+
+async fn hop(client: &Node, relay: &Node, msg: &HopMessage) -> (HopMessage, Stream) {
+    let mut s = client
+        .host
+        .open_stream(&relay.peer_id(), &[HOP])
+        .await
+        .unwrap();
+    proto::write(&mut s, msg).await.unwrap();
+    let answer = tokio::time::timeout(T, proto::read::<HopMessage, _>(&mut s))
+        .await
+        .unwrap()
+        .unwrap();
+    (answer, s)
+}
+
+/// Answers every `STOP` with OK, then echoes the circuit's bytes back; counts the calls.
+struct Echo {
+    callers: tokio::sync::mpsc::Sender<PeerId>,
+}
+
+impl Extension for Echo {
+    fn protocol_ids(&self) -> Vec<String> {
+        vec![STOP.to_string()]
+    }
+
+    fn handle_stream(self: Arc<Self>, mut s: Stream) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let Ok(msg) = proto::read::<StopMessage, _>(&mut s).await else {
+                return;
+            };
+            let Ok(caller) = msg.caller() else { return };
+            let _ = self.callers.send(caller).await;
+            proto::write(&mut s, &StopMessage::answer(Status::Ok))
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = s.shutdown().await;
+        })
+    }
+}
+
+fn echo(node: &Node) -> tokio::sync::mpsc::Receiver<PeerId> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    node.host.install(Arc::new(Echo { callers: tx }));
+    rx
+}
+
+#[tokio::test]
+async fn a_reserved_peer_is_reached_through_a_circuit() {
+    let (r, relay, registry) = relay(Config::default()).await;
+    let a = client(&r).await;
+    let mut callers = echo(&a);
+
+    let (answer, _) = hop(&a, &r, &HopMessage::reserve()).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok));
+    let reservation = answer.reservation.unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expire = reservation.expire.unwrap();
+    assert!(
+        (now + 3590..=now + 3610).contains(&expire),
+        "expire {expire}, now {now}"
+    );
+    let relay_addr = kit::addr_of(&r);
+    assert!(
+        reservation.relay_addrs().contains(&relay_addr),
+        "{:?} lacks {relay_addr}",
+        reservation.relay_addrs()
+    );
+    let v = voucher::open(&reservation.voucher.unwrap()).unwrap();
+    assert_eq!(
+        (v.relay, v.peer, v.expiration),
+        (r.peer_id(), a.peer_id(), expire)
+    );
+    let limit = answer.limit.unwrap();
+    assert_eq!(limit.duration, Some(600), "seconds, as the spec says");
+    assert_eq!(limit.data, Some(16 * 1024 * 1024));
+    assert_eq!(relay.reservation_count(), 1);
+
+    let b = client(&r).await;
+    let (answer, mut circuit) = hop(&b, &r, &HopMessage::connect(a.peer_id())).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok));
+    assert_eq!(answer.limit.unwrap().duration, Some(600));
+    assert_eq!(
+        callers.recv().await,
+        Some(b.peer_id()),
+        "A learns who calls"
+    );
+    circuit.write_all(b"over the circuit").await.unwrap();
+    circuit.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(T, circuit.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, b"over the circuit");
+
+    wait::until("circuit closed", T, || relay.circuit_count() == 0).await;
+    assert_eq!(
+        metric(
+            &registry,
+            "libp2p_relaysvc_reservations_total{type=\"opened\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&registry, "libp2p_relaysvc_data_transferred_bytes_total"),
+        32.0,
+        "16 bytes each way"
+    );
+    assert_eq!(
+        metric(
+            &registry,
+            "pylon_relay_circuits_ended_total{outcome=\"closed\"}"
+        ),
+        1.0
+    );
+    // A refresh renews; the status view lists the reservation.
+    let (answer, _) = hop(&a, &r, &HopMessage::reserve()).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok));
+    assert_eq!(
+        metric(
+            &registry,
+            "libp2p_relaysvc_reservations_total{type=\"renewed\"}"
+        ),
+        1.0
+    );
+    let status = relay.status();
+    assert_eq!(status.reservations.len(), 1);
+    assert_eq!(status.reservations[0].peer, a.peer_id().to_string());
+}
+
+#[tokio::test]
+async fn refusals_carry_the_spec_statuses() {
+    let (r, relay, registry) = relay(Config {
+        max_reservations_per_ip: 1,
+        ..Config::default()
+    })
+    .await;
+    let a = client(&r).await;
+    let _stop = echo(&a);
+    let (answer, _) = hop(&a, &r, &HopMessage::reserve()).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok));
+    // A second peer from the same IP (127.0.0.1): over the per-IP limit.
+    let b = client(&r).await;
+    let (answer, _) = hop(&b, &r, &HopMessage::reserve()).await;
+    assert_eq!(answer.status_of(), Some(Status::ReservationRefused));
+    assert_eq!(
+        metric(
+            &registry,
+            "libp2p_relaysvc_reservation_rejections_total{reason=\"reservations_per_ip\"}"
+        ),
+        1.0
+    );
+    // A circuit to a peer without a reservation.
+    let (answer, _) = hop(&a, &r, &HopMessage::connect(b.peer_id())).await;
+    assert_eq!(answer.status_of(), Some(Status::NoReservation));
+    // To itself.
+    let (answer, _) = hop(&a, &r, &HopMessage::connect(a.peer_id())).await;
+    assert_eq!(answer.status_of(), Some(Status::PermissionDenied));
+    // A client sending a STATUS, and one sending bytes that are no message.
+    let (answer, _) = hop(&b, &r, &HopMessage::answer(Status::Ok)).await;
+    assert_eq!(answer.status_of(), Some(Status::UnexpectedMessage));
+    let mut s = b.host.open_stream(&r.peer_id(), &[HOP]).await.unwrap();
+    varint::write_frame(&mut s, &[0xff; 40]).await.unwrap();
+    let answer: HopMessage = proto::read(&mut s).await.unwrap();
+    assert_eq!(answer.status_of(), Some(Status::MalformedMessage));
+    assert_eq!(
+        metric(
+            &registry,
+            "pylon_relay_bad_requests_total{status=\"malformed_message\"}"
+        ),
+        1.0
+    );
+    // A peer that disconnects loses its reservation.
+    a.host.disconnect(&r.peer_id());
+    wait::until("reservation released", T, || relay.reservation_count() == 0).await;
+    let (answer, _) = hop(&b, &r, &HopMessage::connect(a.peer_id())).await;
+    assert_eq!(answer.status_of(), Some(Status::NoReservation));
+}
+
+#[tokio::test]
+async fn a_circuit_past_its_data_limit_is_cut() {
+    let (r, relay, registry) = relay(Config {
+        circuit_data: 1000,
+        ..Config::default()
+    })
+    .await;
+    let a = client(&r).await;
+    let _stop = echo(&a);
+    let (answer, _) = hop(&a, &r, &HopMessage::reserve()).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok));
+    let b = client(&r).await;
+    let (answer, mut circuit) = hop(&b, &r, &HopMessage::connect(a.peer_id())).await;
+    assert_eq!(answer.limit.unwrap().data, Some(1000));
+    // 5000 bytes up: the relay passes 1000, then resets both streams.
+    let _ = circuit.write_all(&[9u8; 5000]).await;
+    let mut back = Vec::new();
+    let _ = tokio::time::timeout(T, circuit.read_to_end(&mut back))
+        .await
+        .unwrap();
+    assert!(back.len() <= 1000, "{} bytes came back", back.len());
+    wait::until("circuit cut", T, || relay.circuit_count() == 0).await;
+    assert_eq!(
+        metric(
+            &registry,
+            "pylon_relay_circuits_ended_total{outcome=\"data_limit\"}"
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn contradicting_limits_are_refused_naming_both_keys() {
+    let bad = Config {
+        max_reservations_per_ip: 64,
+        ..Config::default()
+    };
+    let e = Relay::check(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("roles.relay.max_reservations_per_ip")
+            && e.contains("roles.relay.max_reservations_per_subnet"),
+        "{e}"
+    );
+    let bad = Config {
+        max_circuits: 8,
+        ..Config::default()
+    };
+    let e = Relay::check(&bad).unwrap_err().to_string();
+    assert!(e.contains("max_circuits_per_peer"), "{e}");
+    assert!(Relay::check(&Config::default()).is_ok());
+}
