@@ -168,3 +168,164 @@ async fn rust_libp2p_peers_meet_through_a_pylon_relay() {
     wait::until("circuit freed", T, || relay_role.circuit_count() == 0).await;
     a_task.abort();
 }
+
+#[derive(NetworkBehaviour)]
+struct RelayServer {
+    relay: relay::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// A rust-libp2p relay server on loopback TCP, running in its own task; its address
+/// with `/p2p/`.
+async fn rust_relay() -> (Multiaddr, tokio::task::JoinHandle<()>) {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| RelayServer {
+            relay: relay::Behaviour::new(key.public().to_peer_id(), Default::default()),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/interop/relay/1.0.0".into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::new(ping::Config::new()),
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let listen = tokio::time::timeout(T, async {
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                return address;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // rust-libp2p's relay serves only with a confirmed external address.
+    swarm.add_external_address(listen.clone());
+    let addr = listen.with(Protocol::P2p(*swarm.local_peer_id()));
+    let task = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (addr, task)
+}
+
+/// A Pylon node behind a rust-libp2p relay: Pylon's relay client reserves there, and a
+/// rust-libp2p peer reaches the Pylon node through it and pings it.
+#[tokio::test]
+async fn a_pylon_node_is_reached_through_a_rust_libp2p_relay() {
+    use pylon_node::protocols::relay::client::Client;
+    let (relay_addr, relay_task) = rust_relay().await;
+    let a = kit::start(&[kit::LOCAL_TCP]).await;
+    let a_client = Client::install(&a.host);
+    let pylon_relay_addr: pylon_node::Multiaddr = relay_addr.to_string().parse().unwrap();
+    let reserved = tokio::time::timeout(T, a_client.reserve(&pylon_relay_addr))
+        .await
+        .unwrap()
+        .unwrap();
+    // rust-libp2p's defaults, as Pylon's client read them: 2 min and 128 KiB per circuit,
+    // and no voucher (INTEROP-NOTES).
+    let limit = reserved.limit.unwrap();
+    assert_eq!((limit.duration, limit.data), (Some(120), Some(128 * 1024)));
+    assert!(reserved.voucher.is_none());
+    assert!(
+        reserved.expires > std::time::Instant::now(),
+        "an expiry in the future"
+    );
+    let a_id: PeerId = a.peer_id().to_string().parse().unwrap();
+
+    let mut b = client();
+    b.dial(
+        relay_addr
+            .clone()
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(a_id)),
+    )
+    .unwrap();
+    let rtt = until(
+        &mut b,
+        "B's ping of the Pylon node through the relay",
+        |e| match e {
+            SwarmEvent::Behaviour(ClientEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) if peer == a_id => Some(rtt),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(rtt < T);
+    let conn = kit::connection(&a, b.local_peer_id().to_string().parse().unwrap(), T).await;
+    assert_eq!(conn.transport(), "p2p-circuit");
+    relay_task.abort();
+}
+
+/// The other way round: a rust-libp2p peer reserves on the Pylon relay and a Pylon node
+/// dials it through the relay with Pylon's relay client.
+#[tokio::test]
+async fn a_pylon_node_dials_a_rust_libp2p_peer_through_the_pylon_relay() {
+    use pylon_node::protocols::relay::client::Client;
+    let r = kit::start(&[kit::LOCAL_TCP]).await;
+    let mut registry = Registry::default();
+    let relay_role = Relay::start(
+        &r,
+        Config::default(),
+        &mut Metrics::of::<Relay>(&mut registry),
+    )
+    .unwrap();
+    let relay_addr: Multiaddr = kit::addr_of(&r).to_string().parse().unwrap();
+    let mut a = client();
+    let a_id = *a.local_peer_id();
+    a.listen_on(relay_addr.clone().with(Protocol::P2pCircuit))
+        .unwrap();
+    until(&mut a, "A's reservation", |e| match e {
+        SwarmEvent::Behaviour(ClientEvent::Relay(
+            relay::client::Event::ReservationReqAccepted { .. },
+        )) => Some(()),
+        _ => None,
+    })
+    .await;
+    let a_task = tokio::spawn(async move {
+        loop {
+            a.select_next_some().await;
+        }
+    });
+
+    let b = kit::start(&[kit::LOCAL_TCP]).await;
+    let _b_client = Client::install(&b.host);
+    let to_a: pylon_node::Multiaddr = relay_addr
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(a_id))
+        .to_string()
+        .parse()
+        .unwrap();
+    let conn = tokio::time::timeout(T, b.host.dial(&to_a))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.transport(), "p2p-circuit");
+    // Pylon pings the rust-libp2p peer over the circuit.
+    let mut s = conn.open_stream(&["/ipfs/ping/1.0.0"]).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(&[5u8; 32]).await.unwrap();
+    let mut pong = [0u8; 32];
+    tokio::time::timeout(T, s.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, [5u8; 32]);
+    assert_eq!(relay_role.circuit_count(), 1);
+    a_task.abort();
+}

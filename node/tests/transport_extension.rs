@@ -14,7 +14,7 @@ use multiaddr::{Multiaddr, Protocol};
 use pylon_node::fault::{Classify, Fault};
 use pylon_node::host::{DialError, Host, Transport};
 use pylon_node::metrics::DialErrorLabels;
-use pylon_node::transport::{self, RawStream};
+use pylon_node::transport::RawStream;
 use pylon_node::Keypair;
 use pylon_testkit::node as kit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,8 +41,9 @@ impl Transport for Pipe {
 
     fn dial(
         &self,
+        _host: &Host,
         _addr: &Multiaddr,
-    ) -> BoxFuture<'static, Result<(RawStream, Multiaddr), transport::Error>> {
+    ) -> BoxFuture<'static, Result<(RawStream, Multiaddr), DialError>> {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let local: Multiaddr = "/p2p-circuit".parse().unwrap();
         let accepted = self.to.accept(
@@ -53,7 +54,7 @@ impl Transport for Pipe {
         );
         Box::pin(async move {
             if !accepted {
-                return Err(transport::Error::Refused);
+                return Err(DialError::Refused);
             }
             Ok((RawStream::other(ours), local))
         })

@@ -289,3 +289,65 @@ fn contradicting_limits_are_refused_naming_both_keys() {
     assert!(e.contains("max_circuits_per_peer"), "{e}");
     assert!(Relay::check(&Config::default()).is_ok());
 }
+
+/// Pylon's own relay client: A keeps a reservation (its listen addresses gain the circuit
+/// address), B dials A through the relay as a transport; the relayed connection is
+/// secured and muxed like any other and carries a ping.
+#[tokio::test]
+async fn pylon_nodes_meet_through_the_relay_with_the_relay_client() {
+    use pylon_node::protocols::relay::client::{self, Client};
+    let (r, relay, _registry) = relay(Config::default()).await;
+    let a = kit::start(&[kit::LOCAL_TCP]).await;
+    let a_client = Client::install(&a.host);
+    let relay_addr = kit::addr_of(&r);
+    a_client.listen_via(relay_addr.clone());
+    let circuit_addr = relay_addr.clone().with(multiaddr::Protocol::P2pCircuit);
+    kit::until(&a, "A listens through the relay", T, || {
+        a.host.listen_addrs().contains(&circuit_addr)
+    })
+    .await;
+    assert_eq!(relay.reservation_count(), 1);
+    assert_eq!(a_client.reservations()[0].relay, r.peer_id());
+
+    let b = kit::start(&[kit::LOCAL_TCP]).await;
+    let _b_client = Client::install(&b.host);
+    let to_a = circuit_addr
+        .clone()
+        .with(multiaddr::Protocol::P2p(a.peer_id()));
+    let conn = tokio::time::timeout(T, b.host.dial(&to_a))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.peer(), a.peer_id());
+    assert_eq!(conn.transport(), client::LABEL);
+    assert_eq!(conn.remote_addr(), &circuit_addr);
+    let theirs = kit::connection(&a, b.peer_id(), T).await;
+    assert_eq!(theirs.transport(), client::LABEL);
+    let mut ping = conn.open_stream(&["/ipfs/ping/1.0.0"]).await.unwrap();
+    ping.write_all(&[3u8; 32]).await.unwrap();
+    let mut pong = [0u8; 32];
+    tokio::time::timeout(T, ping.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, [3u8; 32]);
+    assert_eq!(relay.circuit_count(), 1);
+
+    // A dial through the relay to a peer holding no reservation: the relay's status.
+    let stranger = kit::start(&[kit::LOCAL_TCP]).await;
+    let to_stranger = circuit_addr.with(multiaddr::Protocol::P2p(stranger.peer_id()));
+    let err = b.host.dial(&to_stranger).await.unwrap_err();
+    assert!(
+        matches!(err, pylon_node::host::DialError::RelayRefused(204)),
+        "{err:?}"
+    );
+
+    // A STOP from a peer A holds no reservation with is refused.
+    let c = client(&a).await;
+    let mut s = c.host.open_stream(&a.peer_id(), &[STOP]).await.unwrap();
+    proto::write(&mut s, &StopMessage::connect(c.peer_id(), None))
+        .await
+        .unwrap();
+    let answer: StopMessage = proto::read(&mut s).await.unwrap();
+    assert_eq!(answer.status_of(), Some(Status::PermissionDenied));
+}

@@ -41,6 +41,17 @@ pub enum DialError {
     Transport(transport::Error),
     #[error("{0} limit reached")]
     Limit(LimitScope),
+    /// A relay answered our circuit request with an error status
+    /// (`specs/relay/circuit-v2.md`: 201 resource limit, 202 permission denied, 203
+    /// connection failed, 204 no reservation, ...).
+    #[error("relay refused the circuit with status {0}")]
+    RelayRefused(u16),
+    /// The relay's answer was not a hop message.
+    #[error("relay answered with a malformed message")]
+    RelayMalformed,
+    /// The stream to the relay failed before it answered.
+    #[error("relay stream: {0}")]
+    RelayStream(StreamError),
     /// Our own socket could not be set up (a QUIC endpoint to dial from: out of file
     /// descriptors, say).
     #[error("local socket: {0}")]
@@ -73,6 +84,9 @@ impl DialError {
             | DialError::Transport(_) => "handshake",
             DialError::Limit(_) => "limit",
             DialError::LocalSocket(_) => "other",
+            DialError::RelayRefused(_) | DialError::RelayMalformed | DialError::RelayStream(_) => {
+                "relay"
+            }
             DialError::SelfDial => "self_dial",
             DialError::ShuttingDown => "shutting_down",
             DialError::Io(_) => "io",
@@ -112,6 +126,12 @@ impl Classify for DialError {
             DialError::Quic(e) => e.fault(),
             DialError::Transport(e) => e.fault(),
             DialError::Limit(_) => Fault::Limit,
+            // RESOURCE_LIMIT_EXCEEDED; the rest (no reservation, connection failed, denied)
+            // say the target cannot be reached this way.
+            DialError::RelayRefused(201) => Fault::Limit,
+            DialError::RelayRefused(_) => Fault::Io,
+            DialError::RelayMalformed => Fault::Malformed,
+            DialError::RelayStream(e) => e.fault(),
             DialError::Io(e) => e.fault(),
             DialError::Dns(e) => e.fault(),
         }

@@ -61,6 +61,34 @@ impl Host {
         Ok(bound)
     }
 
+    /// Adds an address we are reachable at without a listener of our own (a relay's
+    /// `/p2p-circuit` address while we hold a reservation there); protocols advertise it.
+    pub fn add_listen_addr(&self, addr: Multiaddr) {
+        {
+            let mut addrs = write(&self.inner.listen_addrs);
+            if addrs.contains(&addr) {
+                return;
+            }
+            addrs.push(addr);
+        }
+        self.notify(|p| p.on_local_change(LocalChange::ListenAddrs));
+        self.emit(Event::ListenAddrsChanged);
+    }
+
+    /// Removes an address added with [`Host::add_listen_addr`].
+    pub fn remove_listen_addr(&self, addr: &Multiaddr) {
+        {
+            let mut addrs = write(&self.inner.listen_addrs);
+            let before = addrs.len();
+            addrs.retain(|a| a != addr);
+            if addrs.len() == before {
+                return;
+            }
+        }
+        self.notify(|p| p.on_local_change(LocalChange::ListenAddrs));
+        self.emit(Event::ListenAddrsChanged);
+    }
+
     pub(super) fn listen_quic(
         &self,
         socket: std::net::SocketAddr,

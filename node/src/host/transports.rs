@@ -24,12 +24,14 @@ pub trait Transport: Send + Sync + 'static {
     /// were added, before the built-in ones and before DNS resolution.
     fn handles(&self, addr: &Multiaddr) -> bool;
 
-    /// Opens a byte stream to `addr` (including its `/p2p/` suffix, if any); returns it and
-    /// our local address on it. Bounded by the host's `dial_timeout`.
+    /// Opens a byte stream to `addr` (including its `/p2p/` suffix, if any) for `host`
+    /// (which a transport over other connections, such as a relay's, dials through);
+    /// returns it and our local address on it. Bounded by the host's `dial_timeout`.
     fn dial(
         &self,
+        host: &Host,
         addr: &Multiaddr,
-    ) -> BoxFuture<'static, Result<(RawStream, Multiaddr), transport::Error>>;
+    ) -> BoxFuture<'static, Result<(RawStream, Multiaddr), DialError>>;
 }
 
 impl Host {
@@ -63,7 +65,7 @@ impl Host {
             self.admit(peer)?;
         }
         let cfg = &self.inner.config;
-        let (raw, local) = tokio::time::timeout(cfg.dial_timeout, transport.dial(addr))
+        let (raw, local) = tokio::time::timeout(cfg.dial_timeout, transport.dial(self, addr))
             .await
             .map_err(|_| DialError::Timeout)??;
         let started = Instant::now();

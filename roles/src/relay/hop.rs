@@ -328,6 +328,8 @@ impl Service {
             .host
             .interface_listen_addrs()
             .into_iter()
+            // Our own addresses, not those we are reachable at through other relays.
+            .filter(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
             .map(|a| a.with(Protocol::P2p(me)).to_vec())
             .collect();
         let voucher = voucher::seal(self.node.host.keypair(), peer, expire).ok();

@@ -1,12 +1,14 @@
 //! Circuit relay v2 (`specs/relay/circuit-v2.md`): what both ends of a relay speak.
 //!
 //! - [`proto`]: the hop and stop messages, status codes and their framing;
-//! - [`voucher`]: reservation vouchers (signed envelopes).
+//! - [`voucher`]: reservation vouchers (signed envelopes);
+//! - [`client`]: dialing through relays (`/p2p-circuit` as a transport), reservations,
+//!   and answering `STOP`.
 //!
 //! The relay service — the hop protocol's server, its limits and policy, the splice of
-//! circuits — is the relay role's (`pylon_roles::relay`). The client side (reserving,
-//! dialing through a relay as a transport, answering `STOP`) builds on these same types.
+//! circuits — is the relay role's (`pylon_roles::relay`).
 
+pub mod client;
 pub mod proto;
 pub mod voucher;
 
