@@ -88,6 +88,55 @@ impl IpPrefix {
     }
 }
 
+/// Why a prefix does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error(
+        "not an IP address or prefix (expected e.g. 203.0.113.0/24, 2001:db8::/32 or 198.51.100.7)"
+    )]
+    Syntax,
+    #[error("prefix length {0} is longer than the address")]
+    Length(u8),
+    #[error("bits set past the prefix length: write the network address, {0}")]
+    HostBits(IpPrefix),
+}
+
+impl std::str::FromStr for IpPrefix {
+    type Err = ParseError;
+
+    /// `203.0.113.0/24`, `2001:db8::/32`, or a bare address (a /32 or /128). Bits past the
+    /// prefix length are refused rather than cleared: in an access list they are a typo
+    /// more often than not.
+    fn from_str(s: &str) -> Result<IpPrefix, ParseError> {
+        let (ip, bits) = match s.trim().split_once('/') {
+            Some((ip, bits)) => (ip, Some(bits)),
+            None => (s.trim(), None),
+        };
+        let ip: IpAddr = ip.parse().map_err(|_| ParseError::Syntax)?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits: u8 = match bits {
+            Some(b) => b.parse().map_err(|_| ParseError::Syntax)?,
+            None => max,
+        };
+        if bits > max {
+            return Err(ParseError::Length(bits));
+        }
+        let prefix = match ip {
+            IpAddr::V4(_) => IpPrefix::of(ip, bits, 0),
+            IpAddr::V6(_) => IpPrefix::of(ip, 0, bits),
+        };
+        let exact = match (prefix, ip) {
+            (IpPrefix::V4 { net, .. }, IpAddr::V4(v4)) => net == v4,
+            (IpPrefix::V6 { net, .. }, IpAddr::V6(v6)) => net == v6,
+            _ => true,
+        };
+        if !exact {
+            return Err(ParseError::HostBits(prefix));
+        }
+        Ok(prefix)
+    }
+}
+
 impl std::fmt::Display for IpPrefix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -100,6 +149,27 @@ impl std::fmt::Display for IpPrefix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_parse_strictly() {
+        let p: IpPrefix = "203.0.113.0/24".parse().unwrap();
+        assert!(p.contains("203.0.113.77".parse().unwrap()));
+        assert!(!p.contains("203.0.114.1".parse().unwrap()));
+        let one: IpPrefix = "198.51.100.7".parse().unwrap();
+        assert_eq!(one.bits(), 32);
+        let v6: IpPrefix = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::5".parse().unwrap()));
+        assert_eq!(
+            "10.0.0.1/24".parse::<IpPrefix>(),
+            Err(ParseError::HostBits("10.0.0.0/24".parse().unwrap()))
+        );
+        assert_eq!(
+            "10.0.0.0/33".parse::<IpPrefix>(),
+            Err(ParseError::Length(33))
+        );
+        assert_eq!("peer".parse::<IpPrefix>(), Err(ParseError::Syntax));
+        assert_eq!(p.to_string(), "203.0.113.0/24");
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

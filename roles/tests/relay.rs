@@ -351,3 +351,66 @@ async fn pylon_nodes_meet_through_the_relay_with_the_relay_client() {
     let answer: StopMessage = proto::read(&mut s).await.unwrap();
     assert_eq!(answer.status_of(), Some(Status::PermissionDenied));
 }
+
+/// Access lists and the trusted class on the wire: a denied peer and, in private mode, a
+/// stranger get PERMISSION_DENIED; circuits to a trusted peer carry no limits (more than
+/// `circuit_data` passes).
+#[tokio::test]
+async fn access_lists_and_the_trusted_class() {
+    let denied = kit::start(&[kit::LOCAL_TCP]).await;
+    let fleet = kit::start(&[kit::LOCAL_TCP]).await;
+    let friend = kit::start(&[kit::LOCAL_TCP]).await;
+    let (r, relay, registry) = relay(Config {
+        circuit_data: 1000,
+        deny: vec![denied.peer_id().to_string()],
+        allow: vec![friend.peer_id().to_string()],
+        trusted: vec![fleet.peer_id().to_string()],
+        private: true,
+        ..Config::default()
+    })
+    .await;
+    for n in [&denied, &fleet, &friend] {
+        n.host.dial(&kit::addr_of(&r)).await.unwrap();
+    }
+    let (answer, _) = hop(&denied, &r, &HopMessage::reserve()).await;
+    assert_eq!(answer.status_of(), Some(Status::PermissionDenied));
+    let stranger = client(&r).await;
+    let (answer, _) = hop(&stranger, &r, &HopMessage::reserve()).await;
+    assert_eq!(
+        answer.status_of(),
+        Some(Status::PermissionDenied),
+        "private"
+    );
+    assert_eq!(
+        metric(
+            &registry,
+            "libp2p_relaysvc_reservation_rejections_total{reason=\"denied\"}"
+        ),
+        2.0
+    );
+
+    // The trusted peer reserves: no limits announced, none applied.
+    let _stop = echo(&fleet);
+    let (answer, _) = hop(&fleet, &r, &HopMessage::reserve()).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok));
+    assert_eq!(answer.limit, None, "no limit for the trusted class");
+    let (answer, mut circuit) = hop(&friend, &r, &HopMessage::connect(fleet.peer_id())).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok));
+    assert_eq!(answer.limit, None);
+    let sent = vec![4u8; 5000];
+    circuit.write_all(&sent).await.unwrap();
+    circuit.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(T, circuit.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        back, sent,
+        "5000 bytes both ways past a 1000-byte circuit_data"
+    );
+    // A stranger may not even call the trusted peer in private mode.
+    let (answer, _) = hop(&stranger, &r, &HopMessage::connect(fleet.peer_id())).await;
+    assert_eq!(answer.status_of(), Some(Status::PermissionDenied));
+    assert_eq!(relay.reservation_count(), 1);
+}

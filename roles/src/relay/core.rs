@@ -30,6 +30,75 @@ pub struct Limits {
     pub max_circuits_per_peer: usize,
 }
 
+/// Who may use the relay, and who is trusted: entries are PeerIds or IP prefixes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Never served.
+    pub deny: Vec<Entry>,
+    /// Served in private mode (everyone is, otherwise).
+    pub allow: Vec<Entry>,
+    /// Served in any mode, exempt from the per-IP, per-subnet and per-peer limits, and
+    /// circuits to them carry no data or duration limit (the totals still apply).
+    pub trusted: Vec<Entry>,
+    /// Refuse everyone not in `allow` or `trusted`.
+    pub private: bool,
+}
+
+/// One access-list entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Peer(PeerId),
+    Prefix(IpPrefix),
+}
+
+impl Entry {
+    fn matches(&self, peer: &PeerId, ip: Option<IpAddr>) -> bool {
+        match self {
+            Entry::Peer(p) => p == peer,
+            Entry::Prefix(prefix) => ip.is_some_and(|ip| prefix.contains(ip)),
+        }
+    }
+}
+
+impl std::str::FromStr for Entry {
+    type Err = String;
+
+    /// A PeerId (`12D3Koo…`) or an IP prefix (`203.0.113.0/24`, a bare address).
+    fn from_str(s: &str) -> Result<Entry, String> {
+        if let Ok(peer) = s.trim().parse::<PeerId>() {
+            return Ok(Entry::Peer(peer));
+        }
+        s.parse::<IpPrefix>()
+            .map(Entry::Prefix)
+            .map_err(|e| format!("neither a PeerId nor an IP prefix: {e}"))
+    }
+}
+
+/// How the policy classes a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Denied,
+    /// Served with the ordinary limits.
+    Served,
+    Trusted,
+}
+
+impl Policy {
+    /// The class of `peer` connected from `ip`: a deny entry wins over everything.
+    pub fn class(&self, peer: &PeerId, ip: Option<IpAddr>) -> Class {
+        let any = |list: &[Entry]| list.iter().any(|e| e.matches(peer, ip));
+        if any(&self.deny) {
+            Class::Denied
+        } else if any(&self.trusted) {
+            Class::Trusted
+        } else if !self.private || any(&self.allow) {
+            Class::Served
+        } else {
+            Class::Denied
+        }
+    }
+}
+
 /// Why a request was refused: the status the client gets and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
@@ -86,8 +155,10 @@ pub struct CircuitId(u64);
 pub struct Held {
     pub since: Instant,
     pub expires: Instant,
-    /// The IP the peer reserved from (counted against the per-IP and per-subnet limits).
+    /// The IP the peer reserved from (counted against the per-IP and per-subnet limits,
+    /// unless trusted).
     pub ip: Option<IpAddr>,
+    pub trusted: bool,
 }
 
 /// An open circuit.
@@ -96,12 +167,15 @@ pub struct Circuit {
     pub src: PeerId,
     pub dst: PeerId,
     pub opened: Instant,
+    /// To a trusted peer: no per-circuit data or duration limit.
+    pub trusted: bool,
 }
 
 /// Reservations and circuits, with their limits.
 #[derive(Debug)]
 pub struct Table {
     limits: Limits,
+    policy: Policy,
     reservations: HashMap<PeerId, Held>,
     per_ip: HashMap<IpAddr, usize>,
     per_subnet: HashMap<IpPrefix, usize>,
@@ -111,9 +185,10 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn new(limits: Limits) -> Table {
+    pub fn new(limits: Limits, policy: Policy) -> Table {
         Table {
             limits,
+            policy,
             reservations: HashMap::new(),
             per_ip: HashMap::new(),
             per_subnet: HashMap::new(),
@@ -136,8 +211,15 @@ impl Table {
         ip: Option<IpAddr>,
     ) -> Result<Instant, Refusal> {
         self.expire(now);
-        let expires = now + self.limits.reservation_ttl;
         let ip = ip.map(|ip| ip.to_canonical());
+        let trusted = match self.policy.class(&peer, ip) {
+            Class::Denied => return Err(Refusal::Denied),
+            Class::Served => false,
+            Class::Trusted => true,
+        };
+        // A trusted peer's IP is not counted: fleet members may share one.
+        let ip = if trusted { None } else { ip };
+        let expires = now + self.limits.reservation_ttl;
         if let Some(held) = self.reservations.get_mut(&peer) {
             if held.ip == ip {
                 held.expires = expires;
@@ -146,18 +228,19 @@ impl Table {
             // Refreshed from another address: counted anew against the new one.
             let since = held.since;
             self.release(&peer);
-            return self.admit(peer, ip, since, expires);
+            return self.admit(peer, ip, trusted, since, expires);
         }
         if self.reservations.len() >= self.limits.max_reservations {
             return Err(Refusal::ReservationsFull);
         }
-        self.admit(peer, ip, now, expires)
+        self.admit(peer, ip, trusted, now, expires)
     }
 
     fn admit(
         &mut self,
         peer: PeerId,
         ip: Option<IpAddr>,
+        trusted: bool,
         since: Instant,
         expires: Instant,
     ) -> Result<Instant, Refusal> {
@@ -174,7 +257,15 @@ impl Table {
             *self.per_ip.entry(ip).or_default() += 1;
             *self.per_subnet.entry(subnet).or_default() += 1;
         }
-        self.reservations.insert(peer, Held { since, expires, ip });
+        self.reservations.insert(
+            peer,
+            Held {
+                since,
+                expires,
+                ip,
+                trusted,
+            },
+        );
         Ok(expires)
     }
 
@@ -205,31 +296,49 @@ impl Table {
         expired.len()
     }
 
+    /// `peer`'s reservation, valid or not yet swept.
+    pub fn held(&self, peer: &PeerId) -> Option<&Held> {
+        self.reservations.get(peer)
+    }
+
     /// Whether `peer` holds a reservation valid at `now`.
     pub fn has_reservation(&self, now: Instant, peer: &PeerId) -> bool {
         self.reservations.get(peer).is_some_and(|h| h.expires > now)
     }
 
-    /// Opens a circuit from `src` to `dst`, which must hold a valid reservation.
+    /// Opens a circuit from `src` (connected from `src_ip`) to `dst`, which must hold a
+    /// valid reservation; returns its id and whether it is trusted. A circuit to a trusted
+    /// peer is exempt from the per-peer limit and from the per-circuit data and duration
+    /// limits ([`Circuit::trusted`]); a trusted caller from its own per-peer count.
     pub fn connect(
         &mut self,
         now: Instant,
         src: PeerId,
+        src_ip: Option<IpAddr>,
         dst: PeerId,
-    ) -> Result<CircuitId, Refusal> {
+    ) -> Result<(CircuitId, bool), Refusal> {
         if src == dst {
             return Err(Refusal::ToItself);
         }
-        if !self.has_reservation(now, &dst) {
-            return Err(Refusal::NoReservation);
+        let src_class = self.policy.class(&src, src_ip.map(|ip| ip.to_canonical()));
+        if src_class == Class::Denied {
+            return Err(Refusal::Denied);
         }
+        let Some(trusted) = self
+            .reservations
+            .get(&dst)
+            .filter(|h| h.expires > now)
+            .map(|h| h.trusted)
+        else {
+            return Err(Refusal::NoReservation);
+        };
         if self.circuits.len() >= self.limits.max_circuits {
             return Err(Refusal::CircuitsFull);
         }
         let busy = |p: &PeerId| self.per_peer_circuits.get(p).copied().unwrap_or(0);
-        if busy(&src) >= self.limits.max_circuits_per_peer
-            || busy(&dst) >= self.limits.max_circuits_per_peer
-        {
+        let max = self.limits.max_circuits_per_peer;
+        let src_over = src_class != Class::Trusted && busy(&src) >= max;
+        if !trusted && (src_over || busy(&dst) >= max) {
             return Err(Refusal::CircuitsPerPeer);
         }
         let id = CircuitId(self.next_circuit);
@@ -242,9 +351,10 @@ impl Table {
                 src,
                 dst,
                 opened: now,
+                trusted,
             },
         );
-        Ok(id)
+        Ok((id, trusted))
     }
 
     /// A circuit ended (either side closed, a limit cut it, the target refused it).
@@ -308,7 +418,7 @@ mod tests {
     #[test]
     fn reservations_are_bounded_in_total_per_ip_and_per_subnet() {
         let t0 = Instant::now();
-        let mut t = Table::new(limits());
+        let mut t = Table::new(limits(), Policy::default());
         let (a, b, c, d) = (peer(), peer(), peer(), peer());
         t.reserve(t0, a, ip("10.0.0.1")).unwrap();
         t.reserve(t0, b, ip("10.0.0.1")).unwrap();
@@ -331,12 +441,15 @@ mod tests {
             Ok(t0 + Duration::from_secs(3600))
         );
         t.release(&d);
-        let mut wide = Table::new(Limits {
-            max_reservations: 10,
-            max_reservations_per_ip: 10,
-            max_reservations_per_subnet: 2,
-            ..limits()
-        });
+        let mut wide = Table::new(
+            Limits {
+                max_reservations: 10,
+                max_reservations_per_ip: 10,
+                max_reservations_per_subnet: 2,
+                ..limits()
+            },
+            Policy::default(),
+        );
         wide.reserve(t0, a, ip("10.1.1.1")).unwrap();
         wide.reserve(t0, b, ip("10.1.1.2")).unwrap();
         assert_eq!(
@@ -350,7 +463,7 @@ mod tests {
     fn a_reservation_expires_without_a_refresh_and_lives_on_with_one() {
         let t0 = Instant::now();
         let ttl = limits().reservation_ttl;
-        let mut t = Table::new(limits());
+        let mut t = Table::new(limits(), Policy::default());
         let (a, b) = (peer(), peer());
         t.reserve(t0, a, ip("10.0.0.1")).unwrap();
         t.reserve(t0, b, ip("10.0.0.2")).unwrap();
@@ -370,27 +483,105 @@ mod tests {
     #[test]
     fn circuits_need_a_reservation_and_are_bounded() {
         let t0 = Instant::now();
-        let mut t = Table::new(limits());
+        let mut t = Table::new(limits(), Policy::default());
         let (a, b, c, d) = (peer(), peer(), peer(), peer());
-        assert_eq!(t.connect(t0, b, a), Err(Refusal::NoReservation));
+        assert_eq!(t.connect(t0, b, None, a), Err(Refusal::NoReservation));
         t.reserve(t0, a, ip("10.0.0.1")).unwrap();
-        assert_eq!(t.connect(t0, a, a), Err(Refusal::ToItself));
-        let first = t.connect(t0, b, a).unwrap();
-        t.connect(t0, c, a).unwrap();
+        assert_eq!(t.connect(t0, a, None, a), Err(Refusal::ToItself));
+        let (first, _) = t.connect(t0, b, None, a).unwrap();
+        t.connect(t0, c, None, a).unwrap();
         // a takes part in two circuits already.
-        assert_eq!(t.connect(t0, d, a), Err(Refusal::CircuitsPerPeer));
+        assert_eq!(t.connect(t0, d, None, a), Err(Refusal::CircuitsPerPeer));
         t.close(first);
-        t.connect(t0, d, a).unwrap();
+        t.connect(t0, d, None, a).unwrap();
         // The total: a third circuit to another target.
         t.reserve(t0, b, ip("10.0.0.2")).unwrap();
-        t.connect(t0, c, b).unwrap();
+        t.connect(t0, c, None, b).unwrap();
         assert_eq!(t.circuit_count(), 3);
-        assert_eq!(t.connect(t0, d, b), Err(Refusal::CircuitsFull));
+        assert_eq!(t.connect(t0, d, None, b), Err(Refusal::CircuitsFull));
         // Past its expiry a reservation no longer admits circuits.
         let later = t0 + limits().reservation_ttl;
-        let mut t2 = Table::new(limits());
+        let mut t2 = Table::new(limits(), Policy::default());
         t2.reserve(t0, a, None).unwrap();
-        assert_eq!(t2.connect(later, b, a), Err(Refusal::NoReservation));
+        assert_eq!(t2.connect(later, b, None, a), Err(Refusal::NoReservation));
+    }
+
+    #[test]
+    fn the_policy_denies_admits_privately_and_trusts() {
+        let t0 = Instant::now();
+        let (a, b, fleet, stranger) = (peer(), peer(), peer(), peer());
+        let policy = Policy {
+            deny: vec![Entry::Peer(b), "10.6.6.0/24".parse().unwrap()],
+            allow: vec![Entry::Peer(a)],
+            trusted: vec![Entry::Peer(fleet), "10.9.0.0/16".parse().unwrap()],
+            private: true,
+        };
+        assert_eq!(policy.class(&a, ip("10.0.0.1")), Class::Served);
+        assert_eq!(policy.class(&b, ip("10.0.0.1")), Class::Denied);
+        // A deny prefix wins over an allow entry.
+        assert_eq!(policy.class(&a, ip("10.6.6.6")), Class::Denied);
+        assert_eq!(
+            policy.class(&stranger, ip("10.0.0.1")),
+            Class::Denied,
+            "private"
+        );
+        assert_eq!(
+            policy.class(&stranger, ip("10.9.1.1")),
+            Class::Trusted,
+            "by prefix"
+        );
+        let open = Policy {
+            private: false,
+            ..policy.clone()
+        };
+        assert_eq!(open.class(&stranger, ip("10.0.0.1")), Class::Served);
+
+        let mut t = Table::new(
+            Limits {
+                max_reservations_per_ip: 1,
+                max_reservations_per_subnet: 1,
+                max_circuits: 10,
+                ..limits()
+            },
+            policy,
+        );
+        assert_eq!(t.reserve(t0, b, ip("10.0.0.2")), Err(Refusal::Denied));
+        assert_eq!(
+            t.reserve(t0, stranger, ip("10.0.0.3")),
+            Err(Refusal::Denied)
+        );
+        t.reserve(t0, a, ip("10.0.0.1")).unwrap();
+        // Trusted: not held to the per-IP limit a already fills.
+        t.reserve(t0, fleet, ip("10.0.0.1")).unwrap();
+        assert!(t.held(&fleet).unwrap().trusted);
+        // Circuits: a denied caller is refused; circuits to the trusted peer are trusted
+        // and exempt from the per-peer limit (2 here).
+        assert_eq!(t.connect(t0, b, None, a), Err(Refusal::Denied));
+        for _ in 0..3 {
+            assert!(t.connect(t0, a, ip("10.0.0.1"), fleet).unwrap().1);
+        }
+        // a takes part in three circuits (to the trusted peer): one to a itself is over
+        // its per-peer limit, whoever calls.
+        assert_eq!(
+            t.connect(t0, fleet, None, a),
+            Err(Refusal::CircuitsPerPeer),
+            "a circuit to an ordinary peer keeps the limits"
+        );
+    }
+
+    #[test]
+    fn entries_are_peer_ids_or_prefixes() {
+        let p = peer();
+        assert_eq!(p.to_string().parse::<Entry>(), Ok(Entry::Peer(p)));
+        assert!(matches!(
+            "2001:db8::/32".parse::<Entry>(),
+            Ok(Entry::Prefix(_))
+        ));
+        assert!("10.0.0.1/8"
+            .parse::<Entry>()
+            .unwrap_err()
+            .contains("network address"));
+        assert!("fleet-1".parse::<Entry>().is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use pylon_node::PeerId;
 use tokio_util::sync::CancellationToken;
 
 use super::core::{CircuitId, Refusal, Table};
-use super::splice::{self, Carried, End};
+use super::splice::{self, Carried, CircuitLimits, End};
 use super::{CircuitView, Config, ReservationView, Status as RoleStatus};
 use crate::Metrics;
 
@@ -200,7 +200,7 @@ impl Service {
         metrics.status.set(1);
         let service = Arc::new(Service {
             node: node.clone(),
-            table: Mutex::new(Table::new(config.limits())),
+            table: Mutex::new(Table::new(config.limits(), config.policy())),
             config,
             carried: Mutex::new(HashMap::new()),
             metrics,
@@ -282,12 +282,13 @@ impl Service {
             let ip = ip_of(stream.connection().remote_addr());
             let mut table = lock(&self.table);
             let renewal = table.has_reservation(now, &peer);
-            table
-                .reserve(now, peer, ip)
-                .map(|expires| (expires, renewal))
+            table.reserve(now, peer, ip).map(|expires| {
+                let trusted = table.held(&peer).is_some_and(|h| h.trusted);
+                (expires, renewal, trusted)
+            })
         };
         let answer = match decided {
-            Ok((expires, renewal)) => {
+            Ok((expires, renewal, trusted)) => {
                 let kind = if renewal { "renewed" } else { "opened" };
                 self.metrics
                     .reservations
@@ -296,7 +297,7 @@ impl Service {
                 if !renewal {
                     self.metrics.held.inc();
                 }
-                self.reservation(peer, now, expires)
+                self.reservation(peer, now, expires, trusted)
             }
             Err(refusal) => {
                 self.metrics
@@ -320,7 +321,13 @@ impl Service {
     }
 
     /// The `STATUS: OK` of a reservation: expiry, our addresses, a voucher, the limits.
-    fn reservation(&self, peer: PeerId, now: Instant, expires: Instant) -> HopMessage {
+    fn reservation(
+        &self,
+        peer: PeerId,
+        now: Instant,
+        expires: Instant,
+        trusted: bool,
+    ) -> HopMessage {
         let expire = unix_secs(SystemTime::now() + expires.saturating_duration_since(now));
         let me = self.node.peer_id();
         let addrs = self
@@ -341,12 +348,16 @@ impl Service {
                 addrs,
                 voucher,
             }),
-            limit: self.wire_limit(),
+            limit: self.wire_limit(trusted),
             peer: None,
         }
     }
 
-    fn wire_limit(&self) -> Option<Limit> {
+    /// The limits announced for a circuit: none to a trusted peer.
+    fn wire_limit(&self, trusted: bool) -> Option<Limit> {
+        if trusted {
+            return None;
+        }
         let secs = u32::try_from(self.config.circuit_duration.as_secs()).unwrap_or(u32::MAX);
         Limit::new(secs, self.config.circuit_data)
     }
@@ -357,12 +368,13 @@ impl Service {
         let decided = if is_relayed(caller.connection()) {
             Err(Refusal::Relayed)
         } else {
+            let ip = ip_of(caller.connection().remote_addr());
             let mut table = lock(&self.table);
             table.expire(now);
-            table.connect(now, src, dst)
+            table.connect(now, src, ip, dst)
         };
-        let id = match decided {
-            Ok(id) => id,
+        let (id, trusted) = match decided {
+            Ok(decided) => decided,
             Err(refusal) => {
                 self.metrics
                     .connection_rejections
@@ -374,7 +386,7 @@ impl Service {
             }
         };
         self.metrics.open.inc();
-        let target = match self.open_stop(src, dst).await {
+        let target = match self.open_stop(src, dst, trusted).await {
             Ok(t) => t,
             Err(()) => {
                 lock(&self.table).close(id);
@@ -383,7 +395,7 @@ impl Service {
             }
         };
         let mut ok = HopMessage::answer(Status::Ok);
-        ok.limit = self.wire_limit();
+        ok.limit = self.wire_limit(trusted);
         self.metrics
             .connection_status
             .get_or_create(&StatusLabels {
@@ -402,10 +414,18 @@ impl Service {
         let carried = Arc::new(Carried::default());
         lock(&self.carried).insert(id, carried.clone());
         let opened = Instant::now();
+        let limits = if trusted {
+            CircuitLimits {
+                data: 0,
+                duration: None,
+            }
+        } else {
+            self.config.circuit_limits()
+        };
         let end = splice::splice(
             caller,
             target,
-            self.config.circuit_limits(),
+            limits,
             self.config.circuit_buffer,
             &carried,
             &self.cancel,
@@ -447,13 +467,16 @@ impl Service {
     }
 
     /// Opens the stop stream to `dst` and asks it to take the circuit from `src`.
-    async fn open_stop(&self, src: PeerId, dst: PeerId) -> Result<Stream, ()> {
+    async fn open_stop(&self, src: PeerId, dst: PeerId, trusted: bool) -> Result<Stream, ()> {
         let conn = self.node.host.connection(&dst).ok_or(())?;
         let attempt = async {
             let mut stop = conn.open_stream(&[STOP]).await.map_err(|_| ())?;
-            proto::write(&mut stop, &StopMessage::connect(src, self.wire_limit()))
-                .await
-                .map_err(|_| ())?;
+            proto::write(
+                &mut stop,
+                &StopMessage::connect(src, self.wire_limit(trusted)),
+            )
+            .await
+            .map_err(|_| ())?;
             let answer: StopMessage = proto::read(&mut stop).await.map_err(|_| ())?;
             match answer.status_of() {
                 Some(Status::Ok) => Ok(stop),

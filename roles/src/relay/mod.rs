@@ -27,7 +27,7 @@ use std::time::Duration;
 use pylon_node::node::{self, Node};
 use serde::{Deserialize, Serialize};
 
-pub use self::core::{Limits, Refusal};
+pub use self::core::{Entry, Limits, Policy, Refusal};
 pub use self::splice::{CircuitLimits, End};
 use crate::config::{self, serde_duration};
 use crate::{Metrics, Role};
@@ -59,6 +59,16 @@ pub struct Config {
     pub circuit_data: u64,
     /// Bytes buffered per direction of a circuit (its memory is twice this).
     pub circuit_buffer: usize,
+    /// PeerIds and IP prefixes never served.
+    pub deny: Vec<String>,
+    /// PeerIds and IP prefixes served in private mode.
+    pub allow: Vec<String>,
+    /// PeerIds and IP prefixes of the trusted class (fleet members, paying tenants):
+    /// served in any mode, exempt from the per-IP, per-subnet and per-peer limits, and
+    /// circuits to them carry no data or duration limit. The totals still apply.
+    pub trusted: Vec<String>,
+    /// Serve only `allow` and `trusted`.
+    pub private: bool,
 }
 
 impl Default for Config {
@@ -73,6 +83,10 @@ impl Default for Config {
             circuit_duration: Duration::from_secs(600),
             circuit_data: 16 * 1024 * 1024,
             circuit_buffer: 16 * 1024,
+            deny: Vec::new(),
+            allow: Vec::new(),
+            trusted: Vec::new(),
+            private: false,
         }
     }
 }
@@ -87,6 +101,17 @@ impl Config {
             reservation_ttl: self.reservation_ttl,
             max_circuits: self.max_circuits,
             max_circuits_per_peer: self.max_circuits_per_peer,
+        }
+    }
+
+    /// The access lists, parsed ([`Relay::check`] refuses entries that do not parse).
+    pub fn policy(&self) -> Policy {
+        let parse = |list: &[String]| list.iter().filter_map(|e| e.parse().ok()).collect();
+        Policy {
+            deny: parse(&self.deny),
+            allow: parse(&self.allow),
+            trusted: parse(&self.trusted),
+            private: self.private,
         }
     }
 
@@ -225,6 +250,24 @@ impl Role for Relay {
                 "roles.relay.circuit_duration",
                 &config::format_duration(c.circuit_duration),
                 "must fit the wire's 32-bit seconds",
+            ));
+        }
+        for (key, list) in [
+            ("roles.relay.deny", &c.deny),
+            ("roles.relay.allow", &c.allow),
+            ("roles.relay.trusted", &c.trusted),
+        ] {
+            for entry in list {
+                if let Err(e) = entry.parse::<Entry>() {
+                    return Err(config::bad(key, entry, &e));
+                }
+            }
+        }
+        if c.private && c.allow.is_empty() && c.trusted.is_empty() {
+            return Err(config::bad(
+                "roles.relay.private",
+                "true",
+                "a private relay needs roles.relay.allow or roles.relay.trusted entries, or it serves nobody",
             ));
         }
         if !(1024..=1024 * 1024).contains(&c.circuit_buffer) {
