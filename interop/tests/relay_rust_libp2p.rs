@@ -225,10 +225,9 @@ async fn rust_relay() -> (Multiaddr, tokio::task::JoinHandle<()>) {
 /// rust-libp2p peer reaches the Pylon node through it and pings it.
 #[tokio::test]
 async fn a_pylon_node_is_reached_through_a_rust_libp2p_relay() {
-    use pylon_node::protocols::relay::client::Client;
     let (relay_addr, relay_task) = rust_relay().await;
     let a = kit::start(&[kit::LOCAL_TCP]).await;
-    let a_client = Client::install(&a.host);
+    let a_client = &a.relay;
     let pylon_relay_addr: pylon_node::Multiaddr = relay_addr.to_string().parse().unwrap();
     let reserved = tokio::time::timeout(T, a_client.reserve(&pylon_relay_addr))
         .await
@@ -276,7 +275,6 @@ async fn a_pylon_node_is_reached_through_a_rust_libp2p_relay() {
 /// dials it through the relay with Pylon's relay client.
 #[tokio::test]
 async fn a_pylon_node_dials_a_rust_libp2p_peer_through_the_pylon_relay() {
-    use pylon_node::protocols::relay::client::Client;
     let r = kit::start(&[kit::LOCAL_TCP]).await;
     let mut registry = Registry::default();
     let relay_role = Relay::start(
@@ -304,7 +302,6 @@ async fn a_pylon_node_dials_a_rust_libp2p_peer_through_the_pylon_relay() {
     });
 
     let b = kit::start(&[kit::LOCAL_TCP]).await;
-    let _b_client = Client::install(&b.host);
     let to_a: pylon_node::Multiaddr = relay_addr
         .with(Protocol::P2pCircuit)
         .with(Protocol::P2p(a_id))

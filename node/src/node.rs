@@ -11,6 +11,7 @@ use crate::host::{self, Connection, DialError, Host};
 use crate::identity::{Keypair, PeerId};
 use crate::metrics::Metrics;
 use crate::peerstore::{self, Peerstore, Store};
+use crate::protocols::relay::client as relay_client;
 use crate::protocols::{identify, kad, perf, ping};
 use crate::storage::{self, Storage};
 
@@ -26,6 +27,9 @@ pub struct Config {
     pub kad: Option<kad::Config>,
     /// Flushing and recovery of the database (nodes with a data directory).
     pub storage: storage::Config,
+    /// Relays to stay reachable through (the relay client is always on: it dials
+    /// `/p2p-circuit` addresses and answers the relays we reserve with).
+    pub relay_client: relay_client::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,8 @@ pub struct Node {
     pub peerstore: Peerstore,
     pub identify: Arc<identify::Identify>,
     pub kad: Option<Arc<kad::Kad>>,
+    /// Dialing through relays and holding reservations on them.
+    pub relay: relay_client::Client,
     storage: Option<Storage>,
 }
 
@@ -152,6 +158,7 @@ impl Node {
         }
         let identify =
             identify::Identify::install(&host, peerstore.clone(), config.identify.clone());
+        let relay = relay_client::Client::install(&host);
         let kad = match &config.kad {
             Some(kad_config) => {
                 let store = kad::KadStore::open(
@@ -198,11 +205,15 @@ impl Node {
         if let Some(k) = &kad {
             k.start();
         }
+        for relay_addr in &config.relay_client.listen_via {
+            relay.listen_via(relay_addr.clone());
+        }
         Ok(Node {
             host,
             peerstore,
             identify,
             kad,
+            relay,
             storage: None,
         })
     }

@@ -1,7 +1,7 @@
 //! The transport extension point and the error taxonomy, on real nodes in this process.
 //!
-//! A transport added with `Host::add_transport` (here an in-process pipe standing in for
-//! the relay's `/p2p-circuit`) gets the host's whole pipeline: Noise, yamux, the PeerId
+//! A transport added with `Host::add_transport` (here an in-process pipe, of the shape
+//! the relay client's `/p2p-circuit` has) gets the host's whole pipeline: Noise, yamux, the PeerId
 //! check, limits, metrics, extensions. Dial failures carry whose fault they were, in code
 //! (`Classify::fault`) and in the `fault` label of the dial error metric.
 #![allow(clippy::unwrap_used)]
@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const T: Duration = Duration::from_secs(20);
 const PING: &str = "/ipfs/ping/1.0.0";
 
-/// Claims `/p2p-circuit` addresses and connects them, through an in-memory pipe, to the
+/// Claims `/dns4/pipe.test/…` addresses and connects them, through an in-memory pipe, to the
 /// host `to`, which takes the other end with `Host::accept`.
 struct Pipe {
     to: Host,
@@ -36,7 +36,7 @@ impl Transport for Pipe {
     }
 
     fn handles(&self, addr: &Multiaddr) -> bool {
-        addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+        matches!(addr.iter().next(), Some(Protocol::Dns4(name)) if name == "pipe.test")
     }
 
     fn dial(
@@ -45,7 +45,7 @@ impl Transport for Pipe {
         _addr: &Multiaddr,
     ) -> BoxFuture<'static, Result<(RawStream, Multiaddr), DialError>> {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        let local: Multiaddr = "/p2p-circuit".parse().unwrap();
+        let local: Multiaddr = "/dns4/pipe.test/tcp/1".parse().unwrap();
         let accepted = self.to.accept(
             RawStream::other(theirs),
             self.from.clone(),
@@ -61,8 +61,9 @@ impl Transport for Pipe {
     }
 }
 
+/// An address only the pipe claims (asked before DNS, so nothing is resolved).
 fn circuit_to(peer: pylon_node::PeerId) -> Multiaddr {
-    "/p2p-circuit"
+    "/dns4/pipe.test/tcp/1"
         .parse::<Multiaddr>()
         .unwrap()
         .with(Protocol::P2p(peer))
@@ -84,7 +85,7 @@ fn dial_errors(host: &Host, transport: &'static str, error: &'static str, fault:
 async fn an_added_transport_carries_secured_muxed_connections_both_ways() {
     let a = kit::start(&[kit::LOCAL_TCP]).await;
     let b = kit::start(&[kit::LOCAL_TCP]).await;
-    let from: Multiaddr = "/p2p-circuit".parse().unwrap();
+    let from: Multiaddr = "/dns4/pipe.test/tcp/2".parse().unwrap();
     a.host.add_transport(Arc::new(Pipe {
         to: b.host.clone(),
         from: from.with(Protocol::P2p(a.peer_id())),
@@ -125,7 +126,7 @@ async fn an_added_transport_checks_the_peer_id_and_counts_the_fault() {
     let b = kit::start(&[kit::LOCAL_TCP]).await;
     a.host.add_transport(Arc::new(Pipe {
         to: b.host.clone(),
-        from: "/p2p-circuit".parse().unwrap(),
+        from: "/dns4/pipe.test/tcp/2".parse().unwrap(),
     }));
     let stranger = Keypair::generate_ed25519().public().to_peer_id();
     let err = tokio::time::timeout(T, a.host.dial(&circuit_to(stranger)))

@@ -35,6 +35,8 @@ struct Raw {
     websocket: RawWebsocket,
     perf: Option<RawPerf>,
     kad: Option<RawKad>,
+    #[serde(default)]
+    relay_client: RawRelayClient,
     /// `[roles.NAME]` sections, each read by its role (`pylon_roles::configure`).
     roles: Table,
 }
@@ -104,6 +106,14 @@ struct RawConnections {
 struct RawDns {
     nameservers: Vec<String>,
     timeout: String,
+}
+
+/// The relay client (always on): the relays to stay reachable through.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelayClient {
+    #[serde(default)]
+    listen_via: Vec<String>,
 }
 
 /// Present = the perf server is on.
@@ -520,6 +530,17 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         }),
     };
     let kad = raw.kad.as_ref().map(kad).transpose()?;
+    let listen_via = list(
+        "relay_client.listen_via",
+        &raw.relay_client.listen_via,
+        |s| {
+            let addr: Multiaddr = s.parse().map_err(|e: multiaddr::Error| e.to_string())?;
+            match addr.iter().last() {
+                Some(multiaddr::Protocol::P2p(_)) => Ok(addr),
+                _ => Err("must end with /p2p/<relay id>".to_string()),
+            }
+        },
+    )?;
     let peerstore = pylon_node::peerstore::Config {
         max_peers: raw.peerstore.max_peers,
         max_addrs_per_peer: raw.peerstore.max_addrs_per_peer,
@@ -538,6 +559,7 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             stall_timeout: duration("storage.stall_timeout", &raw.storage.stall_timeout)?,
             retry_interval: duration("storage.retry_interval", &raw.storage.retry_interval)?,
         },
+        relay_client: pylon_node::protocols::relay::client::Config { listen_via },
     };
     // What each role needs from the node (the bootstrap role: a DHT server, inbound caps).
     for role in &roles {
@@ -944,6 +966,10 @@ mod tests {
                 &["websocket.extra_roots[0]"],
             ),
             ("[perf]\nallow = [\"not-a-peer\"]\n", &["perf.allow[0]"]),
+            (
+                "[relay_client]\nlisten_via = [\"/ip4/10.0.0.1/tcp/4001\"]\n",
+                &["relay_client.listen_via[0]", "/p2p/<relay id>"],
+            ),
             (
                 "[dns]\nnameservers = [\"1.2.3.4\"]\n",
                 &["dns.nameservers[0]", "1.2.3.4"],

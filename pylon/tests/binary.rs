@@ -11,7 +11,7 @@ use tokio::process::Command;
 mod common;
 use common::{
     bin, client, field_after, http_get, kad_node, peer_of, pylon_command, subcommand, wait_metric,
-    Running, T,
+    Running, LOCAL_TCP, T,
 };
 
 #[tokio::test]
@@ -321,4 +321,50 @@ async fn bootstrap_role_survives_kill_9_with_its_table_and_records() {
     assert_eq!(reply.provider_peers.len(), 1);
     assert_eq!(reply.provider_peers[0].id, client.peer_id().to_bytes());
     pylon.stop("-TERM").await;
+}
+
+/// Two real processes: a `pylon --role relay`, and a `pylon` that holds a reservation on it
+/// (`relay_client.listen_via` from the environment). A peer that cannot reach the second
+/// node directly reaches it through the relay and pings it.
+#[tokio::test]
+async fn a_node_is_reachable_through_a_relay_from_the_config() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let mut relay = Running::start(relay_dir.path(), &["--role", "relay"]);
+    let (relay_addr, relay_metrics) = relay.addresses().await;
+
+    let node_dir = tempfile::tempdir().unwrap();
+    let listen_via = relay_addr.to_string();
+    let mut node = Running::spawn(pylon_command(
+        node_dir.path(),
+        LOCAL_TCP,
+        &[],
+        &[("PYLON_RELAY_CLIENT__LISTEN_VIA", listen_via.as_str())],
+    ));
+    let (node_addr, _) = node.addresses().await;
+    let node_id = match node_addr.iter().last() {
+        Some(pylon_node::multiaddr::Protocol::P2p(id)) => id,
+        other => panic!("no /p2p/ in {node_addr}: {other:?}"),
+    };
+    wait_metric(&relay_metrics, "pylon_relay_reservations 1").await;
+
+    let peer = client().await;
+    let through = relay_addr
+        .with(pylon_node::multiaddr::Protocol::P2pCircuit)
+        .with(pylon_node::multiaddr::Protocol::P2p(node_id));
+    let conn = tokio::time::timeout(T, peer.host.dial(&through))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.transport(), "p2p-circuit");
+    let rtt = tokio::time::timeout(T, ping::ping(&peer.host, &node_id))
+        .await
+        .unwrap();
+    assert!(rtt.is_ok(), "{rtt:?}");
+    wait_metric(
+        &relay_metrics,
+        "libp2p_relaysvc_connections_total{type=\"opened\"} 1",
+    )
+    .await;
+    relay.signal("-TERM");
+    node.signal("-TERM");
 }

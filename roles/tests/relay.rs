@@ -295,10 +295,10 @@ fn contradicting_limits_are_refused_naming_both_keys() {
 /// secured and muxed like any other and carries a ping.
 #[tokio::test]
 async fn pylon_nodes_meet_through_the_relay_with_the_relay_client() {
-    use pylon_node::protocols::relay::client::{self, Client};
+    use pylon_node::protocols::relay::client;
     let (r, relay, _registry) = relay(Config::default()).await;
     let a = kit::start(&[kit::LOCAL_TCP]).await;
-    let a_client = Client::install(&a.host);
+    let a_client = &a.relay;
     let relay_addr = kit::addr_of(&r);
     a_client.listen_via(relay_addr.clone());
     let circuit_addr = relay_addr.clone().with(multiaddr::Protocol::P2pCircuit);
@@ -310,7 +310,6 @@ async fn pylon_nodes_meet_through_the_relay_with_the_relay_client() {
     assert_eq!(a_client.reservations()[0].relay, r.peer_id());
 
     let b = kit::start(&[kit::LOCAL_TCP]).await;
-    let _b_client = Client::install(&b.host);
     let to_a = circuit_addr
         .clone()
         .with(multiaddr::Protocol::P2p(a.peer_id()));

@@ -36,6 +36,15 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// What the node's relay client does beyond dialing: the relays it stays reachable
+/// through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Relays (`…/p2p/<relay id>`) to hold a reservation on, kept with
+    /// [`Client::listen_via`].
+    pub listen_via: Vec<Multiaddr>,
+}
+
 /// A reservation the relay granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reserved {
