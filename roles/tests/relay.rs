@@ -413,3 +413,71 @@ async fn access_lists_and_the_trusted_class() {
     assert_eq!(answer.status_of(), Some(Status::PermissionDenied));
     assert_eq!(relay.reservation_count(), 1);
 }
+
+/// Faults: a caller that vanishes mid-circuit frees the circuit and its per-peer slot; a
+/// relay that restarts (a new node on the same key is not needed: the client dials the
+/// address again) gets the reservation taken again by the client's `listen_via`.
+#[tokio::test]
+async fn a_vanished_peer_frees_its_circuit_and_a_restarted_relay_is_reserved_again() {
+    let (r, relay, _registry) = relay(Config {
+        max_circuits_per_peer: 1,
+        ..Config::default()
+    })
+    .await;
+    let a = client(&r).await;
+    let _stop = echo(&a);
+    let (answer, _) = hop(&a, &r, &HopMessage::reserve()).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok));
+    let b = client(&r).await;
+    let (answer, _circuit) = hop(&b, &r, &HopMessage::connect(a.peer_id())).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok));
+    // a takes part in one circuit: its per-peer limit (1) is reached.
+    let c = client(&r).await;
+    let (answer, _) = hop(&c, &r, &HopMessage::connect(a.peer_id())).await;
+    assert_eq!(answer.status_of(), Some(Status::ResourceLimitExceeded));
+    // b vanishes: its connection to the relay goes, the circuit with it.
+    b.shutdown(Duration::from_millis(100)).await;
+    wait::until("the circuit freed", T, || relay.circuit_count() == 0).await;
+    let (answer, _circuit) = hop(&c, &r, &HopMessage::connect(a.peer_id())).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok), "the slot came back");
+
+    // A relay restart on the same port: the client's listen_via reserves again.
+    let relay_addr = kit::addr_of(&r);
+    let port = kit::port_of(&r);
+    let key = r.host.keypair().clone();
+    let d = kit::start(&[kit::LOCAL_TCP]).await;
+    d.relay.listen_via(relay_addr.clone());
+    kit::until(&d, "d reserved", T, || !d.relay.reservations().is_empty()).await;
+    r.shutdown(Duration::from_millis(100)).await;
+    drop(relay);
+    kit::until(&d, "d lost the reservation", T, || {
+        d.relay.reservations().is_empty()
+    })
+    .await;
+    let config = pylon_node::node::Config {
+        listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()],
+        ..Default::default()
+    };
+    let r2 = pylon_node::node::Node::start(
+        key,
+        config,
+        pylon_node::node::Stores::memory(),
+        pylon_node::metrics::Metrics::unregistered(),
+    )
+    .await
+    .unwrap();
+    let mut registry = Registry::default();
+    let relay2 = Relay::start(
+        &r2,
+        Config::default(),
+        &mut Metrics::of::<Relay>(&mut registry),
+    )
+    .unwrap();
+    assert_eq!(kit::addr_of(&r2), relay_addr, "the same relay, back");
+    wait::until(
+        "d reserved on the restarted relay",
+        Duration::from_secs(60),
+        || relay2.reservation_count() == 1,
+    )
+    .await;
+}
