@@ -1,0 +1,16 @@
+//! Direct Connection Upgrade through Relay (`specs/relay/DCUtR.md`, `/libp2p/dcutr`): two
+//! peers on a relayed connection exchange their addresses, synchronise on the relay's
+//! round-trip time and open a direct connection at the same moment (TCP simultaneous
+//! open, or QUIC), so NATs on both sides let it through.
+//!
+//! - [`proto`]: the `HolePunch` message and its framing;
+//! - [`core`]: the exchange as sans-IO state machines (time is an input), the choice of
+//!   candidate addresses, the spec's three attempts.
+//!
+//! The driver that runs it on relayed connections comes with the NAT test bed (issue 13).
+
+pub mod core;
+pub mod proto;
+
+/// The protocol id.
+pub const PROTOCOL: &str = "/libp2p/dcutr";
