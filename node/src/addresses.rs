@@ -122,6 +122,15 @@ impl Observed {
     }
 
     /// Addresses reported by at least `n` distinct peers.
+    /// Every address reported, the best supported first (ties in address order): the
+    /// candidates hole punching tries, where one report (the relay's) may be all there is.
+    pub fn reported(&self) -> Vec<Multiaddr> {
+        let mut out: Vec<(&Multiaddr, usize)> =
+            self.entries.iter().map(|(a, r)| (a, r.len())).collect();
+        out.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.to_string().cmp(&b.to_string())));
+        out.into_iter().map(|(a, _)| a.clone()).collect()
+    }
+
     pub fn confirmed(&self, n: usize) -> Vec<Multiaddr> {
         let mut out: Vec<Multiaddr> = self
             .entries

@@ -31,6 +31,24 @@ pub struct HandshakeLabels {
     pub ip_version: &'static str,
 }
 
+/// `libp2p_holepunch_outcomes_total`: which side of the exchange, and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HolepunchLabels {
+    /// `initiator` (received the relayed connection) or `receiver`.
+    pub side: &'static str,
+    /// `success`, `failed`, `no_suitable_address`.
+    pub outcome: &'static str,
+}
+
+/// `libp2p_holepunch_address_outcomes_total`: one address dialed in a punch.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HolepunchAddrLabels {
+    pub side: &'static str,
+    /// `tcp` or `quic-v1`.
+    pub transport: &'static str,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DialErrorLabels {
     pub transport: &'static str,
@@ -125,6 +143,8 @@ pub struct Metrics {
     pub kad_records: Gauge,
     pub kad_provider_records: Gauge,
     pub kad_network_size: Gauge,
+    pub holepunch_outcomes: Family<HolepunchLabels, Counter>,
+    pub holepunch_addresses: Family<HolepunchAddrLabels, Counter>,
     /// The node's database (`pylon_storage_*`).
     pub storage: Arc<crate::storage::Metrics>,
     /// Supervised tasks that ended before shutdown (`pylon_task_failures_total`).
@@ -157,6 +177,8 @@ impl Metrics {
             kad_records: Gauge::default(),
             kad_provider_records: Gauge::default(),
             kad_network_size: Gauge::default(),
+            holepunch_outcomes: Family::default(),
+            holepunch_addresses: Family::default(),
             storage: crate::storage::Metrics::new(registry),
             task_failures: Family::default(),
         };
@@ -233,6 +255,17 @@ impl Metrics {
             "peerstore_evictions",
             "Peers dropped from the full peerstore",
             m.peerstore_evictions.clone(),
+        );
+        let holepunch = registry.sub_registry_with_prefix("libp2p_holepunch");
+        holepunch.register(
+            "outcomes",
+            "Hole punching exchanges (DCUtR), by side and outcome",
+            m.holepunch_outcomes.clone(),
+        );
+        holepunch.register(
+            "address_outcomes",
+            "Addresses dialed while hole punching, by side, transport and outcome",
+            m.holepunch_addresses.clone(),
         );
         let kad = registry.sub_registry_with_prefix("libp2p_kad");
         kad.register(

@@ -12,7 +12,7 @@ use crate::identity::{Keypair, PeerId};
 use crate::metrics::Metrics;
 use crate::peerstore::{self, Peerstore, Store};
 use crate::protocols::relay::client as relay_client;
-use crate::protocols::{identify, kad, perf, ping};
+use crate::protocols::{dcutr, identify, kad, perf, ping};
 use crate::storage::{self, Storage};
 
 #[derive(Debug, Clone, Default)]
@@ -30,6 +30,8 @@ pub struct Config {
     /// Relays to stay reachable through (the relay client is always on: it dials
     /// `/p2p-circuit` addresses and answers the relays we reserve with).
     pub relay_client: relay_client::Config,
+    /// Hole punching of relayed connections (DCUtR).
+    pub dcutr: dcutr::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +161,7 @@ impl Node {
         let identify =
             identify::Identify::install(&host, peerstore.clone(), config.identify.clone());
         let relay = relay_client::Client::install(&host);
+        dcutr::Dcutr::install(&host, identify.clone(), config.dcutr.clone());
         let kad = match &config.kad {
             Some(kad_config) => {
                 let store = kad::KadStore::open(

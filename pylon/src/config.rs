@@ -560,6 +560,8 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
             retry_interval: duration("storage.retry_interval", &raw.storage.retry_interval)?,
         },
         relay_client: pylon_node::protocols::relay::client::Config { listen_via },
+        // On, loopback candidates off: nothing an operator needs to set.
+        dcutr: Default::default(),
     };
     // What each role needs from the node (the bootstrap role: a DHT server, inbound caps).
     for role in &roles {

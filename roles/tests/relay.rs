@@ -481,3 +481,71 @@ async fn a_vanished_peer_frees_its_circuit_and_a_restarted_relay_is_reserved_aga
     )
     .await;
 }
+
+/// Hole punching on loopback (a lab: loopback candidates allowed): A reaches B through
+/// the relay, B starts DCUtR over the relayed connection, both dial at the same moment,
+/// and a direct TCP connection replaces the circuit for new streams.
+#[tokio::test]
+async fn dcutr_upgrades_a_relayed_connection_to_a_direct_one() {
+    use pylon_node::protocols::dcutr;
+    let (r, _relay, _registry) = relay(Config::default()).await;
+    let lab = || pylon_node::node::Config {
+        dcutr: dcutr::Config {
+            enabled: true,
+            allow_loopback: true,
+        },
+        ..kit::config(&[kit::LOCAL_TCP])
+    };
+    let b = kit::start_with(lab()).await;
+    let relay_addr = kit::addr_of(&r);
+    b.relay.listen_via(relay_addr.clone());
+    let circuit = relay_addr.with(multiaddr::Protocol::P2pCircuit);
+    kit::until(&b, "B listens through the relay", T, || {
+        b.host.listen_addrs().contains(&circuit)
+    })
+    .await;
+    let a = kit::start_with(lab()).await;
+    let relayed = tokio::time::timeout(
+        T,
+        a.host
+            .dial(&circuit.clone().with(multiaddr::Protocol::P2p(b.peer_id()))),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(relayed.transport(), "p2p-circuit");
+    // The direct connection: A's preferred connection to B is no longer the circuit.
+    kit::until(&a, "a direct connection from A to B", T, || {
+        a.host
+            .connection(&b.peer_id())
+            .is_some_and(|c| c.transport() == "tcp")
+    })
+    .await;
+    let direct = a.host.connection(&b.peer_id()).unwrap();
+    assert!(
+        direct.established() > relayed.established(),
+        "the circuit came first"
+    );
+    let mut ping = a
+        .host
+        .open_stream(&b.peer_id(), &["/ipfs/ping/1.0.0"])
+        .await
+        .unwrap();
+    ping.write_all(&[8u8; 32]).await.unwrap();
+    let mut pong = [0u8; 32];
+    tokio::time::timeout(T, ping.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    let outcome = |node: &Node, side: &'static str| {
+        node.host
+            .metrics()
+            .holepunch_outcomes
+            .get_or_create(&pylon_node::metrics::HolepunchLabels {
+                side,
+                outcome: "success",
+            })
+            .get()
+    };
+    wait::until("B counts its punch", T, || outcome(&b, "initiator") == 1).await;
+}

@@ -302,6 +302,74 @@ impl Host {
         self.establish(handshaken, ends, started)
     }
 
+    /// Dials `addr` (TCP, ending with `/p2p/<peer>`) from our listen port but takes the
+    /// listener's part in the upgrade: the second side of a TCP simultaneous open (hole
+    /// punching, `specs/relay/DCUtR.md`), where the remote runs the dialer's part on the
+    /// same connection. The connection counts as outbound.
+    pub async fn dial_as_listener(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        let (target, expected) = transport::parse(addr)?;
+        let (Target::Tcp(remote), Some(expected)) = (&target, expected) else {
+            return Err(DialError::Unsupported(addr.clone()));
+        };
+        let remote = *remote;
+        if self.inner.shutdown.is_cancelled() {
+            return Err(DialError::ShuttingDown);
+        }
+        self.admit(&expected)?;
+        let cfg = &self.inner.config;
+        // Always the listen port, and only it: the NAT mapping the remote was told about is
+        // the listen port's, and from another port the remote (a listener too, then) would
+        // wait for us to speak first.
+        let port = self
+            .listen_port_for(&target)
+            .ok_or_else(|| DialError::Unsupported(addr.clone()))?;
+        let result = async {
+            let (raw, local) =
+                tokio::time::timeout(cfg.dial_timeout, transport::dial_tcp_from(remote, port))
+                    .await
+                    .map_err(|_| DialError::Timeout)??;
+            let started = Instant::now();
+            let handshaken =
+                tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, false, None))
+                    .await
+                    .map_err(|_| DialError::Timeout)??;
+            if handshaken.peer != expected {
+                let got = handshaken.peer;
+                handshaken.mux.abandon(b"wrong peer");
+                return Err(DialError::WrongPeer {
+                    expected: Box::new(expected),
+                    got: Box::new(got),
+                });
+            }
+            let handshaken = Handshaken {
+                route: Route {
+                    transport: target.transport_label(),
+                    ip_version: target.ip_version(),
+                    ..handshaken.route
+                },
+                ..handshaken
+            };
+            let ends = Ends {
+                remote: strip_p2p(addr),
+                local,
+                direction: Direction::Outbound,
+                ip_slot: None,
+            };
+            self.establish(handshaken, ends, started)
+        }
+        .await;
+        if let Err(e) = &result {
+            count_error(
+                &self.inner.metrics.dial_errors,
+                target.transport_label(),
+                e.label(),
+                e.fault(),
+                target.ip_version(),
+            );
+        }
+        result
+    }
+
     /// Returns an open connection to `peer`, or dials `addrs` in order until one works.
     pub async fn connect(
         &self,

@@ -387,11 +387,20 @@ impl Host {
         out
     }
 
-    /// Any open connection to `peer` (the oldest).
+    /// An open connection to `peer`: the oldest direct one, else the oldest through a
+    /// relay (so streams move to a direct connection once hole punching made one).
     pub fn connection(&self, peer: &PeerId) -> Option<Connection> {
-        lock(&self.inner.connections)
-            .get(peer)
-            .and_then(|l| l.iter().find(|c| !c.is_closed()).cloned())
+        let conns = lock(&self.inner.connections);
+        let open: Vec<&Connection> = conns.get(peer)?.iter().filter(|c| !c.is_closed()).collect();
+        let relayed = |c: &Connection| {
+            c.remote_addr()
+                .iter()
+                .any(|p| matches!(p, Protocol::P2pCircuit))
+        };
+        open.iter()
+            .find(|c| !relayed(c))
+            .or(open.first())
+            .map(|c| (*c).clone())
     }
 
     pub fn connections(&self) -> Vec<Connection> {

@@ -236,6 +236,12 @@ impl Identify {
         )
     }
 
+    /// Every address a peer said it observed us at, the best supported first (unconfirmed:
+    /// hole punching candidates).
+    pub fn observed_addrs(&self) -> Vec<Multiaddr> {
+        lock(&self.observed).reported()
+    }
+
     /// Addresses peers observed us at that enough distinct peers agree on.
     pub fn confirmed_observed_addrs(&self) -> Vec<Multiaddr> {
         lock(&self.observed).confirmed(self.config.addresses.observed_confirmations)

@@ -571,6 +571,18 @@ async fn dial_ws(ws: &WsTarget, ws_tls: &WsTls) -> Result<(RawStream, Multiaddr)
     Ok((RawStream::Wss(Box::new(stream)), local))
 }
 
+/// A TCP connection to `addr` from local `port` only — no fallback to another port: the
+/// second half of a TCP simultaneous open, which is useless from any other port.
+pub async fn dial_tcp_from(addr: SocketAddr, port: u16) -> Result<(RawStream, Multiaddr), Error> {
+    let stream = connect_from(addr, port).await.map_err(|e| match e.kind() {
+        io::ErrorKind::ConnectionRefused => Error::Refused,
+        _ => Error::Io(e),
+    })?;
+    tune(&stream)?;
+    let local = tcp_multiaddr(stream.local_addr()?);
+    Ok((RawStream::Tcp(stream), local))
+}
+
 /// Opens a raw connection; returns the stream and our local address on it.
 /// With `reuse_port`, a TCP dial leaves from that local port (the listen port) so the
 /// remote sees the address we listen on; if the kernel refuses (the same 4-tuple is in

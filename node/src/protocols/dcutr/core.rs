@@ -45,16 +45,21 @@ pub enum Outcome {
 }
 
 /// The candidate addresses of one side: what identify says others observed us at, and
-/// our listen addresses, without relayed, loopback or unspecified ones, without `/p2p/`,
-/// TCP and QUIC only, deduplicated, observed first, at most [`MAX_ADDRS`].
-pub fn candidates(observed: &[Multiaddr], listen: &[Multiaddr]) -> Vec<Multiaddr> {
+/// our listen addresses, without relayed, unspecified or (unless `allow_loopback`, for a
+/// lab) loopback ones, without `/p2p/`, TCP and QUIC only, deduplicated, observed first,
+/// at most [`MAX_ADDRS`].
+pub fn candidates(
+    observed: &[Multiaddr],
+    listen: &[Multiaddr],
+    allow_loopback: bool,
+) -> Vec<Multiaddr> {
     let mut out: Vec<Multiaddr> = Vec::new();
     for addr in observed.iter().chain(listen) {
         let addr: Multiaddr = addr
             .iter()
             .filter(|p| !matches!(p, Protocol::P2p(_)))
             .collect();
-        if usable(&addr) && !out.contains(&addr) {
+        if usable(&addr, allow_loopback) && !out.contains(&addr) {
             out.push(addr);
         }
         if out.len() == MAX_ADDRS {
@@ -64,11 +69,11 @@ pub fn candidates(observed: &[Multiaddr], listen: &[Multiaddr]) -> Vec<Multiaddr
     out
 }
 
-fn usable(addr: &Multiaddr) -> bool {
+fn usable(addr: &Multiaddr, allow_loopback: bool) -> bool {
     let parts: Vec<Protocol<'_>> = addr.iter().collect();
     let ip_ok = match parts.first() {
-        Some(Protocol::Ip4(ip)) => !ip.is_loopback() && !ip.is_unspecified(),
-        Some(Protocol::Ip6(ip)) => !ip.is_loopback() && !ip.is_unspecified(),
+        Some(Protocol::Ip4(ip)) => (allow_loopback || !ip.is_loopback()) && !ip.is_unspecified(),
+        Some(Protocol::Ip6(ip)) => (allow_loopback || !ip.is_loopback()) && !ip.is_unspecified(),
         _ => false,
     };
     let transport_ok = matches!(
@@ -100,15 +105,17 @@ enum State {
 #[derive(Debug)]
 pub struct Initiator {
     ours: Vec<Multiaddr>,
+    allow_loopback: bool,
     attempts: u32,
     state: State,
 }
 
 impl Initiator {
-    /// `ours`: our [`candidates`].
-    pub fn new(ours: Vec<Multiaddr>) -> Initiator {
+    /// `ours`: our [`candidates`]; `allow_loopback` as there, for the remote's.
+    pub fn new(ours: Vec<Multiaddr>, allow_loopback: bool) -> Initiator {
         Initiator {
             ours,
+            allow_loopback,
             attempts: 0,
             state: State::Ready,
         }
@@ -150,7 +157,7 @@ impl Initiator {
         let State::AwaitingConnect { sent } = self.state else {
             return None; // out of turn: ignored
         };
-        let theirs = candidates(&theirs, &[]);
+        let theirs = candidates(&theirs, &[], self.allow_loopback);
         if theirs.is_empty() {
             return self.on_dial_failed();
         }
@@ -192,18 +199,23 @@ impl Initiator {
 #[derive(Debug)]
 pub struct Responder {
     ours: Vec<Multiaddr>,
+    allow_loopback: bool,
     theirs: Option<Vec<Multiaddr>>,
 }
 
 impl Responder {
-    /// `ours`: our [`candidates`].
-    pub fn new(ours: Vec<Multiaddr>) -> Responder {
-        Responder { ours, theirs: None }
+    /// `ours`: our [`candidates`]; `allow_loopback` as there, for the remote's.
+    pub fn new(ours: Vec<Multiaddr>, allow_loopback: bool) -> Responder {
+        Responder {
+            ours,
+            allow_loopback,
+            theirs: None,
+        }
     }
 
     /// The initiator's `CONNECT`: answer with ours (also on a retry, which starts over).
     pub fn on_connect(&mut self, theirs: Vec<Multiaddr>) -> Action {
-        self.theirs = Some(candidates(&theirs, &[]));
+        self.theirs = Some(candidates(&theirs, &[], self.allow_loopback));
         Action::SendConnect(self.ours.clone())
     }
 
@@ -239,7 +251,7 @@ mod tests {
         ]);
         let listen = addrs(&["/ip4/0.0.0.0/tcp/4001", "/ip4/10.0.0.2/tcp/4001"]);
         assert_eq!(
-            candidates(&observed, &listen),
+            candidates(&observed, &listen, false),
             addrs(&[
                 "/ip4/198.51.100.7/tcp/4001",
                 "/ip4/10.0.0.2/udp/4001/quic-v1",
@@ -249,7 +261,7 @@ mod tests {
         let many: Vec<Multiaddr> = (0..40)
             .map(|i| format!("/ip4/198.51.100.{i}/tcp/4001").parse().unwrap())
             .collect();
-        assert_eq!(candidates(&many, &[]).len(), MAX_ADDRS);
+        assert_eq!(candidates(&many, &[], false).len(), MAX_ADDRS);
     }
 
     /// Simulated time: the initiator dials exactly half a round trip after SYNC, which is
@@ -260,8 +272,8 @@ mod tests {
         let rtt = Duration::from_millis(80);
         let b_addrs = addrs(&["/ip4/198.51.100.7/tcp/4001"]);
         let a_addrs = addrs(&["/ip4/203.0.113.5/tcp/5001"]);
-        let mut b = Initiator::new(b_addrs.clone());
-        let mut a = Responder::new(a_addrs.clone());
+        let mut b = Initiator::new(b_addrs.clone(), false);
+        let mut a = Responder::new(a_addrs.clone(), false);
 
         let Some(Action::SendConnect(sent)) = b.poll(t0) else {
             panic!("B starts with CONNECT")
@@ -284,7 +296,7 @@ mod tests {
     fn three_attempts_then_failure() {
         let t0 = Instant::now();
         let theirs = addrs(&["/ip4/203.0.113.5/tcp/5001"]);
-        let mut b = Initiator::new(addrs(&["/ip4/198.51.100.7/tcp/4001"]));
+        let mut b = Initiator::new(addrs(&["/ip4/198.51.100.7/tcp/4001"]), false);
         for attempt in 1..=MAX_ATTEMPTS {
             assert!(matches!(b.poll(t0), Some(Action::SendConnect(_))));
             assert_eq!(b.attempts(), attempt);
@@ -303,10 +315,10 @@ mod tests {
     #[test]
     fn nothing_to_offer_or_nothing_offered() {
         let t0 = Instant::now();
-        let mut lonely = Initiator::new(Vec::new());
+        let mut lonely = Initiator::new(Vec::new(), false);
         assert_eq!(lonely.poll(t0), Some(Action::Done(Outcome::NoAddresses)));
         // The remote answers with no usable address: that attempt failed.
-        let mut b = Initiator::new(addrs(&["/ip4/198.51.100.7/tcp/4001"]));
+        let mut b = Initiator::new(addrs(&["/ip4/198.51.100.7/tcp/4001"]), false);
         b.poll(t0);
         assert_eq!(b.on_connect(t0, addrs(&["/ip4/127.0.0.1/tcp/1"])), None);
         assert!(
@@ -314,10 +326,10 @@ mod tests {
             "retried"
         );
         // A SYNC without a CONNECT before it is ignored by the responder.
-        let mut a = Responder::new(Vec::new());
+        let mut a = Responder::new(Vec::new(), false);
         assert_eq!(a.on_sync(), None);
         // A CONNECT out of turn is ignored by the initiator.
-        let mut idle = Initiator::new(addrs(&["/ip4/198.51.100.7/tcp/4001"]));
+        let mut idle = Initiator::new(addrs(&["/ip4/198.51.100.7/tcp/4001"]), false);
         assert_eq!(
             idle.on_connect(t0, addrs(&["/ip4/203.0.113.5/tcp/5001"])),
             None

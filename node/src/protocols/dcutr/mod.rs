@@ -5,12 +5,14 @@
 //!
 //! - [`proto`]: the `HolePunch` message and its framing;
 //! - [`core`]: the exchange as sans-IO state machines (time is an input), the choice of
-//!   candidate addresses, the spec's three attempts.
-//!
-//! The driver that runs it on relayed connections comes with the NAT test bed (issue 13).
+//!   candidate addresses, the spec's three attempts;
+//! - [`driver`]: the exchange run on every relayed connection of the host.
 
 pub mod core;
+pub mod driver;
 pub mod proto;
+
+pub use driver::{Config, Dcutr};
 
 /// The protocol id.
 pub const PROTOCOL: &str = "/libp2p/dcutr";

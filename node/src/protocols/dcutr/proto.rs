@@ -39,7 +39,9 @@ impl HolePunch {
     /// Is this a `CONNECT` or a `SYNC`? `None` for any other type — including a missing
     /// one: prost decodes an absent `required` field as 0 rather than refusing it.
     pub fn kind(&self) -> Option<i32> {
-        [CONNECT, SYNC].contains(&self.r#type).then_some(self.r#type)
+        [CONNECT, SYNC]
+            .contains(&self.r#type)
+            .then_some(self.r#type)
     }
 
     /// The addresses that parse; the rest are skipped, not an error.
