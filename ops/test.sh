@@ -17,6 +17,12 @@ if ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v fsfreeze >/dev/null 2>
   echo "mkfs.ext4/fsfreeze missing: installing Debian's e2fsprogs and util-linux"
   apt-get update -qq && apt-get install -y -qq e2fsprogs util-linux mount
 fi
+# The NAT test beds (testkit's netns, the hole-punching interop tests) build network
+# namespaces with ip and nft (root).
+if ! command -v nft >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+  echo "nft/ip missing: installing Debian's nftables and iproute2"
+  apt-get update -qq && apt-get install -y -qq nftables iproute2
+fi
 echo "node $(node --version), npm $(npm --version), $(cargo --version)"
 
 step "js-libp2p peer (npm ci --prefix interop/js)"

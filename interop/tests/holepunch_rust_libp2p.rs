@@ -1,0 +1,617 @@
+//! Hole punching through a Pylon relay: rust-libp2p 0.57 peers (relay client, DCUtR,
+//! identify, ping) on two LANs behind NAT routers (`pylon_testkit::netns`), the Pylon relay
+//! on the public network.
+//!
+//! A reserves on the relay; B connects to the relay, then dials A through it; the two ping
+//! over the circuit, and DCUtR (run by rust-libp2p on both sides over the circuit, with the
+//! addresses the relay's identify observed) punches a direct connection. Through
+//! endpoint-independent NATs that works over TCP and over QUIC; behind a symmetric NAT it
+//! fails, and the circuit goes on carrying pings.
+//!
+//! Each test builds its own bed of namespaces (root, `ip`, `nft`: CI has them) and deletes
+//! it at the end. Every peer runs on a thread inside its namespace; the test drives them
+//! through channels, and every wait is bounded.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, Swarm, SwarmEvent};
+use libp2p::{dcutr, identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId};
+use prometheus_client::registry::Registry;
+use pylon_roles::relay::{Config, Relay};
+use pylon_roles::{Metrics, Role};
+use pylon_testkit::netns::{self, Bed, Nat};
+use pylon_testkit::node as kit;
+use tokio::sync::{mpsc, oneshot};
+
+/// The bound on each wait.
+const T: Duration = Duration::from_secs(30);
+
+/// A dial (and so each hole-punch attempt) gives up after this; DCUtR tries three times.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Events a peer's thread may hold for the test before it waits.
+const EVENT_BUFFER: usize = 4096;
+
+/// Lines of a peer's recent events a failed wait shows.
+const SHOWN_EVENTS: usize = 40;
+
+#[derive(NetworkBehaviour)]
+struct Client {
+    relay: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// The transport between the peers and the relay, and so the one DCUtR punches with: its
+/// address candidates are what the relay's identify observed on that connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Over {
+    Tcp,
+    Quic,
+}
+
+impl Over {
+    fn is(self, addr: &Multiaddr) -> bool {
+        addr.iter().any(|p| match self {
+            Over::Tcp => matches!(p, Protocol::Tcp(_)),
+            Over::Quic => matches!(p, Protocol::QuicV1),
+        })
+    }
+}
+
+fn client() -> Swarm<Client> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key, relay| Client {
+            relay,
+            dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/interop/holepunch/1.0.0".into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::new(
+                ping::Config::new().with_interval(Duration::from_millis(500)),
+            ),
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .with_connection_timeout(DIAL_TIMEOUT)
+        .build()
+}
+
+enum Command {
+    Dial(Multiaddr),
+    Listen(Multiaddr),
+}
+
+/// What a peer reported that the tests judge, in the order it happened.
+#[derive(Debug, Clone)]
+enum Seen {
+    Reserved {
+        relay: PeerId,
+    },
+    /// An address the relay's identify observed (DCUtR's candidate).
+    Candidate(Multiaddr),
+    Connected {
+        peer: PeerId,
+        id: ConnectionId,
+        endpoint: ConnectedPoint,
+    },
+    Pinged {
+        peer: PeerId,
+        connection: ConnectionId,
+    },
+    /// DCUtR's verdict: the direct connection, or why there is none.
+    Punched {
+        peer: PeerId,
+        result: Result<ConnectionId, String>,
+    },
+}
+
+impl Seen {
+    fn of(event: &SwarmEvent<ClientEvent>) -> Option<Seen> {
+        Some(match event {
+            SwarmEvent::Behaviour(ClientEvent::Relay(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => Seen::Reserved {
+                relay: *relay_peer_id,
+            },
+            SwarmEvent::NewExternalAddrCandidate { address } => Seen::Candidate(address.clone()),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => Seen::Connected {
+                peer: *peer_id,
+                id: *connection_id,
+                endpoint: endpoint.clone(),
+            },
+            SwarmEvent::Behaviour(ClientEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Ok(_),
+            })) => Seen::Pinged {
+                peer: *peer,
+                connection: *connection,
+            },
+            SwarmEvent::Behaviour(ClientEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => Seen::Punched {
+                peer: *remote_peer_id,
+                result: result.as_ref().map(|id| *id).map_err(|e| e.to_string()),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// The connections to `peer` in `history`, in order: (position, id, endpoint).
+fn connections(
+    history: &[Seen],
+    peer: PeerId,
+) -> impl Iterator<Item = (usize, ConnectionId, &ConnectedPoint)> {
+    history
+        .iter()
+        .enumerate()
+        .filter_map(move |(i, s)| match s {
+            Seen::Connected {
+                peer: p,
+                id,
+                endpoint,
+            } if *p == peer => Some((i, *id, endpoint)),
+            _ => None,
+        })
+}
+
+/// Whether `peer` answered a ping on `connection` at a position after `after`.
+fn pinged_after(history: &[Seen], after: usize, peer: PeerId, connection: ConnectionId) -> bool {
+    history.iter().enumerate().skip(after + 1).any(|(_, s)| {
+        matches!(s, Seen::Pinged { peer: p, connection: c } if *p == peer && *c == connection)
+    })
+}
+
+/// A rust-libp2p peer on a thread inside a LAN host's namespace.
+struct Peer {
+    name: &'static str,
+    id: PeerId,
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<SwarmEvent<ClientEvent>>,
+    /// Everything judged so far (a test runs for seconds: a few hundred entries at most).
+    history: Vec<Seen>,
+    /// The latest events of any kind, for a failed wait to show.
+    recent: VecDeque<String>,
+    _thread: netns::Task<()>,
+}
+
+impl Peer {
+    /// Starts a peer in `host`'s namespace, listening on TCP and QUIC on all its addresses:
+    /// its dials then leave from those ports (rust-libp2p's port reuse), so the NAT's
+    /// mapping of the relay connection is the one the hole punch goes through.
+    async fn start(name: &'static str, host: &netns::Host) -> Peer {
+        let (commands, mut command_rx) = mpsc::channel(16);
+        let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let thread = host
+            .spawn(async move || {
+                let mut swarm = client();
+                swarm
+                    .listen_on("/ip4/0.0.0.0/tcp/0".parse().unwrap())
+                    .unwrap();
+                swarm
+                    .listen_on("/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap())
+                    .unwrap();
+                // Listening on both before any dial, so dials reuse the listening ports.
+                let (mut tcp, mut quic) = (false, false);
+                while !(tcp && quic) {
+                    if let SwarmEvent::NewListenAddr { address, .. } =
+                        swarm.select_next_some().await
+                    {
+                        tcp |= Over::Tcp.is(&address);
+                        quic |= Over::Quic.is(&address);
+                    }
+                }
+                ready_tx.send(*swarm.local_peer_id()).unwrap();
+                loop {
+                    tokio::select! {
+                        command = command_rx.recv() => match command {
+                            Some(Command::Dial(addr)) => swarm
+                                .dial(addr.clone())
+                                .unwrap_or_else(|e| panic!("{name}: dial {addr}: {e}")),
+                            Some(Command::Listen(addr)) => {
+                                swarm
+                                    .listen_on(addr.clone())
+                                    .unwrap_or_else(|e| panic!("{name}: listen on {addr}: {e}"));
+                            }
+                            None => return,
+                        },
+                        event = swarm.select_next_some() => {
+                            if event_tx.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+            .unwrap();
+        let id = tokio::time::timeout(T, ready_rx)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: not listening within {T:?}"))
+            .unwrap_or_else(|_| panic!("{name}: the peer's thread ended"));
+        Peer {
+            name,
+            id,
+            commands,
+            events,
+            history: Vec::new(),
+            recent: VecDeque::new(),
+            _thread: thread,
+        }
+    }
+
+    async fn command(&self, command: Command) {
+        self.commands
+            .send(command)
+            .await
+            .unwrap_or_else(|_| panic!("{}: the peer's thread ended", self.name));
+    }
+
+    fn record(&mut self, event: &SwarmEvent<ClientEvent>) {
+        if self.recent.len() == SHOWN_EVENTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(format!("{event:?}"));
+        self.history.extend(Seen::of(event));
+    }
+
+    /// Waits until `pick` finds something in this peer's history: checked now, then after
+    /// each new event.
+    async fn until<R>(&mut self, what: &str, mut pick: impl FnMut(&[Seen]) -> Option<R>) -> R {
+        let found = tokio::time::timeout(T, async {
+            loop {
+                if let Some(r) = pick(&self.history) {
+                    return Some(r);
+                }
+                let event = self.events.recv().await?;
+                self.record(&event);
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(r)) => r,
+            Ok(None) => panic!(
+                "{}: {what}: the peer's thread ended; recent events:\n{:#?}",
+                self.name, self.recent
+            ),
+            Err(_) => panic!(
+                "{}: {what}: not within {T:?}; recent events:\n{:#?}",
+                self.name, self.recent
+            ),
+        }
+    }
+
+    /// Takes the events delivered so far without waiting.
+    fn catch_up(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            self.record(&event);
+        }
+    }
+}
+
+/// The Pylon relay on the public host of `bed`.
+struct PublicRelay {
+    id: PeerId,
+    /// Its TCP and QUIC addresses with `/p2p/<id>`.
+    tcp: Multiaddr,
+    quic: Multiaddr,
+    role: Arc<Relay>,
+    _thread: netns::Task<()>,
+}
+
+impl PublicRelay {
+    async fn start(bed: &Bed) -> PublicRelay {
+        let ip = bed.public().ip();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let thread = bed
+            .public()
+            .spawn(async move || {
+                let tcp = format!("/ip4/{ip}/tcp/0");
+                let quic = format!("/ip4/{ip}/udp/0/quic-v1");
+                let node = kit::start(&[&tcp, &quic]).await;
+                let mut registry = Registry::default();
+                let role = Relay::start(
+                    &node,
+                    Config::default(),
+                    &mut Metrics::of::<Relay>(&mut registry),
+                )
+                .unwrap();
+                let id: PeerId = node.peer_id().to_string().parse().unwrap();
+                let addrs: Vec<Multiaddr> = node
+                    .host
+                    .listen_addrs()
+                    .iter()
+                    .map(|a| a.to_string().parse().unwrap())
+                    .collect();
+                if ready_tx.send((id, addrs, role)).is_err() {
+                    return;
+                }
+                // The node lives (and relays) until the test drops the thread.
+                std::future::pending::<()>().await
+            })
+            .unwrap();
+        let (id, addrs, role) = tokio::time::timeout(T, ready_rx)
+            .await
+            .expect("the relay starts in time")
+            .expect("the relay's thread runs");
+        let find = |over: Over| {
+            addrs
+                .iter()
+                .find(|a| over.is(a))
+                .unwrap_or_else(|| panic!("the relay listens on {over:?}: {addrs:?}"))
+                .clone()
+                .with(Protocol::P2p(id))
+        };
+        PublicRelay {
+            id,
+            tcp: find(Over::Tcp),
+            quic: find(Over::Quic),
+            role,
+            _thread: thread,
+        }
+    }
+
+    fn addr(&self, over: Over) -> Multiaddr {
+        match over {
+            Over::Tcp => self.tcp.clone(),
+            Over::Quic => self.quic.clone(),
+        }
+    }
+}
+
+/// Two peers that met through the relay, and what they met in.
+struct Met {
+    a: Peer,
+    b: Peer,
+    relay: PublicRelay,
+    /// B's connection to A over the circuit.
+    b_circuit: ConnectionId,
+    /// A's connection to B over the circuit.
+    a_circuit: ConnectionId,
+    bed: Bed,
+}
+
+/// The bed (A on LAN 0 behind `nat_a`, B on LAN 1 behind `nat_b`), the relay, A reserved,
+/// B connected to A through the relay before anything else, and a ping each way over the
+/// circuit. DCUtR may already be at work meanwhile: the caller judges it from the
+/// peers' histories.
+async fn meet_through_relay(over: Over, nat_a: Nat, nat_b: Nat) -> Met {
+    let bed = Bed::builder().lan(nat_a).lan(nat_b).build().unwrap();
+    let relay = PublicRelay::start(&bed).await;
+    let relay_addr = relay.addr(over);
+    let mut a = Peer::start("A", &bed.lan(0).host).await;
+    let mut b = Peer::start("B", &bed.lan(1).host).await;
+    let (a_id, b_id, relay_id) = (a.id, b.id, relay.id);
+    let observed = |history: &[Seen]| {
+        history.iter().find_map(|s| match s {
+            Seen::Candidate(addr) if over.is(addr) => Some(addr.clone()),
+            _ => None,
+        })
+    };
+
+    // A reserves. Its DCUtR candidate is what the relay's identify observed: its router's
+    // public address (and, with port reuse through an endpoint-independent NAT, A's port).
+    a.command(Command::Listen(
+        relay_addr.clone().with(Protocol::P2pCircuit),
+    ))
+    .await;
+    let a_seen_at = a
+        .until("A's reservation and observed address", |h| {
+            let reserved = h
+                .iter()
+                .any(|s| matches!(s, Seen::Reserved { relay } if *relay == relay_id));
+            observed(h).filter(|_| reserved)
+        })
+        .await;
+    assert_eq!(
+        a_seen_at.iter().next(),
+        Some(Protocol::Ip4(bed.lan(0).router.ip())),
+        "the relay sees A at A's router: {a_seen_at}"
+    );
+    assert_eq!(relay.role.reservation_count(), 1);
+
+    // B connects to the relay first, so that its candidate is known before the circuit
+    // opens (DCUtR takes the candidates a connection starts with).
+    b.command(Command::Dial(relay_addr.clone())).await;
+    let b_seen_at = b.until("B's observed address", observed).await;
+    assert_eq!(
+        b_seen_at.iter().next(),
+        Some(Protocol::Ip4(bed.lan(1).router.ip())),
+        "the relay sees B at B's router: {b_seen_at}"
+    );
+
+    // B dials A through the relay: its first connection to A is the circuit, and so is A's
+    // first to B; each side's ping is answered over it.
+    b.command(Command::Dial(
+        relay_addr
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(a_id)),
+    ))
+    .await;
+    let mut circuits = Vec::new();
+    for (peer, other) in [(&mut b, a_id), (&mut a, b_id)] {
+        let (first, circuit) = peer
+            .until("a first connection through the relay", |h| {
+                connections(h, other).next().map(|(i, id, endpoint)| {
+                    assert!(endpoint.is_relayed(), "first connection: {endpoint:?}");
+                    (i, id)
+                })
+            })
+            .await;
+        peer.until("a ping over the circuit", |h| {
+            pinged_after(h, first, other, circuit).then_some(())
+        })
+        .await;
+        circuits.push(circuit);
+    }
+    let status = relay.role.status();
+    assert_eq!(status.circuits.len(), 1, "one circuit: {status:?}");
+    assert!(
+        status.circuits[0].bytes_up > 0 && status.circuits[0].bytes_down > 0,
+        "data crossed the circuit both ways: {status:?}"
+    );
+    Met {
+        a,
+        b,
+        relay,
+        b_circuit: circuits[0],
+        a_circuit: circuits[1],
+        bed,
+    }
+}
+
+/// Through two endpoint-independent NATs: DCUtR upgrades the circuit to a direct `over`
+/// connection between the two routers' addresses, which then carries a ping.
+async fn hole_punch(over: Over) {
+    let Met {
+        mut a,
+        mut b,
+        relay,
+        b_circuit,
+        a_circuit: _,
+        bed,
+    } = meet_through_relay(over, Nat::EndpointIndependent, Nat::EndpointIndependent).await;
+    let (a_id, b_id) = (a.id, b.id);
+    let (a_router, b_router) = (bed.lan(0).router.ip(), bed.lan(1).router.ip());
+
+    // B's side: DCUtR reports the connection it made; that connection is direct, to A's
+    // router, over `over`, and came after the circuit.
+    let (punched, remote) = b
+        .until("B's hole punch to A", |h| {
+            let punched = h.iter().find_map(|s| match s {
+                Seen::Punched { peer, result } if *peer == a_id => Some(result.clone()),
+                _ => None,
+            })?;
+            let punched = punched.unwrap_or_else(|e| panic!("B's hole punch failed: {e}"));
+            connections(h, a_id)
+                .find(|(_, id, _)| *id == punched)
+                .map(|(_, _, endpoint)| {
+                    assert!(!endpoint.is_relayed(), "punched: {endpoint:?}");
+                    (punched, endpoint.get_remote_address().clone())
+                })
+        })
+        .await;
+    assert_ne!(punched, b_circuit);
+    assert!(over.is(&remote), "punched over {over:?}: {remote}");
+    assert_eq!(
+        remote.iter().next(),
+        Some(Protocol::Ip4(a_router)),
+        "B reaches A at A's router: {remote}"
+    );
+    let order: Vec<bool> = connections(&b.history, a_id)
+        .map(|(_, _, endpoint)| endpoint.is_relayed())
+        .collect();
+    assert!(
+        order[0] && order[1..].iter().all(|relayed| !relayed),
+        "the circuit first, then only direct connections: {order:?}"
+    );
+
+    // A's side: a direct connection to B's router.
+    let a_direct = a
+        .until("A's direct connection to B", |h| {
+            connections(h, b_id).find_map(|(_, _, endpoint)| {
+                (!endpoint.is_relayed()).then(|| endpoint.get_remote_address().clone())
+            })
+        })
+        .await;
+    assert!(over.is(&a_direct), "{a_direct}");
+    assert_eq!(a_direct.iter().next(), Some(Protocol::Ip4(b_router)));
+
+    // The direct connection carries data: a ping on it.
+    b.until("B's ping of A over the direct connection", |h| {
+        pinged_after(h, 0, a_id, punched).then_some(())
+    })
+    .await;
+    // Still the one circuit: the direct connection does not go through the relay.
+    assert_eq!(relay.role.circuit_count(), 1);
+}
+
+#[tokio::test]
+async fn tcp_hole_punch_through_endpoint_independent_nats() {
+    hole_punch(Over::Tcp).await;
+}
+
+#[tokio::test]
+async fn quic_hole_punch_through_endpoint_independent_nats() {
+    hole_punch(Over::Quic).await;
+}
+
+/// B behind a symmetric NAT: A (which started the exchange, having taken the inbound
+/// circuit) gives up after three attempts, no direct connection appears on either side,
+/// and the circuit carries a ping after that.
+async fn symmetric_nat(over: Over) {
+    let Met {
+        mut a,
+        mut b,
+        relay,
+        b_circuit: _,
+        a_circuit,
+        bed: _bed,
+    } = meet_through_relay(over, Nat::EndpointIndependent, Nat::Symmetric).await;
+    let (a_id, b_id) = (a.id, b.id);
+    let no_direct = |h: &[Seen], who: &str, other: PeerId| {
+        if let Some((_, _, endpoint)) = connections(h, other).find(|(_, _, e)| !e.is_relayed()) {
+            panic!("{who} has a direct connection through a symmetric NAT: {endpoint:?}");
+        }
+    };
+
+    let (failed_at, failure) = a
+        .until("A's hole punch to give up", |h| {
+            no_direct(h, "A", b_id);
+            h.iter().enumerate().find_map(|(i, s)| match s {
+                Seen::Punched { peer, result } if *peer == b_id => match result {
+                    Ok(id) => panic!("A punched a hole through a symmetric NAT: {id:?}"),
+                    Err(e) => Some((i, e.clone())),
+                },
+                _ => None,
+            })
+        })
+        .await;
+    assert!(failure.contains("3 dial attempts"), "{failure}");
+
+    // Afterwards, on A's own event stream: a ping over the circuit gets its answer.
+    a.until("A's ping of B over the circuit after the failure", |h| {
+        no_direct(h, "A", b_id);
+        pinged_after(h, failed_at, b_id, a_circuit).then_some(())
+    })
+    .await;
+    b.catch_up();
+    no_direct(&b.history, "B", a_id);
+    assert_eq!(relay.role.circuit_count(), 1, "the circuit stays");
+}
+
+#[tokio::test]
+async fn tcp_hole_punch_fails_behind_a_symmetric_nat_and_the_circuit_stays() {
+    symmetric_nat(Over::Tcp).await;
+}
+
+#[tokio::test]
+async fn quic_hole_punch_fails_behind_a_symmetric_nat_and_the_circuit_stays() {
+    symmetric_nat(Over::Quic).await;
+}
