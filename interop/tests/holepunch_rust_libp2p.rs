@@ -615,3 +615,116 @@ async fn tcp_hole_punch_fails_behind_a_symmetric_nat_and_the_circuit_stays() {
 async fn quic_hole_punch_fails_behind_a_symmetric_nat_and_the_circuit_stays() {
     symmetric_nat(Over::Quic).await;
 }
+
+/// A Pylon node behind an endpoint-independent NAT, reachable through the Pylon relay
+/// (`relay_client` reservation), hole punches with a rust-libp2p peer behind another NAT
+/// that dialed it through the relay: Pylon runs DCUtR's initiator side (it received the
+/// circuit) and takes the listener's part of the TCP simultaneous open.
+#[tokio::test]
+async fn a_pylon_node_behind_nat_hole_punches_with_a_rust_libp2p_peer() {
+    use pylon_node::metrics::HolepunchLabels;
+    let bed = Bed::builder()
+        .lan(Nat::EndpointIndependent)
+        .lan(Nat::EndpointIndependent)
+        .build()
+        .unwrap();
+    let relay = PublicRelay::start(&bed).await;
+    let relay_addr = relay.addr(Over::Tcp);
+
+    // The Pylon node, on LAN 0: holds a reservation, then waits to be told whom to expect.
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (expect_tx, expect_rx) = oneshot::channel::<(String, oneshot::Sender<(String, u64)>)>();
+    let via: pylon_node::Multiaddr = relay_addr.to_string().parse().unwrap();
+    let _pylon = bed
+        .lan(0)
+        .host
+        .spawn(async move || {
+            let node = kit::start(&["/ip4/0.0.0.0/tcp/0"]).await;
+            node.relay.listen_via(via);
+            kit::until(&node, "Pylon's reservation", T, || {
+                !node.relay.reservations().is_empty()
+            })
+            .await;
+            if ready_tx.send(node.peer_id().to_string()).is_err() {
+                return;
+            }
+            let Ok((peer, reply)) = expect_rx.await else {
+                return;
+            };
+            let peer: pylon_node::PeerId = peer.parse().unwrap();
+            kit::until(&node, "Pylon's direct connection", T, || {
+                node.host
+                    .connection(&peer)
+                    .is_some_and(|c| c.transport() == "tcp")
+            })
+            .await;
+            let direct = node.host.connection(&peer).unwrap();
+            let punched = node
+                .host
+                .metrics()
+                .holepunch_outcomes
+                .get_or_create(&HolepunchLabels {
+                    side: "initiator",
+                    outcome: "success",
+                })
+                .get();
+            let _ = reply.send((direct.remote_addr().to_string(), punched));
+            std::future::pending::<()>().await
+        })
+        .unwrap();
+    let pylon_id: PeerId = tokio::time::timeout(T, ready_rx)
+        .await
+        .expect("Pylon reserves in time")
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // The rust-libp2p peer, on LAN 1: to the relay first (its candidate), then through it.
+    let mut rust = Peer::start("R", &bed.lan(1).host).await;
+    rust.command(Command::Dial(relay_addr.clone())).await;
+    rust.until("R's observed address", |h| {
+        h.iter().find_map(|s| match s {
+            Seen::Candidate(a) if Over::Tcp.is(a) => Some(()),
+            _ => None,
+        })
+    })
+    .await;
+    let (reply_tx, reply_rx) = oneshot::channel();
+    expect_tx.send((rust.id.to_string(), reply_tx)).unwrap();
+    rust.command(Command::Dial(
+        relay_addr
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(pylon_id)),
+    ))
+    .await;
+    let (first, _) = rust
+        .until("R's connection to Pylon through the relay", |h| {
+            connections(h, pylon_id).next().map(|(i, id, endpoint)| {
+                assert!(endpoint.is_relayed(), "first connection: {endpoint:?}");
+                (i, id)
+            })
+        })
+        .await;
+    // Then a direct one, to Pylon's router.
+    let direct = rust
+        .until("R's direct connection to Pylon", |h| {
+            connections(h, pylon_id)
+                .find(|(i, _, endpoint)| *i > first && !endpoint.is_relayed())
+                .map(|(_, _, endpoint)| endpoint.get_remote_address().clone())
+        })
+        .await;
+    assert_eq!(
+        direct.iter().next(),
+        Some(Protocol::Ip4(bed.lan(0).router.ip())),
+        "R reached Pylon at Pylon's router: {direct}"
+    );
+    let (pylon_saw, punched) = tokio::time::timeout(T, reply_rx)
+        .await
+        .expect("Pylon reports its direct connection in time")
+        .expect("Pylon's thread runs");
+    assert!(
+        pylon_saw.starts_with(&format!("/ip4/{}/tcp/", bed.lan(1).router.ip())),
+        "Pylon reached R at R's router: {pylon_saw}"
+    );
+    assert_eq!(punched, 1, "Pylon counted its hole punch");
+}
