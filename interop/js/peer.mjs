@@ -25,6 +25,11 @@
 //                             addresses, so no loopback peer would ever enter the routing table). Records:
 //                             js-libp2p's built-in validator and selector for /pk/ only (other
 //                             namespaces are refused). Driven by the kad_* commands below.
+//   --relay                   (a flag, no value) also load @libp2p/circuit-relay-v2's circuitRelayTransport:
+//                             dial .../p2p/<relay>/p2p-circuit/p2p/<peer> addresses, accept relayed
+//                             connections (the STOP protocol, from any relay), and listen through a relay
+//                             with the listen_relay command. Relay discovery stays off (no /p2p-circuit
+//                             listen address without a relay). Default: no relay transport.
 // The stream muxer is always yamux (except on QUIC, which muxes natively).
 //
 // Node 20: js-libp2p 3.x wants Node >= 22, so this script polyfills Promise.withResolvers, and
@@ -43,13 +48,20 @@
 // Events:
 //   {"event":"listening","peerId","addrs":[...],"transport","security":[...]}
 //   {"event":"connection_open","peerId","remoteAddr","direction","transport","encryption",
-//    "multiplexer","muxerNegotiation"}
+//    "multiplexer","muxerNegotiation","limits"}
 //     What js-libp2p negotiated for the connection. remoteAddr ends in /p2p/<remote peer id>;
-//     transport is "tcp", "ws", "wss" or "quic" (from remoteAddr); encryption is the security
+//     transport is "tcp", "ws", "wss", "quic" or "p2p-circuit" (from remoteAddr; a relayed
+//     connection's remoteAddr is <relay addr>/p2p-circuit/p2p/<peer>); encryption is the security
 //     protocol id ("/noise", "/tls/1.0.0"; "native" on QUIC); multiplexer is the muxer protocol id
 //     ("/yamux/1.0.0"; "quic" on QUIC) or null; muxerNegotiation says how the muxer was chosen:
 //     "inlined" (inside the security handshake: noise handshake extensions, or TLS ALPN),
 //     "multistream-select" (a separate negotiation after the handshake), "native" (QUIC) or null.
+//     limits is null for an unlimited connection; for a relayed one, what js-libp2p's relay client
+//     made of the relay's Limit (from the HOP STATUS when dialing, the STOP CONNECT when accepting):
+//     {"seconds": whole seconds left (js reads Limit.duration as seconds) | null,
+//      "bytes": "<decimal>" bytes left | null}, read when the connection opened. js-libp2p does not
+//     enforce either on its side (the relay ends the circuit); a connection with limits is "limited":
+//     only protocols registered with runOnLimitedConnection (identify, ping, STOP) run on it.
 //   {"event":"identify","peerId","remoteAddr","agentVersion","protocolVersion","protocols","listenAddrs",
 //    "observedAddr","signedPeerRecord":null|{"seq":"<decimal>","addrs":[...]},"peerStoreHasEnvelope"}
 //     printed for every js-libp2p `peer:identify` event (identify and identify push).
@@ -57,14 +69,32 @@
 //     record (RecordEnvelope.openAndCertify in @libp2p/identify). If the record fails verification,
 //     js-libp2p rejects the whole identify message: no identify line, an identify_error line instead.
 //   {"event":"identify_error","peerId","error"}
-//   {"event":"ping","peerId","rttMs"} / {"event":"ping_error","peerId","error"}
-//   {"event":"connection_close","peerId","remoteAddr"}
+//   {"event":"ping","peerId","rttMs","remoteAddr"} / {"event":"ping_error","peerId","error"}
+//     After identify, every new connection's peer is pinged: an unlimited connection with the ping
+//     service (@libp2p/ping, which picks the connection itself: remoteAddr null), a limited one on
+//     that very connection (remoteAddr its address): js-libp2p's ping service never uses a limited
+//     connection and would dial the peer again instead, directly or through a new circuit.
+//   {"event":"connection_close","peerId","remoteAddr","transport"}
 //   {"event":"done"}                       (dial mode: identify + ping of the dialed peer finished)
 //   {"event":"error","error"}              (fatal, exit code 1)
 //
 // Commands: stdin takes one JSON object a line, {"cmd":NAME,"id":N,...}, answered (in any order, as
 // each finishes) by {"event":NAME,"id":N,...} or, if it failed, {"event":"NAME_error","id":N,"error"}.
 // Every command takes an optional "timeoutMs" (default 20000) after which it is aborted. Bytes are hex.
+//   {"cmd":"dial","addr"}            node.dial(addr) (ending in /p2p/<id>; through a relay with --relay)
+//       -> the connection as in connection_open: {"peerId","remoteAddr","direction","transport",
+//       "encryption","multiplexer","muxerNegotiation","limits"} (js-libp2p returns an open unlimited
+//       connection to that peer, if it has one, instead of dialing)
+//   {"cmd":"ping","peerId"}          one ping (/ipfs/ping/1.0.0) over the open connection to peerId
+//       opened last, limited or not; never dials -> {"peerId","rttMs","remoteAddr"}
+//   {"cmd":"listen_relay","addr"}    (needs --relay) listen on <addr>/p2p-circuit (addr: the relay's
+//       address ending in /p2p/<relay id>; a trailing /p2p-circuit is accepted): js-libp2p connects,
+//       reserves, and keeps the reservation (refreshed 5 min before it expires) ->
+//       {"relay","addrs":[our /p2p-circuit addresses, with /p2p/<our id>],"reservation":{"expire":
+//       "<unix seconds, decimal>","expiresInMs","addrs":[relay addresses from the answer, plus the
+//       one we are connected to],"voucher":null|{"relay","peer","expiration":"<unix seconds>"}}}
+//       (the voucher as js-libp2p decoded it: its pb parses the envelope, payload included, as
+//       nested messages; it checks no signature). js-libp2p ignores the Limit of a reservation answer.
 // The kad_* commands need --kad. A DHT query does not fail because some peer failed: such failures
 // are listed in its "errors" as {"from","error"} (js-libp2p's QUERY_ERROR events).
 //   {"cmd":"kad_bootstrap","addr"}   dial addr (ending in /p2p/<id>) and wait until that peer is in the
@@ -164,12 +194,14 @@ process.stdin.on('data', (chunk) => {
 })
 process.stdin.resume()
 
-const USAGE = 'usage: node peer.mjs listen [--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client]\n' +
-  '       node peer.mjs dial <multiaddr-with-/p2p/> [--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client]'
+const USAGE = 'usage: node peer.mjs listen [--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client] [--relay]\n' +
+  '       node peer.mjs dial <multiaddr-with-/p2p/> [--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client] [--relay]'
 const TRANSPORTS = ['tcp', 'ws', 'quic']
 const SECURITIES = ['noise', 'tls']
 const KAD_MODES = ['server', 'client']
 const KAD_PROTOCOL = '/ipfs/kad/1.0.0'
+const PING_PROTOCOL = '/ipfs/ping/1.0.0'
+const PING_LENGTH = 32
 const COMMAND_TIMEOUT_MS = 20_000
 const LISTEN_ADDRS = {
   tcp: '/ip4/127.0.0.1/tcp/0',
@@ -185,11 +217,17 @@ try {
   emit({ event: 'error', error: `bad arguments: ${err.message}: ${process.argv.slice(2).join(' ')}` })
   process.exit(1)
 }
-const { mode, target, security, kad } = args
-// For dial mode without --transport, listen on the transport of the dialed address.
-const transport = args.transport ?? (mode === 'dial' ? transportOfAddr(target) : null) ?? 'tcp'
+const { mode, target, security, kad, relay } = args
+// For dial mode without --transport, listen on the transport of the dialed address (TCP for an
+// address through a relay).
+const transport = args.transport ??
+  (mode === 'dial' && transportOfAddr(target) !== 'p2p-circuit' ? transportOfAddr(target) : null) ??
+  'tcp'
 
-/** Parses `listen|dial <maddr>` followed by `--transport X` / `--security X` / `--kad X` (or `--opt=X`). */
+/**
+ * Parses `listen|dial <maddr>` followed by `--transport X` / `--security X` / `--kad X` (or `--opt=X`)
+ * and the flag `--relay`.
+ */
 function parseArgs (argv) {
   const positional = []
   const opts = {}
@@ -200,6 +238,12 @@ function parseArgs (argv) {
       continue
     }
     let [name, value] = arg.slice(2).split(/=(.*)/s)
+    if (name === 'relay') {
+      if (value != null) throw new Error('--relay is a flag and takes no value')
+      if (opts.relay) throw new Error('--relay given twice')
+      opts.relay = true
+      continue
+    }
     if (value == null) {
       value = argv[++i]
       if (value == null) throw new Error(`--${name} needs a value`)
@@ -224,12 +268,16 @@ function parseArgs (argv) {
   if (opts.kad != null && !KAD_MODES.includes(opts.kad)) {
     throw new Error(`unknown kad mode ${opts.kad} (expected ${KAD_MODES.join('|')})`)
   }
-  return { mode, target, transport: opts.transport, security, kad: opts.kad ?? null }
+  return { mode, target, transport: opts.transport, security, kad: opts.kad ?? null, relay: opts.relay === true }
 }
 
-/** "tcp", "ws", "wss" or "quic" for a multiaddr string, from its protocol names; null if none. */
+/**
+ * "tcp", "ws", "wss", "quic" or "p2p-circuit" (through a relay, whatever the relay's transport) for
+ * a multiaddr string, from its protocol names; null if none.
+ */
 function transportOfAddr (addr) {
   const names = String(addr).split('/')
+  if (names.includes('p2p-circuit')) return 'p2p-circuit'
   if (names.includes('quic-v1')) return 'quic'
   if (names.includes('wss') || (names.includes('tls') && names.includes('ws'))) return 'wss'
   if (names.includes('ws')) return 'ws'
@@ -277,6 +325,16 @@ async function main () {
     // Defaults: handshakeTimeout 5 s, maxIdleTimeout 10 s, keepAliveInterval 5 s.
     transports.push(quic())
   }
+  // The circuit relay transport instance, kept for listen_relay (its reservation store).
+  let relayTransport = null
+  if (relay) {
+    const { circuitRelayTransport } = await import('@libp2p/circuit-relay-v2')
+    const factory = circuitRelayTransport()
+    transports.push((components) => {
+      relayTransport = factory(components)
+      return relayTransport
+    })
+  }
 
   // Wraps a connection encrypter factory to record, per connection, whether the security
   // handshake also chose the stream muxer (noise extensions / TLS ALPN), in earlyMuxer.
@@ -304,8 +362,9 @@ async function main () {
     // With the DHT, our ping of each new connection runs alongside the routing table's ping of the
     // same peer (js-libp2p pings a DHT server before admitting it); ping's default of one outbound
     // stream per connection would fail one of them, and a peer whose admission ping failed is not
-    // admitted again until it reconnects.
-    ping: kad == null ? ping() : ping({ maxOutboundStreams: 4 })
+    // admitted again until it reconnects. Likewise the ping command alongside that first ping
+    // (with --relay, where the ping command pings over a limited connection).
+    ping: kad == null && !relay ? ping() : ping({ maxOutboundStreams: 4 })
   }
   if (kad != null) {
     const { kadDHT, passthroughMapper } = await import('@libp2p/kad-dht')
@@ -374,6 +433,7 @@ async function main () {
 
   async function handleConnection (conn) {
     const peerId = conn.remotePeer.toString()
+    const limited = conn.limits != null
     try {
       const result = await node.services.identify.identify(conn, {
         signal: AbortSignal.timeout(IDENTIFY_TIMEOUT_MS)
@@ -384,28 +444,40 @@ async function main () {
       emit({ event: 'identify_error', peerId, error: errorString(err) })
     }
     try {
-      const rttMs = await node.services.ping.ping(conn.remotePeer, {
-        signal: AbortSignal.timeout(PING_TIMEOUT_MS)
-      })
-      emit({ event: 'ping', peerId, rttMs })
+      const signal = AbortSignal.timeout(PING_TIMEOUT_MS)
+      if (limited) {
+        // js-libp2p's ping service never picks a limited connection (it would dial again).
+        const rttMs = await pingOn(conn, signal)
+        emit({ event: 'ping', peerId, rttMs, remoteAddr: conn.remoteAddr.toString() })
+      } else {
+        const rttMs = await node.services.ping.ping(conn.remotePeer, { signal })
+        emit({ event: 'ping', peerId, rttMs, remoteAddr: null })
+      }
     } catch (err) {
       console.error(`peer.mjs: ping of ${peerId} failed:`, err)
       emit({ event: 'ping_error', peerId, error: errorString(err) })
     }
   }
 
-  node.addEventListener('connection:open', (evt) => {
-    const conn = evt.detail
-    emit({
-      event: 'connection_open',
+  /** What connection_open (and the dial command) report about a connection. */
+  function describeConnection (conn) {
+    return {
       peerId: conn.remotePeer.toString(),
       remoteAddr: conn.remoteAddr.toString(),
       direction: conn.direction,
       transport: transportOfAddr(conn.remoteAddr),
       encryption: conn.encryption ?? null,
       multiplexer: conn.multiplexer ?? null,
-      muxerNegotiation: muxerNegotiation(conn)
-    })
+      muxerNegotiation: muxerNegotiation(conn),
+      limits: conn.limits == null
+        ? null
+        : { seconds: conn.limits.seconds ?? null, bytes: conn.limits.bytes?.toString() ?? null }
+    }
+  }
+
+  node.addEventListener('connection:open', (evt) => {
+    const conn = evt.detail
+    emit({ event: 'connection_open', ...describeConnection(conn) })
     const d = handledFor(conn.id)
     handleConnection(conn).then(d.resolve, d.resolve)
   })
@@ -414,7 +486,8 @@ async function main () {
     emit({
       event: 'connection_close',
       peerId: conn.remotePeer.toString(),
-      remoteAddr: conn.remoteAddr.toString()
+      remoteAddr: conn.remoteAddr.toString(),
+      transport: transportOfAddr(conn.remoteAddr)
     })
   })
 
@@ -436,7 +509,7 @@ async function main () {
     security
   })
 
-  readCommands(node, multiaddr)
+  readCommands(node, multiaddr, { describeConnection, relayTransport: () => relayTransport })
 
   if (mode === 'dial') {
     const ma = multiaddr(target)
@@ -450,16 +523,63 @@ async function main () {
   }
 }
 
+/**
+ * One ping (/ipfs/ping/1.0.0: 32 random bytes, echoed) on `conn` itself, limited or not; the round
+ * trip in ms. js-libp2p's ping service takes a peer or an address and, given only a limited
+ * connection, dials again rather than use it.
+ */
+async function pingOn (conn, signal) {
+  const stream = await conn.newStream(PING_PROTOCOL, { runOnLimitedConnection: true, signal })
+  const echoed = Promise.withResolvers()
+  const onAbort = () => { echoed.reject(signal.reason) }
+  const onClose = () => { echoed.reject(new Error('ping stream closed before the echo')) }
+  const chunks = []
+  let received = 0
+  let start
+  const onMessage = (evt) => {
+    const bytes = evt.data.subarray()
+    chunks.push(bytes)
+    received += bytes.byteLength
+    if (received >= PING_LENGTH) echoed.resolve(performance.now() - start)
+  }
+  try {
+    signal.addEventListener('abort', onAbort, { once: true })
+    stream.addEventListener('message', onMessage)
+    stream.addEventListener('close', onClose)
+    const data = crypto.getRandomValues(new Uint8Array(PING_LENGTH))
+    start = performance.now()
+    stream.send(data)
+    const rttMs = await echoed.promise
+    if (!Buffer.concat(chunks).equals(Buffer.from(data))) {
+      throw new Error(`wrong ping echo: ${Buffer.concat(chunks).toString('hex')}`)
+    }
+    stream.removeEventListener('close', onClose)
+    await stream.close({ signal })
+    return rttMs
+  } catch (err) {
+    stream.abort(err)
+    throw err
+  } finally {
+    signal.removeEventListener('abort', onAbort)
+    stream.removeEventListener('message', onMessage)
+    stream.removeEventListener('close', onClose)
+  }
+}
+
 /** Reads commands from stdin (see "Commands" at the top) and answers each as it finishes. */
-function readCommands (node, multiaddr) {
+function readCommands (node, multiaddr, { describeConnection, relayTransport }) {
+  // name -> [handler, what it needs: 'dht' (--kad), 'relay' (--relay) or null]
   const handlers = {
-    kad_bootstrap: kadBootstrap,
-    kad_table: kadTable,
-    kad_closest: kadClosest,
-    kad_put: kadPut,
-    kad_get: kadGet,
-    kad_provide: kadProvide,
-    kad_providers: kadProviders
+    dial: [dial, null],
+    ping: [pingPeer, null],
+    listen_relay: [listenRelay, 'relay'],
+    kad_bootstrap: [kadBootstrap, 'dht'],
+    kad_table: [kadTable, 'dht'],
+    kad_closest: [kadClosest, 'dht'],
+    kad_put: [kadPut, 'dht'],
+    kad_get: [kadGet, 'dht'],
+    kad_provide: [kadProvide, 'dht'],
+    kad_providers: [kadProviders, 'dht']
   }
   onCommandLine = runCommand
   for (const line of pendingLines.splice(0)) runCommand(line)
@@ -474,15 +594,20 @@ function readCommands (node, multiaddr) {
     }
     const name = typeof cmd?.cmd === 'string' ? cmd.cmd : null
     const id = cmd?.id ?? null
-    const handler = name != null && Object.hasOwn(handlers, name) ? handlers[name] : null
+    const [handler, needs] = name != null && Object.hasOwn(handlers, name) ? handlers[name] : [null, null]
     if (handler == null) {
       emit({ event: `${name ?? 'command'}_error`, id, error: `unknown command: ${line}` })
       return
     }
     Promise.resolve().then(async () => {
-      if (node.services.dht == null) throw new Error('no DHT: start the peer with --kad server|client')
+      if (needs === 'dht' && node.services.dht == null) {
+        throw new Error('no DHT: start the peer with --kad server|client')
+      }
+      if (needs === 'relay' && relayTransport() == null) {
+        throw new Error('no circuit relay transport: start the peer with --relay')
+      }
       const signal = AbortSignal.timeout(cmd.timeoutMs ?? COMMAND_TIMEOUT_MS)
-      const result = await handler(node.services.dht, cmd, signal)
+      const result = await handler(needs === 'dht' ? node.services.dht : null, cmd, signal)
       emit({ event: name, id, ...result })
     }).catch((err) => {
       console.error(`peer.mjs: command ${line} failed:`, err)
@@ -506,6 +631,69 @@ function readCommands (node, multiaddr) {
     const Digest = await import('multiformats/hashes/digest')
     const RAW_CODEC = 0x55
     return CID.createV1(RAW_CODEC, Digest.decode(hexBytes(cmd, 'key')))
+  }
+
+  function addrOf (cmd) {
+    if (typeof cmd.addr !== 'string') throw new Error('"addr" must be a multiaddr string')
+    return multiaddr(cmd.addr)
+  }
+
+  async function dial (_, cmd, signal) {
+    const ma = addrOf(cmd)
+    if (ma.getComponents().every((c) => c.name !== 'p2p')) {
+      throw new Error(`dial address has no /p2p/<peer id>: ${cmd.addr}`)
+    }
+    return describeConnection(await node.dial(ma, { signal }))
+  }
+
+  async function pingPeer (_, cmd, signal) {
+    const open = node.getConnections()
+      .filter((c) => c.remotePeer.toString() === cmd.peerId && c.status === 'open')
+    const conn = open.sort((a, b) => a.timeline.open - b.timeline.open).at(-1)
+    if (conn == null) throw new Error(`no open connection to ${cmd.peerId}`)
+    const rttMs = await pingOn(conn, signal)
+    return { peerId: cmd.peerId, rttMs, remoteAddr: conn.remoteAddr.toString() }
+  }
+
+  async function listenRelay (_, cmd, signal) {
+    let ma = addrOf(cmd)
+    const names = ma.getComponents().map((c) => c.name)
+    if (names.at(-1) !== 'p2p-circuit') ma = ma.encapsulate('/p2p-circuit')
+    const relayId = ma.getComponents().findLast((c) => c.name === 'p2p')?.value
+    if (relayId == null) throw new Error(`relay address has no /p2p/<relay id>: ${cmd.addr}`)
+    // libp2p has no public listen() after start; its transport manager does what start() does
+    // with addresses.listen. The circuit listener bounds the reservation by its own
+    // reservationCompletionTimeout (10 s).
+    await raceAbort(node.components.transportManager.listen([ma]), signal)
+    const relayConn = node.getConnections().find((c) => c.remotePeer.toString() === relayId)
+    const reservation = relayConn == null
+      ? null
+      : relayTransport().reservationStore.getReservation(relayConn.remotePeer)
+    if (reservation == null) throw new Error(`listening on ${ma} but no reservation on ${relayId}`)
+    const { base58btc } = await import('multiformats/bases/base58')
+    const peerIdOf = (bytes) => base58btc.encode(bytes).slice(1)
+    const voucher = reservation.voucher?.payload
+    return {
+      relay: relayId,
+      addrs: node.getMultiaddrs().map((a) => a.toString()).filter((a) => a.includes('/p2p-circuit')),
+      reservation: {
+        expire: reservation.expire.toString(),
+        expiresInMs: Number(reservation.expire) * 1000 - Date.now(),
+        addrs: reservation.addrs.map((bytes) => multiaddr(bytes).toString()),
+        voucher: voucher == null
+          ? null
+          : { relay: peerIdOf(voucher.relay), peer: peerIdOf(voucher.peer), expiration: voucher.expiration.toString() }
+      }
+    }
+  }
+
+  function raceAbort (promise, signal) {
+    return new Promise((resolve, reject) => {
+      const onAbort = () => { reject(signal.reason) }
+      if (signal.aborted) return onAbort()
+      signal.addEventListener('abort', onAbort, { once: true })
+      promise.then(resolve, reject).finally(() => { signal.removeEventListener('abort', onAbort) })
+    })
   }
 
   function queryError (event) {

@@ -16,6 +16,14 @@
 //! client mode); the `kad_*` methods run its operations through `peer.mjs`'s stdin commands
 //! ([`JsPeer::command`]) and return what js-libp2p reported, per-peer failures included.
 //!
+//! [`JsOptions::relay`] adds circuit relay v2 (`@libp2p/circuit-relay-v2`'s
+//! `circuitRelayTransport`): the js peer dials `…/p2p/R/p2p-circuit/p2p/D` addresses
+//! ([`JsPeer::connect`]), accepts relayed connections, and listens through a relay
+//! ([`JsPeer::listen_relay`], which reserves). A relayed connection shows up as a
+//! [`ConnectionOpen`] of transport `"p2p-circuit"` with [`ConnectionOpen::limits`]; the js peer
+//! pings over it with [`JsPeer::ping`] (js-libp2p's own ping service would dial again rather
+//! than use a limited connection).
+//!
 //! The npm dependencies must be installed first: `npm ci --prefix interop/js`.
 //!
 //! ```text
@@ -25,11 +33,17 @@
 //! js.wait_for("ping", T).await?;
 //! js.stop().await?;
 //!
-//! let opts = JsOptions { transport: JsTransport::Ws, security: JsSecurity::Tls };
+//! let opts = JsOptions { transport: JsTransport::Ws, security: JsSecurity::Tls, relay: false };
 //! let mut js = JsPeer::listen_with(&opts).await?; // js.addrs[0] is /ip4/127.0.0.1/tcp/N/ws/p2p/..
 //! // ... dial it ...
 //! let open: ConnectionOpen = serde_json::from_value(js.wait_for("connection_open", T).await?)?;
 //! assert_eq!(open.encryption.as_deref(), Some(JsSecurity::Tls.protocol_id()));
+//!
+//! let opts = JsOptions { relay: true, ..Default::default() };
+//! let mut js = JsPeer::listen_with(&opts).await?;
+//! let listening = js.listen_relay(&relay_addr).await?; // reserved; listening.addrs: its circuit addresses
+//! let conn = js.connect(&format!("{relay_addr}/p2p-circuit/p2p/{other}")).await?;
+//! let rtt = js.ping(&other).await?; // over the newest connection to `other`, the circuit
 //!
 //! let mut js = JsPeer::listen_kad(JsKadMode::Server).await?;
 //! js.kad_bootstrap(&bootstrap_addr).await?; // dials, waits until it is in js's routing table
@@ -62,6 +76,9 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KAD_TIMEOUT: Duration = Duration::from_secs(20);
 /// Added to a command's timeout when waiting for its answer.
 pub const COMMAND_SLACK: Duration = Duration::from_secs(3);
+/// How long [`JsPeer::connect`], [`JsPeer::ping`] and [`JsPeer::listen_relay`] let js try
+/// (js aborts then; the wait is [`COMMAND_SLACK`] longer).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How many recent events an error message quotes.
 const CONTEXT_EVENTS: usize = 5;
@@ -129,16 +146,23 @@ pub struct JsOptions {
     pub transport: JsTransport,
     /// The only security protocol offered (on TCP and WebSocket connections).
     pub security: JsSecurity,
+    /// Also load circuit relay v2's client (`peer.mjs --relay`): dial through relays, accept
+    /// relayed connections (from any relay), [`JsPeer::listen_relay`].
+    pub relay: bool,
 }
 
 impl JsOptions {
-    fn args(&self) -> [&'static str; 4] {
-        [
+    fn args(&self) -> Vec<&'static str> {
+        let mut args = vec![
             "--transport",
             self.transport.name(),
             "--security",
             self.security.name(),
-        ]
+        ];
+        if self.relay {
+            args.push("--relay");
+        }
+        args
     }
 }
 
@@ -262,6 +286,22 @@ fn opt_hex_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8
         .transpose()
 }
 
+/// A u64 that `peer.mjs` prints as a decimal string (a js BigInt).
+fn decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|e| serde::de::Error::custom(format!("not a u64: {s:?}: {e}")))
+}
+
+fn opt_decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| {
+            s.parse()
+                .map_err(|e| serde::de::Error::custom(format!("not a u64: {s:?}: {e}")))
+        })
+        .transpose()
+}
+
 /// A `connection_open` event: a connection js-libp2p upgraded, and what it negotiated on it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -271,7 +311,9 @@ pub struct ConnectionOpen {
     pub remote_addr: String,
     /// `"inbound"` or `"outbound"`.
     pub direction: String,
-    /// `"tcp"`, `"ws"`, `"wss"` or `"quic"`, from `remote_addr` (see [`JsTransport::name`]).
+    /// `"tcp"`, `"ws"`, `"wss"` or `"quic"` (see [`JsTransport::name`]), or `"p2p-circuit"` for a
+    /// relayed connection (whose `remote_addr` is `<relay addr>/p2p-circuit/p2p/<peer>`); from
+    /// `remote_addr`.
     pub transport: Option<String>,
     /// The security protocol id (see [`JsSecurity::protocol_id`]); `"native"` on QUIC.
     pub encryption: Option<String>,
@@ -280,6 +322,67 @@ pub struct ConnectionOpen {
     /// How the muxer was chosen: `"inlined"` (in the security handshake: noise extensions or TLS
     /// ALPN), `"multistream-select"` (after it), or `"native"` (QUIC).
     pub muxer_negotiation: Option<String>,
+    /// `None` for an unlimited connection; for a relayed one, the limits js-libp2p's relay
+    /// client took from the relay's `Limit` (when dialing: the HOP `STATUS`; when accepting: the
+    /// `STOP` `CONNECT`).
+    #[serde(default)]
+    pub limits: Option<ConnectionLimits>,
+}
+
+/// What js-libp2p made of a relay's `Limit` for one connection, read when it opened
+/// (js-libp2p keeps a countdown; it does not end the connection itself).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ConnectionLimits {
+    /// Whole seconds left: js-libp2p reads `Limit.duration` as seconds.
+    pub seconds: Option<u64>,
+    /// Bytes left (`Limit.data`).
+    #[serde(deserialize_with = "opt_decimal")]
+    pub bytes: Option<u64>,
+}
+
+/// A `connection_close` event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionClose {
+    pub peer_id: String,
+    pub remote_addr: String,
+    /// As in [`ConnectionOpen::transport`].
+    pub transport: Option<String>,
+}
+
+/// Answer to [`JsPeer::listen_relay`]: the js peer listens through a relay.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RelayListen {
+    /// The relay's peer id.
+    pub relay: String,
+    /// The js peer's `/p2p-circuit` addresses (with `/p2p/<js peer id>`) among its addresses.
+    pub addrs: Vec<String>,
+    pub reservation: JsReservation,
+}
+
+/// A reservation as js-libp2p's relay client holds it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JsReservation {
+    /// `Reservation.expire`: Unix seconds.
+    #[serde(deserialize_with = "decimal")]
+    pub expire: u64,
+    /// `expire` against js's clock, in ms (js refreshes 5 minutes before, at least 30 s on).
+    pub expires_in_ms: f64,
+    /// The relay's addresses: those of the answer plus the one js is connected to.
+    pub addrs: Vec<String>,
+    /// The voucher as js-libp2p decoded it (it checks no signature).
+    pub voucher: Option<JsVoucher>,
+}
+
+/// The payload of a reservation voucher, as js-libp2p decoded it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsVoucher {
+    pub relay: String,
+    pub peer: String,
+    /// Unix seconds.
+    #[serde(deserialize_with = "decimal")]
+    pub expiration: u64,
 }
 
 /// An `identify` event: what js-libp2p learned from the remote's identify message.
@@ -308,12 +411,16 @@ pub struct SignedPeerRecord {
     pub addrs: Vec<String>,
 }
 
-/// A `ping` event.
+/// A `ping` event, or the answer to [`JsPeer::ping`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Ping {
     pub peer_id: String,
     pub rtt_ms: f64,
+    /// The connection the ping ran on; `None` when js-libp2p's ping service chose it (the
+    /// `ping` event of an unlimited connection).
+    #[serde(default)]
+    pub remote_addr: Option<String>,
 }
 
 /// A running js-libp2p peer.
@@ -338,8 +445,9 @@ impl JsPeer {
     /// Spawns `node peer.mjs listen --transport T --security S` and waits for its `listening`
     /// line.
     pub async fn listen_with(opts: &JsOptions) -> Result<JsPeer> {
-        let [a, b, c, d] = opts.args();
-        Self::spawn(&["listen", a, b, c, d]).await
+        let mut args = vec!["listen"];
+        args.extend(opts.args());
+        Self::spawn(&args).await
     }
 
     /// Spawns `node peer.mjs dial ADDR` and waits for its `listening` line. `addr` must end in
@@ -352,8 +460,9 @@ impl JsPeer {
     /// Like [`JsPeer::dial`], with `--transport T --security S`. `addr` picks the transport of
     /// the dial; `opts.transport` is only what the js peer listens on.
     pub async fn dial_with(addr: &str, opts: &JsOptions) -> Result<JsPeer> {
-        let [a, b, c, d] = opts.args();
-        Self::spawn(&["dial", addr, a, b, c, d]).await
+        let mut args = vec!["dial", addr];
+        args.extend(opts.args());
+        Self::spawn(&args).await
     }
 
     /// Spawns `node peer.mjs listen --kad MODE` (TCP + noise, plus a Kademlia DHT on
@@ -542,9 +651,49 @@ impl JsPeer {
     }
 
     async fn kad<T: serde::de::DeserializeOwned>(&mut self, cmd: &str, args: Value) -> Result<T> {
-        let answer = self.command(cmd, args, KAD_TIMEOUT).await?;
+        self.typed(cmd, args, KAD_TIMEOUT).await
+    }
+
+    async fn typed<T: serde::de::DeserializeOwned>(
+        &mut self,
+        cmd: &str,
+        args: Value,
+        timeout: Duration,
+    ) -> Result<T> {
+        let answer = self.command(cmd, args, timeout).await?;
         serde_json::from_value(answer.clone())
             .with_context(|| format!("unexpected answer to {cmd}: {answer}"))
+    }
+
+    /// Has the running js peer dial `addr` (ending in `/p2p/<peer id>`; a
+    /// `…/p2p-circuit/p2p/<peer id>` address needs [`JsOptions::relay`]) and returns the
+    /// connection. js-libp2p hands back an open unlimited connection to that peer instead of
+    /// dialing, if it has one.
+    pub async fn connect(&mut self, addr: &str) -> Result<ConnectionOpen> {
+        self.typed("dial", serde_json::json!({ "addr": addr }), COMMAND_TIMEOUT)
+            .await
+    }
+
+    /// One ping from the js peer to `peer_id` over its newest open connection to it, limited
+    /// (relayed) or not; it never dials. [`Ping::remote_addr`] says which connection.
+    pub async fn ping(&mut self, peer_id: &str) -> Result<Ping> {
+        self.typed(
+            "ping",
+            serde_json::json!({ "peerId": peer_id }),
+            COMMAND_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Listens through the relay at `relay_addr` (ending in `/p2p/<relay id>`): the js peer
+    /// connects, reserves, and keeps the reservation. Needs [`JsOptions::relay`].
+    pub async fn listen_relay(&mut self, relay_addr: &str) -> Result<RelayListen> {
+        self.typed(
+            "listen_relay",
+            serde_json::json!({ "addr": relay_addr }),
+            COMMAND_TIMEOUT,
+        )
+        .await
     }
 
     /// Dials `addr` (ending in `/p2p/<peer id>`) and waits until that peer is in the js DHT's
