@@ -228,7 +228,10 @@ impl Bootstrap {
     pub fn close_idle(&self) {
         let conns = self.node.host.connections();
         let now = Instant::now();
-        let snapshots: Vec<Snapshot> = conns.iter().map(|c| Snapshot::of(c, now)).collect();
+        let snapshots: Vec<Snapshot> = conns
+            .iter()
+            .map(|c| Snapshot::of(&self.node.host, c, now))
+            .collect();
         for i in idle_to_close(
             &snapshots,
             self.config.low_watermark,
@@ -255,7 +258,10 @@ impl Bootstrap {
             tokio::time::sleep(me.config.grace_period).await;
             let conns = me.node.host.connections();
             let now = Instant::now();
-            let snapshots: Vec<Snapshot> = conns.iter().map(|c| Snapshot::of(c, now)).collect();
+            let snapshots: Vec<Snapshot> = conns
+                .iter()
+                .map(|c| Snapshot::of(&me.node.host, c, now))
+                .collect();
             for i in to_shed(&snapshots, &peer, me.config.low_watermark) {
                 me.shed.inc();
                 conns[i].close();
@@ -272,15 +278,18 @@ pub struct Snapshot {
     pub inbound: bool,
     pub streams: usize,
     pub age: Duration,
+    /// Another role asked to keep it (`Host::protect`: a relay reservation).
+    pub protected: bool,
 }
 
 impl Snapshot {
-    fn of(c: &Connection, now: Instant) -> Snapshot {
+    fn of(host: &pylon_node::host::Host, c: &Connection, now: Instant) -> Snapshot {
         Snapshot {
             peer: c.peer(),
             inbound: c.direction() == Direction::Inbound,
             streams: c.stream_count(),
             age: now.saturating_duration_since(c.established()),
+            protected: host.is_protected(&c.peer()),
         }
     }
 }
@@ -294,7 +303,10 @@ pub fn idle_to_close(conns: &[Snapshot], low_watermark: usize, grace: Duration) 
         return Vec::new();
     }
     let mut idle: Vec<usize> = (0..conns.len())
-        .filter(|&i| conns[i].inbound && conns[i].streams == 0 && conns[i].age >= grace)
+        .filter(|&i| {
+            let c = &conns[i];
+            c.inbound && !c.protected && c.streams == 0 && c.age >= grace
+        })
         .collect();
     idle.sort_by_key(|&i| std::cmp::Reverse(conns[i].age));
     idle.truncate(excess);
@@ -308,7 +320,7 @@ pub fn to_shed(conns: &[Snapshot], peer: &PeerId, low_watermark: usize) -> Vec<u
         return Vec::new();
     }
     (0..conns.len())
-        .filter(|&i| conns[i].peer == *peer && conns[i].inbound)
+        .filter(|&i| conns[i].peer == *peer && conns[i].inbound && !conns[i].protected)
         .collect()
 }
 
@@ -441,6 +453,7 @@ mod shed_tests {
             inbound,
             streams,
             age: Duration::from_millis(age_ms),
+            protected: false,
         }
     }
 
@@ -464,6 +477,10 @@ mod shed_tests {
         assert!(idle_to_close(&conns, 10, grace).is_empty());
         // Fewer idle connections than the excess: all of them, no more.
         assert_eq!(idle_to_close(&conns, 0, grace), vec![1, 5, 0]);
+        // A protected connection (a relay reservation) is never idle-closed.
+        let mut kept = conns.clone();
+        kept[1].protected = true;
+        assert_eq!(idle_to_close(&kept, 3, grace), vec![5, 0]);
     }
 
     #[test]
@@ -478,5 +495,9 @@ mod shed_tests {
         assert_eq!(to_shed(&conns, &a, 3), vec![0, 3]);
         assert!(to_shed(&conns, &a, 4).is_empty(), "at the watermark");
         assert!(to_shed(&conns, &peer(), 0).is_empty(), "not connected");
+        let mut kept = conns.clone();
+        kept[0].protected = true;
+        kept[3].protected = true;
+        assert!(to_shed(&kept, &a, 3).is_empty(), "protected: kept");
     }
 }

@@ -135,6 +135,10 @@ async fn a_reserved_peer_is_reached_through_a_circuit() {
     assert_eq!(limit.duration, Some(600), "seconds, as the spec says");
     assert_eq!(limit.data, Some(16 * 1024 * 1024));
     assert_eq!(relay.reservation_count(), 1);
+    assert!(
+        r.host.is_protected(&a.peer_id()),
+        "a reservation holder's connection is kept from shedding"
+    );
 
     let b = client(&r).await;
     let (answer, mut circuit) = hop(&b, &r, &HopMessage::connect(a.peer_id())).await;
@@ -234,6 +238,10 @@ async fn refusals_carry_the_spec_statuses() {
     // A peer that disconnects loses its reservation.
     a.host.disconnect(&r.peer_id());
     wait::until("reservation released", T, || relay.reservation_count() == 0).await;
+    assert!(
+        !r.host.is_protected(&a.peer_id()),
+        "released with the reservation"
+    );
     let (answer, _) = hop(&b, &r, &HopMessage::connect(a.peer_id())).await;
     assert_eq!(answer.status_of(), Some(Status::NoReservation));
 }

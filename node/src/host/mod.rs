@@ -187,6 +187,8 @@ struct HostInner {
     handlers: RwLock<HashMap<String, Handler>>,
     /// Installed protocols and roles, told about connections and streams.
     protocols: RwLock<Vec<Arc<dyn Extension>>>,
+    /// Peers whose connections roles want kept (a relay reservation), with why.
+    protected: Mutex<HashMap<PeerId, Vec<&'static str>>>,
     /// Transports added from outside (`Host::add_transport`), asked before the built-in ones.
     transports: RwLock<Vec<Arc<dyn Transport>>>,
     listen_addrs: RwLock<Vec<Multiaddr>>,
@@ -265,6 +267,7 @@ impl Host {
                 handlers: RwLock::new(HashMap::new()),
                 protocols: RwLock::new(Vec::new()),
                 transports: RwLock::new(Vec::new()),
+                protected: Mutex::new(HashMap::new()),
                 listen_addrs: RwLock::new(Vec::new()),
                 events,
                 pending_incoming: pending,
@@ -385,6 +388,33 @@ impl Host {
         }
         out.dedup();
         out
+    }
+
+    /// Asks whoever trims connections (the bootstrap role's shedding) to leave `peer`'s
+    /// alone, for `reason` (a relay holding its reservation, say), until [`Host::unprotect`]
+    /// with the same reason. The host itself still applies its limits.
+    pub fn protect(&self, peer: PeerId, reason: &'static str) {
+        let mut p = lock(&self.inner.protected);
+        let reasons = p.entry(peer).or_default();
+        if !reasons.contains(&reason) {
+            reasons.push(reason);
+        }
+    }
+
+    /// Withdraws a [`Host::protect`].
+    pub fn unprotect(&self, peer: &PeerId, reason: &'static str) {
+        let mut p = lock(&self.inner.protected);
+        if let Some(reasons) = p.get_mut(peer) {
+            reasons.retain(|r| *r != reason);
+            if reasons.is_empty() {
+                p.remove(peer);
+            }
+        }
+    }
+
+    /// Whether some role asked to keep `peer`'s connections.
+    pub fn is_protected(&self, peer: &PeerId) -> bool {
+        lock(&self.inner.protected).contains_key(peer)
     }
 
     /// An open connection to `peer`: the oldest direct one, else the oldest through a

@@ -282,8 +282,8 @@ impl Table {
         true
     }
 
-    /// Drops the reservations expired at `now`; returns how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
+    /// Drops the reservations expired at `now`; returns their peers.
+    pub fn expire(&mut self, now: Instant) -> Vec<PeerId> {
         let expired: Vec<PeerId> = self
             .reservations
             .iter()
@@ -293,7 +293,7 @@ impl Table {
         for p in &expired {
             self.release(p);
         }
-        expired.len()
+        expired
     }
 
     /// `peer`'s reservation, valid or not yet swept.
@@ -472,7 +472,7 @@ mod tests {
         let later = t0 + ttl;
         assert!(t.has_reservation(later, &a));
         assert!(!t.has_reservation(later, &b));
-        assert_eq!(t.expire(later), 1);
+        assert_eq!(t.expire(later), vec![b]);
         assert_eq!(t.reservation_count(), 1);
         // b's IP budget came back with the expiry.
         assert!(!t

@@ -30,6 +30,8 @@ use crate::Metrics;
 
 /// How long a client has to send its request, and the target to answer a `STOP`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The reason the relay gives `Host::protect` for a reservation holder's connections.
+const PROTECT: &str = "relay_reservation";
 /// How often expired reservations are dropped and counted (they are also dropped lazily
 /// whenever a request comes in).
 const EXPIRY_SWEEP: Duration = Duration::from_secs(30);
@@ -185,6 +187,7 @@ impl Extension for HopExtension {
         let Some(s) = self.0.upgrade() else { return };
         // The spec: a reservation is valid while the peer stays connected.
         if s.node.host.connection(&conn.peer()).is_none() && lock(&s.table).release(&conn.peer()) {
+            s.node.host.unprotect(&conn.peer(), PROTECT);
             s.metrics
                 .reservations
                 .get_or_create(&TypeLabels { r#type: "closed" })
@@ -225,6 +228,10 @@ impl Service {
 
     fn expire(&self, now: Instant) {
         let expired = lock(&self.table).expire(now);
+        for peer in &expired {
+            self.node.host.unprotect(peer, PROTECT);
+        }
+        let expired = expired.len();
         if expired > 0 {
             self.metrics
                 .reservations
@@ -276,6 +283,7 @@ impl Service {
     async fn reserve(&self, mut stream: Stream) {
         let peer = stream.peer();
         let now = Instant::now();
+        self.expire(now);
         let decided = if is_relayed(stream.connection()) {
             Err(Refusal::Relayed)
         } else {
@@ -296,6 +304,8 @@ impl Service {
                     .inc();
                 if !renewal {
                     self.metrics.held.inc();
+                    // Keep its connection: the reservation lives as long as it does.
+                    self.node.host.protect(peer, PROTECT);
                 }
                 self.reservation(peer, now, expires, trusted)
             }
@@ -365,13 +375,13 @@ impl Service {
     async fn connect(&self, mut caller: Stream, dst: PeerId) {
         let src = caller.peer();
         let now = Instant::now();
+        // Expired reservations leave (counted, unprotected) before the decision.
+        self.expire(now);
         let decided = if is_relayed(caller.connection()) {
             Err(Refusal::Relayed)
         } else {
             let ip = ip_of(caller.connection().remote_addr());
-            let mut table = lock(&self.table);
-            table.expire(now);
-            table.connect(now, src, ip, dst)
+            lock(&self.table).connect(now, src, ip, dst)
         };
         let (id, trusted) = match decided {
             Ok(decided) => decided,
