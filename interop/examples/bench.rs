@@ -6,7 +6,8 @@
 //! cargo run --release -p pylon-interop --example bench -- [--quick] [--repeat N] [--size MiB] [--only SECTIONS]
 //! ```
 //! Sections (comma-separated for `--only`): `limits`, `throughput`, `concurrency`,
-//! `connect`, `memory`, `kad`. Every figure is the median of `--repeat` runs with min–max.
+//! `connect`, `memory`, `kad`, `relay`. Every figure is the median of `--repeat` runs with
+//! min–max.
 //! Throughput uses the perf protocol (`/perf/1.0.0`; rust-libp2p's side is the same
 //! protocol on `libp2p-stream`); connection setup is dial → first ping answered with
 //! identify running (the test-plans `handshakePlusOneRTT` measure); memory is the RSS
@@ -14,16 +15,20 @@
 //! time, whose rate is the accept rate); CPU is getrusage of this process (client and
 //! server) per GiB moved. `kad` measures the Kademlia requests per second a server
 //! answers (FIND_NODE, GET_PROVIDERS; the same Pylon load generator for both servers) and
-//! Pylon's memory per routing-table peer and per stored record.
+//! Pylon's memory per routing-table peer and per stored record. `relay` puts a Pylon relay
+//! and a rust-libp2p relay (each in its own process, `serve relay IMP`) between the same
+//! Pylon clients: perf throughput over a circuit and the relay process's CPU per GiB,
+//! the latency a circuit adds, and the relay's RSS per reservation and per open circuit.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use pylon_node::metrics::Metrics;
 use pylon_node::node::{self, Node};
 use pylon_node::protocols::{perf, ping as pylon_ping};
@@ -572,27 +577,9 @@ async fn connect_latency(
 /// child process (this binary, `serve` mode) so its RSS is its own.
 /// Stops at the first batch that fails, keeping the figures of the batches before it.
 async fn memory(imp: Imp, kind: Kind, counts: &[usize]) -> anyhow::Result<(Vec<f64>, f64)> {
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
-        .args(["serve", imp.arg(), kind.arg()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let addr: Multiaddr = lines
-        .next_line()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("server printed nothing"))?
-        .parse()?;
-    let Some(libp2p::multiaddr::Protocol::P2p(server_peer)) = addr.iter().last() else {
-        anyhow::bail!("no /p2p/ in {addr}");
-    };
+    let server = Served::spawn(&["serve", imp.arg(), kind.arg()], 1).await?;
+    let (pid, addr) = (server.pid, server.first()?.clone());
+    let server_peer = server.peer()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = rss_kib(pid)?;
     let mut per_conn = Vec::new();
@@ -640,10 +627,7 @@ async fn memory(imp: Imp, kind: Kind, counts: &[usize]) -> anyhow::Result<(Vec<f
     }
     drop(conns);
     client.shutdown(Duration::from_secs(5)).await;
-    // Closing stdin asks the server to exit; killed if it does not.
-    drop(child.stdin.take());
-    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
-    drop(child);
+    server.stop().await;
     Ok((per_conn, accept_rate))
 }
 
@@ -661,8 +645,12 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
 }
 
-/// `serve` mode: a server holding connections until stdin closes.
+/// `serve` mode: a server holding connections until stdin closes (`serve relay IMP`: a
+/// relay, see [`serve_relay`]).
 async fn serve(imp: &str, kind: &str) -> anyhow::Result<()> {
+    if imp == "relay" {
+        return serve_relay(kind).await;
+    }
     let kind = Kind::parse(kind)?;
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     match imp {
@@ -683,6 +671,655 @@ async fn serve(imp: &str, kind: &str) -> anyhow::Result<()> {
             while stdin.next_line().await?.is_some() {}
         }
         other => anyhow::bail!("unknown implementation {other}"),
+    }
+    Ok(())
+}
+
+// ---- relay ------------------------------------------------------------------------------
+
+/// A server in a child process (this binary in `serve` mode): its pid and the addresses
+/// it printed first, one a line. Closing its stdin asks it to exit; it is killed if it
+/// does not.
+struct Served {
+    child: tokio::process::Child,
+    pid: u32,
+    addrs: Vec<Multiaddr>,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Served {
+    async fn spawn(args: &[&str], addrs: usize) -> anyhow::Result<Served> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut printed = Vec::with_capacity(addrs);
+        for _ in 0..addrs {
+            let line = lines
+                .next_line()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("server {args:?} printed no address"))?;
+            printed.push(line.parse()?);
+        }
+        Ok(Served {
+            child,
+            pid,
+            addrs: printed,
+            stdin,
+            lines,
+        })
+    }
+
+    /// The first address printed.
+    fn first(&self) -> anyhow::Result<&Multiaddr> {
+        self.addrs
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no address"))
+    }
+
+    /// The address on `kind`'s transport (TCP or QUIC), with `/p2p/`.
+    fn addr(&self, kind: Kind) -> anyhow::Result<&Multiaddr> {
+        let quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::QuicV1));
+        self.addrs
+            .iter()
+            .find(|a| quic(a) == (kind == Kind::Quic))
+            .ok_or_else(|| anyhow::anyhow!("no {} address", kind.name()))
+    }
+
+    fn peer(&self) -> anyhow::Result<PeerId> {
+        match self.first()?.iter().last() {
+            Some(Protocol::P2p(peer)) => Ok(peer),
+            _ => anyhow::bail!("no /p2p/ in {}", self.first()?),
+        }
+    }
+
+    /// A relay's own count of the reservations and circuits it holds (`count` on stdin).
+    async fn counts(&mut self) -> anyhow::Result<(usize, usize)> {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("stdin closed"))?;
+        stdin.write_all(b"count\n").await?;
+        stdin.flush().await?;
+        let line = self
+            .lines
+            .next_line()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("relay printed no count"))?;
+        let mut n = line.split_whitespace().map(str::parse::<usize>);
+        match (n.next(), n.next()) {
+            (Some(Ok(r)), Some(Ok(c))) => Ok((r, c)),
+            _ => anyhow::bail!("relay printed {line:?} for its count"),
+        }
+    }
+
+    async fn stop(mut self) {
+        drop(self.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+    }
+}
+
+/// User + system CPU time of process `pid`.
+fn proc_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let (user, system) = proc_cpu_split(pid)?;
+    Ok(user + system)
+}
+
+/// User and system CPU time of process `pid` from `/proc/PID/stat` (fields 14 and 15, in
+/// USER_HZ ticks: 1/100 s on Linux).
+fn proc_cpu_split(pid: u32) -> anyhow::Result<(Duration, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count from the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: {stat:?}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: short"))?
+            .parse()?)
+    };
+    // Field 3 (state) is index 0 here: utime (14) is 11, stime (15) is 12.
+    Ok((
+        Duration::from_millis(ticks(11)? * 10),
+        Duration::from_millis(ticks(12)? * 10),
+    ))
+}
+
+/// The limits of both relays, out of the way of the measures: reservations and circuits
+/// up to this many in total and per IP, subnet or peer, circuits unlimited in data and
+/// an hour long, no rate limits.
+const RELAY_LIMIT: usize = 20_000;
+const RELAY_CIRCUIT_TIME: Duration = Duration::from_secs(3600);
+/// Circuits per caller–target pair in the memory measure (under every stream cap).
+const CIRCUITS_PER_PAIR: usize = 100;
+
+/// Pylon's relay as shipped but for the limits (its circuit buffer stays 16 KiB).
+fn pylon_relay_config() -> pylon_roles::relay::Config {
+    pylon_roles::relay::Config {
+        max_reservations: RELAY_LIMIT,
+        max_reservations_per_ip: RELAY_LIMIT,
+        max_reservations_per_subnet: RELAY_LIMIT,
+        max_circuits: RELAY_LIMIT,
+        max_circuits_per_peer: RELAY_LIMIT,
+        circuit_duration: RELAY_CIRCUIT_TIME,
+        circuit_data: 0,
+        ..Default::default()
+    }
+}
+
+fn rust_relay_config() -> relay::Config {
+    relay::Config {
+        max_reservations: RELAY_LIMIT,
+        max_reservations_per_peer: RELAY_LIMIT,
+        reservation_duration: Duration::from_secs(3600),
+        reservation_rate_limiters: Vec::new(),
+        max_circuits: RELAY_LIMIT,
+        max_circuits_per_peer: RELAY_LIMIT,
+        max_circuit_duration: RELAY_CIRCUIT_TIME,
+        // 0 = no limit (its copy checks `max_circuit_bytes > 0`).
+        max_circuit_bytes: 0,
+        circuit_src_rate_limiters: Vec::new(),
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct RelayServer {
+    relay: relay::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// `serve relay pylon|rust`: a relay on loopback TCP and QUIC with [`RELAY_LIMIT`];
+/// prints its two addresses, answers `count` on stdin with the reservations and circuits
+/// it holds, exits when stdin closes.
+async fn serve_relay(imp: &str) -> anyhow::Result<()> {
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let listen: [Multiaddr; 2] = [Kind::Noise.listen().parse()?, Kind::Quic.listen().parse()?];
+    match imp {
+        "pylon" => {
+            use pylon_roles::relay::Relay;
+            use pylon_roles::Role as _;
+            let mut config = node::Config {
+                listen: listen.to_vec(),
+                ..Default::default()
+            };
+            config.host.max_connections = 30_000;
+            config.host.max_pending_incoming = 1024;
+            // Every client comes from 127.0.0.1: no per-source handshake budgets.
+            config.host.max_pending_incoming_per_ip = 0;
+            config.host.max_pending_incoming_per_subnet = 0;
+            let relay_config = pylon_relay_config();
+            Relay::check(&relay_config)?;
+            let node = Node::start_volatile(config, Metrics::unregistered()).await?;
+            let mut registry = prometheus_client::registry::Registry::default();
+            let relay = Relay::start(
+                &node,
+                relay_config,
+                &mut pylon_roles::Metrics::of::<Relay>(&mut registry),
+            )?;
+            for addr in node.listen_multiaddrs() {
+                println!("{addr}");
+            }
+            while let Some(line) = stdin.next_line().await? {
+                if line == "count" {
+                    println!("{} {}", relay.reservation_count(), relay.circuit_count());
+                }
+            }
+            node.shutdown(Duration::from_secs(2)).await;
+        }
+        "rust" => {
+            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )?
+                .with_quic()
+                .with_behaviour(|key| RelayServer {
+                    relay: relay::Behaviour::new(key.public().to_peer_id(), rust_relay_config()),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new_with_signed_peer_record("ipfs/0.1.0".into(), key),
+                    ),
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                })?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+                .build();
+            for addr in listen {
+                swarm.listen_on(addr)?;
+            }
+            let me = *swarm.local_peer_id();
+            let mut printed = 0;
+            while printed < 2 {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    // rust-libp2p's relay serves only with a confirmed external address.
+                    swarm.add_external_address(address.clone());
+                    println!("{}", address.with(Protocol::P2p(me)));
+                    printed += 1;
+                }
+            }
+            let (mut reservations, mut circuits) = (0i64, 0i64);
+            loop {
+                tokio::select! {
+                    line = stdin.next_line() => match line? {
+                        Some(l) if l == "count" => println!("{reservations} {circuits}"),
+                        Some(_) => {}
+                        None => break,
+                    },
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::Behaviour(RelayServerEvent::Relay(e)) = event {
+                            match e {
+                                relay::Event::ReservationReqAccepted { renewed: false, .. } => {
+                                    reservations += 1
+                                }
+                                relay::Event::ReservationClosed { .. }
+                                | relay::Event::ReservationTimedOut { .. } => reservations -= 1,
+                                relay::Event::CircuitReqAccepted { .. } => circuits += 1,
+                                relay::Event::CircuitClosed { .. } => circuits -= 1,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        other => anyhow::bail!("unknown relay {other}"),
+    }
+    Ok(())
+}
+
+/// `<relay>/p2p-circuit/p2p/<target>`.
+fn via(relay: &Multiaddr, target: PeerId) -> Multiaddr {
+    relay
+        .clone()
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(target))
+}
+
+/// Connects a client to the relay at `addr` and, with `reserve`, reserves a slot there.
+/// By `Host::dial`: `Host::connect` (what reserving and circuit dials use, reusing the
+/// connection) ranks loopback addresses out for a node not itself on loopback, and
+/// these clients listen nowhere.
+async fn to_relay(node: &Node, addr: &Multiaddr, reserve: bool) -> anyhow::Result<()> {
+    node.host.dial(addr).await?;
+    if reserve {
+        node.relay.reserve(addr).await?;
+    }
+    Ok(())
+}
+
+/// One perf transfer between two Pylon clients over a circuit through `relay`, both legs
+/// on `leg`'s transport: MiB/s and the relay process's CPU seconds per GiB relayed, and
+/// the clients' (this process's) CPU seconds per GiB.
+async fn relay_transfer(
+    relay: &Served,
+    leg: Kind,
+    shape: Shape,
+    bytes: u64,
+) -> anyhow::Result<(Rate, f64)> {
+    let addr = relay.addr(leg)?;
+    let target = pylon_node(leg, false, true, true).await?;
+    to_relay(&target, addr, true).await?;
+    let caller = pylon_node(leg, false, false, true).await?;
+    to_relay(&caller, addr, false).await?;
+    let conn = caller.host.dial(&via(addr, target.peer_id())).await?;
+    // Let identify finish over the circuit (outside the timing).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (cpu0, own0, t0) = (proc_cpu(relay.pid)?, cpu_time(), Instant::now());
+    match shape {
+        Shape::Upload => perf::run_on(&conn, bytes, 0).await?,
+        _ => perf::run_on(&conn, 0, bytes).await?,
+    };
+    let (cpu, own, t) = (proc_cpu(relay.pid)? - cpu0, cpu_time() - own0, t0.elapsed());
+    caller.shutdown(Duration::from_secs(2)).await;
+    target.shutdown(Duration::from_secs(2)).await;
+    let gib = bytes as f64 / (MIB * 1024.0);
+    Ok((
+        Rate {
+            mibs: bytes as f64 / MIB / t.as_secs_f64(),
+            cpu_per_gib: cpu.as_secs_f64() / gib,
+        },
+        own.as_secs_f64() / gib,
+    ))
+}
+
+/// From a Pylon caller to a Pylon target, directly (`relay` None) or through `relay`
+/// (over the caller's one connection to it): `n` dials one after the other, each until
+/// its first ping is answered (after `n / 10` unmeasured), then the round trips of `n`
+/// pings on one open connection.
+async fn relay_latency(
+    relay: Option<&Served>,
+    leg: Kind,
+    n: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let target = pylon_node(leg, relay.is_none(), false, true).await?;
+    let addr = match relay {
+        Some(r) => {
+            let addr = r.addr(leg)?;
+            to_relay(&target, addr, true).await?;
+            via(addr, target.peer_id())
+        }
+        None => pylon_addr(&target)?,
+    };
+    let caller = pylon_node(leg, false, false, true).await?;
+    if let Some(r) = relay {
+        to_relay(&caller, r.addr(leg)?, false).await?;
+    }
+    let warm = n / 10 + 1;
+    let mut setup = Vec::with_capacity(n);
+    for i in 0..warm + n {
+        let started = Instant::now();
+        let conn = caller.host.dial(&addr).await?;
+        let mut stream = conn.open_stream_lazy(pylon_ping::PROTOCOL).await?;
+        pylon_ping::ping_on(&mut stream).await?;
+        if i >= warm {
+            setup.push(started.elapsed());
+        }
+        drop(stream);
+        conn.close();
+        conn.closed().await;
+    }
+    let conn = caller.host.dial(&addr).await?;
+    let mut stream = conn.open_stream_lazy(pylon_ping::PROTOCOL).await?;
+    let mut rtt = Vec::with_capacity(n);
+    for i in 0..warm + n {
+        let d = pylon_ping::ping_on(&mut stream).await?;
+        if i >= warm {
+            rtt.push(d);
+        }
+    }
+    drop(stream);
+    caller.shutdown(Duration::from_secs(2)).await;
+    target.shutdown(Duration::from_secs(2)).await;
+    Ok((setup, rtt))
+}
+
+/// Shuts many nodes down at once.
+async fn shutdown_all(nodes: Vec<Node>) {
+    futures::stream::iter(nodes)
+        .for_each_concurrent(
+            256,
+            |n| async move { n.shutdown(Duration::from_secs(1)).await },
+        )
+        .await;
+}
+
+/// What a relay holds per client: the RSS growth of a fresh relay process (`serve relay
+/// IMP`) with one Pylon client node per reservation (the relay keeps one per peer), each
+/// connected over TCP and, with `reserve`, holding a reservation; 32 clients start at a
+/// time. KiB per client at each of `counts` (stopping at the first batch that fails),
+/// the relay's own count of reservations at the last, and clients/s of the first batch.
+async fn relay_clients(
+    imp: Imp,
+    counts: &[usize],
+    reserve: bool,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<(Vec<f64>, usize, f64)> {
+    let mut relay = Served::spawn(&["serve", "relay", imp.arg()], 2).await?;
+    let addr = relay.addr(Kind::Noise)?.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = rss_kib(relay.pid)?;
+    let (mut per_client, mut rate, mut held) = (Vec::new(), 0.0, 0);
+    let mut clients = Vec::new();
+    for (i, &target) in counts.iter().enumerate() {
+        let todo = target.saturating_sub(clients.len());
+        let started = Instant::now();
+        let addr = &addr;
+        let results: Vec<anyhow::Result<Node>> = futures::stream::iter(0..todo)
+            .map(|_| async move {
+                let client = pylon_node(Kind::Noise, false, false, true).await?;
+                to_relay(&client, addr, reserve).await?;
+                Ok(client)
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(c) => clients.push(c),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            let what = format!(
+                "{imp:?} relay, {} clients{}: {e:#}",
+                target,
+                if reserve { " reserving" } else { "" }
+            );
+            eprintln!("{what}");
+            failures.push(what);
+            break;
+        }
+        if i == 0 {
+            rate = todo as f64 / started.elapsed().as_secs_f64();
+        }
+        // Let identify and the muxers settle before reading the relay's RSS.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_kib(relay.pid)?;
+        per_client.push(rss.saturating_sub(base) as f64 / target as f64);
+        held = relay.counts().await?.0;
+    }
+    shutdown_all(clients).await;
+    relay.stop().await;
+    Ok((per_client, held, rate))
+}
+
+/// Memory per open idle circuit: the RSS growth of a fresh relay process while `m`
+/// circuits open between Pylon clients already connected to it ([`CIRCUITS_PER_PAIR`]
+/// per caller–target pair, 8 opening at a time: rust-libp2p's relay drops a hop stream
+/// past 10 in progress on one connection), divided by `m`; and the relay's own count of
+/// circuits then.
+async fn relay_circuits(imp: Imp, m: usize) -> anyhow::Result<(f64, usize)> {
+    let mut relay = Served::spawn(&["serve", "relay", imp.arg()], 2).await?;
+    let addr = relay.addr(Kind::Noise)?.clone();
+    let pairs = m.div_ceil(CIRCUITS_PER_PAIR);
+    let (mut targets, mut callers) = (Vec::new(), Vec::new());
+    for _ in 0..pairs {
+        let t = pylon_node(Kind::Noise, false, false, true).await?;
+        to_relay(&t, &addr, true).await?;
+        targets.push(t);
+        let c = pylon_node(Kind::Noise, false, false, true).await?;
+        to_relay(&c, &addr, false).await?;
+        callers.push(c);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base = rss_kib(relay.pid)?;
+    let dials: Vec<_> = futures::stream::iter(0..m)
+        .map(|i| {
+            let (caller, target) = (&callers[i % pairs], &targets[i % pairs]);
+            let to = via(&addr, target.peer_id());
+            async move { caller.host.dial(&to).await }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let conns = dials.into_iter().collect::<Result<Vec<_>, _>>()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per = rss_kib(relay.pid)?.saturating_sub(base) as f64 / m as f64;
+    let open = relay.counts().await?.1;
+    drop(conns);
+    shutdown_all(callers).await;
+    shutdown_all(targets).await;
+    relay.stop().await;
+    Ok((per, open))
+}
+
+async fn relay_section(o: &Options) -> anyhow::Result<()> {
+    let bytes = o.size_mib << 20;
+    let legs = [Kind::Noise, Kind::Quic];
+    let mut relays = Vec::new();
+    for imp in [Imp::Pylon, Imp::Rust] {
+        relays.push(
+            Served::spawn(&["serve", "relay", imp.arg()], 2)
+                .await
+                .with_context(|| format!("{imp:?} relay"))?,
+        );
+    }
+    println!("| relay: circuit throughput (Pylon clients, perf over the circuit) | legs | via Pylon MiB/s | via rust-libp2p MiB/s | Pylon / rust | Pylon relay CPU s/GiB | rust relay CPU s/GiB | relay CPU Pylon / rust | clients CPU s/GiB via Pylon / via rust |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut failures = Vec::new();
+    for shape in [Shape::Upload, Shape::Download] {
+        for leg in legs {
+            let (mut p, mut r, mut pc, mut rc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..o.repeat {
+                // Alternate so drift on this noisy machine hits both alike.
+                let (rate, clients) = relay_transfer(&relays[0], leg, shape, bytes)
+                    .await
+                    .with_context(|| format!("Pylon relay {leg:?} {shape:?}"))?;
+                p.push(rate);
+                pc.push(clients);
+                // rust-libp2p's own failures are reported, not fatal.
+                match relay_transfer(&relays[1], leg, shape, bytes).await {
+                    Ok((rate, clients)) => {
+                        r.push(rate);
+                        rc.push(clients);
+                    }
+                    Err(e) => failures.push(format!("rust-libp2p relay {leg:?} {shape:?}: {e:#}")),
+                }
+            }
+            let mibs = |v: &[Rate]| v.iter().map(|x| x.mibs).collect::<Vec<_>>();
+            let cpu = |v: &[Rate]| v.iter().map(|x| x.cpu_per_gib).collect::<Vec<_>>();
+            println!(
+                "| 1 stream through the relay, {} | {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} |",
+                if shape == Shape::Upload { "upload" } else { "download" },
+                leg.name(),
+                fmt(&mibs(&p), 0),
+                fmt(&mibs(&r), 0),
+                ratio(&mibs(&p), &mibs(&r)),
+                fmt(&cpu(&p), 2),
+                fmt(&cpu(&r), 2),
+                ratio(&cpu(&p), &cpu(&r)),
+                summary(&pc).0,
+                summary(&rc).0,
+            );
+        }
+    }
+    println!();
+
+    let n = if o.quick { 20 } else { 200 };
+    println!("| relay: added latency ({n} per run × {}; Pylon clients) | legs | direct p50 ms | via Pylon p50 ms | via rust-libp2p p50 ms | added by Pylon ms | added by rust ms | added Pylon / rust |", o.repeat);
+    println!("|---|---|---|---|---|---|---|---|");
+    for leg in legs {
+        let mut setup: [Vec<Duration>; 3] = Default::default();
+        let mut rtt: [Vec<Duration>; 3] = Default::default();
+        for _ in 0..o.repeat {
+            for (i, relay) in [None, Some(&relays[0]), Some(&relays[1])]
+                .into_iter()
+                .enumerate()
+            {
+                let (s, r) = relay_latency(relay, leg, n)
+                    .await
+                    .with_context(|| format!("latency {leg:?} via {i}"))?;
+                setup[i].extend(s);
+                rtt[i].extend(r);
+            }
+        }
+        for (what, v) in [
+            ("dial → first ping answered", &mut setup),
+            ("ping round trip, open connection", &mut rtt),
+        ] {
+            let p50: Vec<f64> = v
+                .iter_mut()
+                .map(|d| {
+                    d.sort();
+                    pct(d, 0.5)
+                })
+                .collect();
+            let (added_p, added_r) = (p50[1] - p50[0], p50[2] - p50[0]);
+            println!(
+                "| {what} | {} | {:.3} | {:.3} | {:.3} | {added_p:.3} | {added_r:.3} | {:.2} |",
+                leg.name(),
+                p50[0],
+                p50[1],
+                p50[2],
+                added_p / added_r
+            );
+        }
+    }
+    println!();
+    for relay in relays {
+        relay.stop().await;
+    }
+
+    let counts: &[usize] = if o.quick { &[50, 100] } else { &[1000, 10_000] };
+    let m = if o.quick { 50 } else { 1000 };
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let at = |v: &[f64], i: usize| v.get(i).map_or("failed".to_string(), |x| format!("{x:.1}"));
+    let ratio_at = |p: &[f64], r: &[f64], i: usize| match (p.get(i), r.get(i)) {
+        (Some(p), Some(r)) => format!("{:.2}", p / r),
+        _ => "–".to_string(),
+    };
+    let mut measured = Vec::new();
+    for imp in [Imp::Pylon, Imp::Rust] {
+        let reserved = relay_clients(imp, counts, true, &mut failures)
+            .await
+            .with_context(|| format!("{imp:?} relay reservations"))?;
+        let connected = relay_clients(imp, &counts[..1], false, &mut failures)
+            .await
+            .with_context(|| format!("{imp:?} relay connections"))?;
+        let circuits = relay_circuits(imp, m)
+            .await
+            .with_context(|| format!("{imp:?} relay circuits"))?;
+        measured.push((reserved, connected, circuits));
+    }
+    let [(pr, pc, pk), (rr, rc, rk)] = &measured[..] else {
+        anyhow::bail!("two relays measured");
+    };
+    for (i, &c) in counts.iter().enumerate() {
+        rows.push((
+            format!("per reserving client (connection + reservation), {c} held"),
+            at(&pr.0, i),
+            at(&rr.0, i),
+            ratio_at(&pr.0, &rr.0, i),
+        ));
+    }
+    rows.push((
+        format!("per connected client, no reservation, {} held", counts[0]),
+        at(&pc.0, 0),
+        at(&rc.0, 0),
+        ratio_at(&pc.0, &rc.0, 0),
+    ));
+    rows.push((
+        format!("per open idle circuit, {m} open"),
+        format!("{:.1}", pk.0),
+        format!("{:.1}", rk.0),
+        format!("{:.2}", pk.0 / rk.0),
+    ));
+    println!("| relay memory (RSS growth of the relay process; Pylon clients over TCP) | Pylon relay KiB | rust-libp2p relay KiB | Pylon / rust |");
+    println!("|---|---|---|---|");
+    for (what, p, r, q) in rows {
+        println!("| {what} | {p} | {r} | {q} |");
+    }
+    println!();
+    println!("| relay: held (the relay's own count) | Pylon | rust-libp2p |\n|---|---|---|");
+    println!(
+        "| reservations, {} clients reserving | {} | {} |",
+        counts[counts.len() - 1],
+        pr.1,
+        rr.1
+    );
+    println!("| circuits, {m} opened | {} | {} |", pk.1, rk.1);
+    println!(
+        "| reservations/s accepted, first {} (32 clients at a time) | {:.0} | {:.0} |\n",
+        counts[0], pr.2, rr.2
+    );
+    for f in &failures {
+        println!("relay run failed: {f}  ");
     }
     Ok(())
 }
@@ -1187,7 +1824,8 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("one") {
         // `bench one pylon|rust noise|tls|quic upload|download|streams16|conns16|connect N`:
-        // a single transfer, for profilers (perf record, valgrind --tool=callgrind).
+        // a single transfer, for profilers (perf record, valgrind --tool=callgrind); and
+        // `relay-upload|relay-download` through a relay (see below).
         let a: Vec<String> = std::env::args().skip(2).collect();
         let get = |i: usize| a.get(i).map(String::as_str).unwrap_or_default();
         let imp = match get(0) {
@@ -1206,6 +1844,33 @@ fn main() -> anyhow::Result<()> {
             _ => Shape::Download,
         };
         let mib: u64 = get(3).parse().unwrap_or(256);
+        if let Some(dir) = get(2).strip_prefix("relay-") {
+            // `bench one IMP noise|quic relay-upload|relay-download MiB`: one transfer
+            // through a relay of IMP (its own process, `serve relay IMP`).
+            let shape = if dir == "upload" {
+                Shape::Upload
+            } else {
+                Shape::Download
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let ((rate, clients), (user, system)) = rt.block_on(async {
+                let relay = Served::spawn(&["serve", "relay", imp.arg()], 2).await?;
+                let before = proc_cpu_split(relay.pid)?;
+                let r = relay_transfer(&relay, kind, shape, mib << 20).await;
+                let after = proc_cpu_split(relay.pid)?;
+                relay.stop().await;
+                anyhow::Ok((r?, (after.0 - before.0, after.1 - before.1)))
+            })?;
+            let gib = mib as f64 / 1024.0;
+            println!(
+                "via {imp:?} relay, {kind:?} legs, {shape:?}: {:.0} MiB/s, relay {:.2} CPU s/GiB (user {:.2}, system {:.2}), clients {clients:.2}",
+                rate.mibs,
+                rate.cpu_per_gib,
+                user.as_secs_f64() / gib,
+                system.as_secs_f64() / gib
+            );
+            return Ok(());
+        }
         if get(2) == "connect" {
             // `bench one IMP KIND connect N`: N dials, inlined muxer for Pylon.
             let rt = tokio::runtime::Runtime::new()?;
@@ -1405,6 +2070,9 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     }
     if o.wants("kad") {
         kad_section(&o).await?;
+    }
+    if o.wants("relay") {
+        relay_section(&o).await?;
     }
     Ok(())
 }

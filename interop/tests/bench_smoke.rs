@@ -37,6 +37,10 @@ async fn benchmark_runs_and_prints_every_table() {
         "| server memory per idle connection",
         "| Kademlia server, requests/s",
         "| Pylon DHT memory",
+        "| relay: circuit throughput",
+        "| relay: added latency",
+        "| relay memory",
+        "| relay: held",
     ] {
         assert!(stdout.contains(header), "missing {header:?} in:\n{stdout}");
     }
@@ -48,6 +52,10 @@ async fn benchmark_runs_and_prints_every_table() {
         "| FIND_NODE (random key) |",
         "| GET_PROVIDERS (10 providers) |",
         "| value record on sled",
+        "| 1 stream through the relay, download | QUIC |",
+        "| dial → first ping answered | QUIC |",
+        "| per open idle circuit",
+        "| reservations, ",
     ] {
         let line = stdout
             .lines()
