@@ -285,16 +285,35 @@ impl Host {
                 (handshaken, local, started)
             }
         };
+        self.establish_outbound(
+            handshaken,
+            (target.transport_label(), target.ip_version()),
+            strip_p2p(addr),
+            local,
+            started,
+        )
+    }
+
+    /// Registers an outbound connection whose handshake is done, with its transport's
+    /// labels (`transport`, `ip_version`) and the address as dialed.
+    pub(super) fn establish_outbound(
+        &self,
+        handshaken: Handshaken,
+        (transport, ip_version): (&'static str, &'static str),
+        remote: Multiaddr,
+        local: Multiaddr,
+        started: Instant,
+    ) -> Result<Connection, DialError> {
         let handshaken = Handshaken {
             route: Route {
-                transport: target.transport_label(),
-                ip_version: target.ip_version(),
+                transport,
+                ip_version,
                 ..handshaken.route
             },
             ..handshaken
         };
         let ends = Ends {
-            remote: strip_p2p(addr),
+            remote,
             local,
             direction: Direction::Outbound,
             ip_slot: None,
@@ -341,21 +360,13 @@ impl Host {
                     got: Box::new(got),
                 });
             }
-            let handshaken = Handshaken {
-                route: Route {
-                    transport: target.transport_label(),
-                    ip_version: target.ip_version(),
-                    ..handshaken.route
-                },
-                ..handshaken
-            };
-            let ends = Ends {
-                remote: strip_p2p(addr),
+            self.establish_outbound(
+                handshaken,
+                (target.transport_label(), target.ip_version()),
+                strip_p2p(addr),
                 local,
-                direction: Direction::Outbound,
-                ip_slot: None,
-            };
-            self.establish(handshaken, ends, started)
+                started,
+            )
         }
         .await;
         if let Err(e) = &result {

@@ -73,21 +73,13 @@ impl Host {
             tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, true, expected))
                 .await
                 .map_err(|_| DialError::Timeout)??;
-        let handshaken = Handshaken {
-            route: Route {
-                transport: transport.label(),
-                ip_version: ip_version_of(addr),
-                ..handshaken.route
-            },
-            ..handshaken
-        };
-        let ends = Ends {
-            remote: without_last_peer(addr),
+        self.establish_outbound(
+            handshaken,
+            (transport.label(), ip_version_of(addr)),
+            without_last_peer(addr),
             local,
-            direction: Direction::Outbound,
-            ip_slot: None,
-        };
-        self.establish(handshaken, ends, started)
+            started,
+        )
     }
 
     /// Takes an inbound byte stream of an added transport (`transport` is its label, which
