@@ -1,5 +1,6 @@
 //! The splice of a circuit: bytes copied both ways between the caller's hop stream and
-//! the target's stop stream. Each direction goes through one fixed buffer, so a reader
+//! the target's stop stream. Each direction goes through one buffer — 2 KiB while the
+//! circuit is quiet, grown to the configured size under load, never more — so a reader
 //! that stalls stops the copy instead of growing memory. A direction that carries more
 //! than the circuit's data limit, or a circuit older than its duration limit, is cut:
 //! both streams are dropped unfinished, which resets them (as the spec asks).
@@ -55,6 +56,9 @@ pub struct CircuitLimits {
     pub duration: Option<Duration>,
 }
 
+/// The buffer a direction starts with (it grows to the configured size under load).
+const FIRST_BUFFER: usize = 2048;
+
 enum Cut {
     Data,
     Io(io::Error),
@@ -108,10 +112,16 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; buffer.max(1)];
+    // Small until the traffic needs more: an idle circuit (most of them) holds 2 × 2 KiB
+    // instead of 2 × `buffer`; a read that fills the buffer grows it, up to `buffer`.
+    let most = buffer.max(1);
+    let mut buf = vec![0u8; most.min(FIRST_BUFFER)];
     let mut sent: u64 = 0;
     loop {
         let n = r.read(&mut buf).await.map_err(Cut::Io)?;
+        if n == buf.len() && buf.len() < most {
+            buf.resize((buf.len() * 4).min(most), 0);
+        }
         if n == 0 {
             // The sender finished: pass the half-close on, keep the other way open.
             let _ = w.shutdown().await;
@@ -256,5 +266,12 @@ mod tests {
         );
         let through = carried.up.load(Ordering::Relaxed);
         assert!(through <= 4096 + 1024, "{through} bytes carried");
+
+        // A larger configured buffer: it grows under the load, and no further.
+        let (mut a, _b_never_reads, carried, _task) = circuit(unlimited, 16 * 1024);
+        let stuck = tokio::time::timeout(T, a.write_all(&[1u8; 1 << 20])).await;
+        assert!(stuck.is_err());
+        let through = carried.up.load(Ordering::Relaxed);
+        assert!(through <= 4096 + 16 * 1024, "{through} bytes carried");
     }
 }
