@@ -120,7 +120,7 @@ struct RawRelayClient {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPerf {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "pylon_roles::config::string_list")]
     allow: Vec<String>,
     #[serde(default = "default_perf_idle")]
     idle_timeout: String,
@@ -133,6 +133,7 @@ struct RawPerf {
 struct RawKad {
     protocol: String,
     server: bool,
+    #[serde(deserialize_with = "pylon_roles::config::string_list")]
     bootstrap: Vec<String>,
     k: usize,
     alpha: usize,
@@ -1079,6 +1080,23 @@ mod tests {
             .unwrap();
         assert_eq!(bootstrap.max_connections_per_ip, 64);
         assert_eq!(bootstrap.grace_period, Duration::from_secs(5));
+    }
+
+    /// Lists of sections the embedded default leaves commented out come from the
+    /// environment comma-separated too.
+    #[test]
+    fn comma_separated_lists_from_the_environment() {
+        let a = "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWGC6TvWhfapngNDsCf7RGSGkrjRZ7dKYQPM6Lq4NN2pw5";
+        let b = "/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWGC6TvWhfapngNDsCf7RGSGkrjRZ7dKYQPM6Lq4NN2pw5";
+        let both = format!("{a}, {b}");
+        let env = [
+            ("PYLON_KAD__BOOTSTRAP", both.as_str()),
+            ("PYLON_ROLES__RELAY__DENY", "10.6.0.0/16,203.0.113.7"),
+        ];
+        let c = load(sources(None, &env, Flags::default())).unwrap();
+        assert_eq!(c.node.kad.unwrap().bootstrap.len(), 2);
+        let relay = c.roles[0].config::<pylon_roles::relay::Relay>().unwrap();
+        assert_eq!(relay.deny, ["10.6.0.0/16", "203.0.113.7"]);
     }
 
     #[test]

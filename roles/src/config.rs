@@ -129,10 +129,46 @@ pub mod serde_duration {
     }
 }
 
+/// `#[serde(deserialize_with = "pylon_roles::config::string_list")]` on a `Vec<String>`
+/// field: a TOML array, or one string of comma-separated items (what a `PYLON_A__B=x,y`
+/// environment variable gives for a key the embedded default does not write, so its type
+/// is unknown there). Items are trimmed; empty ones dropped.
+pub fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_list_is_an_array_or_a_comma_separated_string() {
+        #[derive(Deserialize)]
+        struct T {
+            #[serde(deserialize_with = "string_list")]
+            l: Vec<String>,
+        }
+        let t: T = toml::from_str("l = [\"a\", \"b\"]").unwrap();
+        assert_eq!(t.l, ["a", "b"]);
+        let t: T = toml::from_str("l = \" a, b ,,\"").unwrap();
+        assert_eq!(t.l, ["a", "b"]);
+        assert!(toml::from_str::<T>("l = 3").is_err());
+    }
 
     #[test]
     fn formatted_durations_read_back_exactly() {

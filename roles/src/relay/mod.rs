@@ -60,12 +60,15 @@ pub struct Config {
     /// Bytes buffered per direction of a circuit (its memory is twice this).
     pub circuit_buffer: usize,
     /// PeerIds and IP prefixes never served.
+    #[serde(deserialize_with = "config::string_list")]
     pub deny: Vec<String>,
     /// PeerIds and IP prefixes served in private mode.
+    #[serde(deserialize_with = "config::string_list")]
     pub allow: Vec<String>,
     /// PeerIds and IP prefixes of the trusted class (fleet members, paying tenants):
     /// served in any mode, exempt from the per-IP, per-subnet and per-peer limits, and
     /// circuits to them carry no data or duration limit. The totals still apply.
+    #[serde(deserialize_with = "config::string_list")]
     pub trusted: Vec<String>,
     /// Serve only `allow` and `trusted`.
     pub private: bool,
