@@ -557,3 +557,60 @@ async fn dcutr_upgrades_a_relayed_connection_to_a_direct_one() {
     };
     wait::until("B counts its punch", T, || outcome(&b, "initiator") == 1).await;
 }
+
+/// DCUtR answers only on a relayed connection: a peer connected directly that opens the
+/// protocol and asks for a punch to addresses of its choosing gets the stream reset and
+/// no dial, and the refusal is counted.
+#[tokio::test]
+async fn dcutr_is_refused_on_a_direct_connection() {
+    use pylon_node::protocols::dcutr::{self, proto::HolePunch};
+    let lab = || pylon_node::node::Config {
+        dcutr: dcutr::Config {
+            enabled: true,
+            allow_loopback: true,
+        },
+        ..kit::config(&[kit::LOCAL_TCP])
+    };
+    let a = kit::start_with(lab()).await;
+    let b = kit::start_with(lab()).await;
+    b.host.dial(&kit::addr_of(&a)).await.unwrap();
+    let mut s = b
+        .host
+        .open_stream(&a.peer_id(), &[dcutr::PROTOCOL])
+        .await
+        .unwrap();
+    let victim: multiaddr::Multiaddr = "/ip4/127.0.0.1/tcp/9".parse().unwrap();
+    for msg in [HolePunch::connect(&[victim]), HolePunch::sync()] {
+        use prost::Message;
+        let _ = varint::write_frame(&mut s, &msg.encode_to_vec()).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(T, s.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert!(
+        read.is_err() || answer.is_empty(),
+        "no CONNECT answer: {answer:?}"
+    );
+    let refused = a
+        .host
+        .metrics()
+        .protocol_errors
+        .get_or_create(&pylon_node::metrics::ErrorLabels {
+            protocol: "dcutr",
+            reason: "not_relayed_or_busy",
+        })
+        .get();
+    assert_eq!(refused, 1);
+    let dialed = a
+        .host
+        .metrics()
+        .holepunch_addresses
+        .get_or_create(&pylon_node::metrics::HolepunchAddrLabels {
+            side: "receiver",
+            transport: "tcp",
+            outcome: "failed",
+        })
+        .get();
+    assert_eq!(dialed, 0, "nothing dialed for it");
+}

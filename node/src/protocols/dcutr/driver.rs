@@ -55,6 +55,8 @@ pub struct Dcutr {
     me: Weak<Dcutr>,
     /// Peers with an exchange running (one at a time per peer).
     running: Mutex<HashSet<PeerId>>,
+    /// Peers whose exchange we are answering (one at a time per peer).
+    answering: Mutex<HashSet<PeerId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,6 +76,7 @@ impl Dcutr {
             config,
             me: me.clone(),
             running: Mutex::new(HashSet::new()),
+            answering: Mutex::new(HashSet::new()),
         });
         if d.config.enabled {
             host.install(d.clone());
@@ -293,7 +296,20 @@ impl Extension for Dcutr {
     }
 
     fn handle_stream(self: Arc<Self>, stream: Stream) -> BoxFuture<'static, ()> {
-        Box::pin(self.respond(stream))
+        // The exchange belongs on a relayed connection, one at a time per peer: anything
+        // else would let a peer make us dial addresses of its choosing at will.
+        let peer = stream.peer();
+        if !relayed(stream.connection()) || !lock(&self.answering).insert(peer) {
+            self.host
+                .metrics()
+                .protocol_error("dcutr", "not_relayed_or_busy");
+            return Box::pin(async move { drop(stream) });
+        }
+        Box::pin(async move {
+            let me = self.clone();
+            self.respond(stream).await;
+            lock(&me.answering).remove(&peer);
+        })
     }
 
     fn on_connection_established(&self, conn: &Connection) {

@@ -35,6 +35,24 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Backoff between failed reservation attempts: from the first to the longest.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// The longest reservation life we believe: a relay's `expire` is remote input (a far
+/// future one would overflow `Instant`), and a day is longer than any relay grants.
+const MAX_LIFE: Duration = Duration::from_secs(24 * 3600);
+/// The soonest a reservation is refreshed: a relay answering with an expiry already past
+/// (or a second away) must not make us ask again in a tight loop.
+const MIN_REFRESH: Duration = Duration::from_secs(30);
+
+/// How long a reservation expiring at `expire` (UNIX seconds, the relay's word) lasts
+/// from `now_unix`, clamped to [`MAX_LIFE`].
+fn reservation_life(expire: u64, now_unix: u64) -> Duration {
+    Duration::from_secs(expire.saturating_sub(now_unix)).min(MAX_LIFE)
+}
+
+/// When to refresh a reservation with `life` left: at three quarters of it, not sooner
+/// than [`MIN_REFRESH`].
+fn refresh_after(life: Duration) -> Duration {
+    (life * 3 / 4).max(MIN_REFRESH)
+}
 
 /// What the node's relay client does beyond dialing: the relays it stays reachable
 /// through.
@@ -145,7 +163,7 @@ impl Client {
             .map_or(0, |d| d.as_secs());
         let reserved = Reserved {
             relay,
-            expires: Instant::now() + Duration::from_secs(expire.saturating_sub(now_unix)),
+            expires: Instant::now() + reservation_life(expire, now_unix),
             relay_addrs: reservation.relay_addrs(),
             limit: answer.limit,
             voucher: reservation.voucher,
@@ -180,7 +198,7 @@ impl Client {
                             let conn = host.connection(&r.relay);
                             tokio::select! {
                                 _ = shutdown.cancelled() => break,
-                                _ = tokio::time::sleep(life * 3 / 4) => {}
+                                _ = tokio::time::sleep(refresh_after(life)) => {}
                                 // The reservation goes with the connection: take it again.
                                 _ = async {
                                     match conn {
@@ -349,6 +367,23 @@ async fn stop(inner: &Inner, mut s: Stream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A relay's expiry is remote input: far in the future it is clamped (no `Instant`
+    /// overflow), already past it does not make the client ask again at once.
+    #[test]
+    fn a_relays_expiry_is_clamped_and_refreshes_are_spaced() {
+        let now = 1_900_000_000;
+        assert_eq!(reservation_life(u64::MAX, now), MAX_LIFE);
+        assert_eq!(reservation_life(now + 3600, now), Duration::from_secs(3600));
+        assert_eq!(reservation_life(now - 10, now), Duration::ZERO);
+        let _ = Instant::now() + reservation_life(u64::MAX, now);
+        assert_eq!(
+            refresh_after(Duration::from_secs(3600)),
+            Duration::from_secs(2700)
+        );
+        assert_eq!(refresh_after(Duration::ZERO), MIN_REFRESH);
+        assert_eq!(refresh_after(Duration::from_secs(2)), MIN_REFRESH);
+    }
 
     #[test]
     fn circuit_addresses_split_into_relay_and_target() {
