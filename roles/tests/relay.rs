@@ -614,3 +614,41 @@ async fn dcutr_is_refused_on_a_direct_connection() {
         .get();
     assert_eq!(dialed, 0, "nothing dialed for it");
 }
+
+/// Answers nothing: takes the relay's `STOP` and holds it.
+struct Silent;
+
+impl Extension for Silent {
+    fn protocol_ids(&self) -> Vec<String> {
+        vec![STOP.to_string()]
+    }
+
+    fn handle_stream(self: Arc<Self>, mut s: Stream) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink).await;
+        })
+    }
+}
+
+/// A target that takes the `STOP` and never answers: the caller gets CONNECTION_FAILED
+/// once the relay's answer timeout (10 s) passes, and the circuit's slot is free again.
+#[tokio::test]
+async fn a_target_that_never_answers_stop_fails_the_circuit_and_frees_its_slot() {
+    let (r, relay, registry) = relay(Config::default()).await;
+    let a = client(&r).await;
+    a.host.install(Arc::new(Silent));
+    let (answer, _) = hop(&a, &r, &HopMessage::reserve()).await;
+    assert_eq!(answer.status_of(), Some(Status::Ok));
+    let b = client(&r).await;
+    let (answer, _) = hop(&b, &r, &HopMessage::connect(a.peer_id())).await;
+    assert_eq!(answer.status_of(), Some(Status::ConnectionFailed));
+    assert_eq!(relay.circuit_count(), 0);
+    assert_eq!(
+        metric(
+            &registry,
+            "libp2p_relaysvc_connection_request_response_status_total{status=\"connection_failed\"}"
+        ),
+        1.0
+    );
+}
