@@ -6,9 +6,9 @@
 //                                           identify + ping it
 //
 // Options (each also accepted as --name=value):
-//   --transport tcp|ws|quic   what to listen on: tcp  -> /ip4/127.0.0.1/tcp/0
-//                                                ws   -> /ip4/127.0.0.1/tcp/0/ws   (plain WebSocket)
-//                                                quic -> /ip4/127.0.0.1/udp/0/quic-v1
+//   --transport tcp|ws|quic   what to listen on: tcp  -> /ip4/<host>/tcp/0
+//                                                ws   -> /ip4/<host>/tcp/0/ws   (plain WebSocket)
+//                                                quic -> /ip4/<host>/udp/0/quic-v1
 //                             Default: tcp for listen; for dial, the transport of <maddr>.
 //                             TCP and WebSocket are always configured (so dial mode can dial either,
 //                             and both /ws and /wss addresses of any host are dialable); QUIC
@@ -30,6 +30,14 @@
 //                             connections (the STOP protocol, from any relay), and listen through a relay
 //                             with the listen_relay command. Relay discovery stays off (no /p2p-circuit
 //                             listen address without a relay). Default: no relay transport.
+//   --dcutr                   (a flag; needs --relay) also run @libp2p/dcutr: on a relayed connection
+//                             js-libp2p takes DCUtR's part (initiator when the circuit came in) and
+//                             upgrades it to a direct one. js-libp2p sends only *verified* addresses
+//                             in its CONNECT and dials only public ones it receives; an address behind
+//                             a NAT gets verified by AutoNAT or UPnP, or by the confirm_observed
+//                             command below. Default: off.
+//   --host IP                 the IPv4 address to listen on (0.0.0.0: every interface). Default:
+//                             127.0.0.1.
 // The stream muxer is always yamux (except on QUIC, which muxes natively).
 //
 // Node 20: js-libp2p 3.x wants Node >= 22, so this script polyfills Promise.withResolvers, and
@@ -95,6 +103,12 @@
 //       one we are connected to],"voucher":null|{"relay","peer","expiration":"<unix seconds>"}}}
 //       (the voucher as js-libp2p decoded it: its pb parses the envelope, payload included, as
 //       nested messages; it checks no signature). js-libp2p ignores the Limit of a reservation answer.
+//   {"cmd":"confirm_observed","transport"}  waits until identify has stored an observed address
+//       of ours on "transport" (tcp|quic; js-libp2p keeps only public ones, and no TCP ones at all,
+//       as its TCP dials never leave from the listening port), then marks every such address
+//       verified, as a positive AutoNAT or UPnP answer would -> {"addrs":[the confirmed addresses]}.
+//       A test hook: behind a NAT that drops unsolicited packets no dial-back can confirm it,
+//       yet it is the address a hole punch goes through (QUIC dials leave from one socket).
 // The kad_* commands need --kad. A DHT query does not fail because some peer failed: such failures
 // are listed in its "errors" as {"from","error"} (js-libp2p's QUERY_ERROR events).
 //   {"cmd":"kad_bootstrap","addr"}   dial addr (ending in /p2p/<id>) and wait until that peer is in the
@@ -194,8 +208,9 @@ process.stdin.on('data', (chunk) => {
 })
 process.stdin.resume()
 
-const USAGE = 'usage: node peer.mjs listen [--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client] [--relay]\n' +
-  '       node peer.mjs dial <multiaddr-with-/p2p/> [--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client] [--relay]'
+const OPTIONS_USAGE = '[--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client] [--relay] [--dcutr] [--host IP]'
+const USAGE = `usage: node peer.mjs listen ${OPTIONS_USAGE}\n` +
+  `       node peer.mjs dial <multiaddr-with-/p2p/> ${OPTIONS_USAGE}`
 const TRANSPORTS = ['tcp', 'ws', 'quic']
 const SECURITIES = ['noise', 'tls']
 const KAD_MODES = ['server', 'client']
@@ -204,10 +219,13 @@ const PING_PROTOCOL = '/ipfs/ping/1.0.0'
 const PING_LENGTH = 32
 const COMMAND_TIMEOUT_MS = 20_000
 const LISTEN_ADDRS = {
-  tcp: '/ip4/127.0.0.1/tcp/0',
-  ws: '/ip4/127.0.0.1/tcp/0/ws',
-  quic: '/ip4/127.0.0.1/udp/0/quic-v1'
+  tcp: (host) => `/ip4/${host}/tcp/0`,
+  ws: (host) => `/ip4/${host}/tcp/0/ws`,
+  quic: (host) => `/ip4/${host}/udp/0/quic-v1`
 }
+// How often confirm_observed looks for an observed address: js-libp2p emits no event when identify
+// stores one.
+const OBSERVED_POLL_MS = 50
 
 let args
 try {
@@ -217,7 +235,7 @@ try {
   emit({ event: 'error', error: `bad arguments: ${err.message}: ${process.argv.slice(2).join(' ')}` })
   process.exit(1)
 }
-const { mode, target, security, kad, relay } = args
+const { mode, target, security, kad, relay, dcutr, host } = args
 // For dial mode without --transport, listen on the transport of the dialed address (TCP for an
 // address through a relay).
 const transport = args.transport ??
@@ -225,8 +243,8 @@ const transport = args.transport ??
   'tcp'
 
 /**
- * Parses `listen|dial <maddr>` followed by `--transport X` / `--security X` / `--kad X` (or `--opt=X`)
- * and the flag `--relay`.
+ * Parses `listen|dial <maddr>` followed by `--transport X` / `--security X` / `--kad X` / `--host X`
+ * (or `--opt=X`) and the flags `--relay` and `--dcutr`.
  */
 function parseArgs (argv) {
   const positional = []
@@ -238,17 +256,17 @@ function parseArgs (argv) {
       continue
     }
     let [name, value] = arg.slice(2).split(/=(.*)/s)
-    if (name === 'relay') {
-      if (value != null) throw new Error('--relay is a flag and takes no value')
-      if (opts.relay) throw new Error('--relay given twice')
-      opts.relay = true
+    if (name === 'relay' || name === 'dcutr') {
+      if (value != null) throw new Error(`--${name} is a flag and takes no value`)
+      if (opts[name]) throw new Error(`--${name} given twice`)
+      opts[name] = true
       continue
     }
     if (value == null) {
       value = argv[++i]
       if (value == null) throw new Error(`--${name} needs a value`)
     }
-    if (!['transport', 'security', 'kad'].includes(name)) throw new Error(`unknown option --${name}`)
+    if (!['transport', 'security', 'kad', 'host'].includes(name)) throw new Error(`unknown option --${name}`)
     if (name in opts) throw new Error(`--${name} given twice`)
     opts[name] = value
   }
@@ -268,7 +286,21 @@ function parseArgs (argv) {
   if (opts.kad != null && !KAD_MODES.includes(opts.kad)) {
     throw new Error(`unknown kad mode ${opts.kad} (expected ${KAD_MODES.join('|')})`)
   }
-  return { mode, target, transport: opts.transport, security, kad: opts.kad ?? null, relay: opts.relay === true }
+  if (opts.dcutr && !opts.relay) throw new Error('--dcutr needs --relay')
+  const host = opts.host ?? '127.0.0.1'
+  if (!/^(\d{1,3})(\.\d{1,3}){3}$/.test(host) || host.split('.').some((o) => Number(o) > 255)) {
+    throw new Error(`--host ${host} is not an IPv4 address`)
+  }
+  return {
+    mode,
+    target,
+    transport: opts.transport,
+    security,
+    kad: opts.kad ?? null,
+    relay: opts.relay === true,
+    dcutr: opts.dcutr === true,
+    host
+  }
 }
 
 /**
@@ -366,6 +398,10 @@ async function main () {
     // (with --relay, where the ping command pings over a limited connection).
     ping: kad == null && !relay ? ping() : ping({ maxOutboundStreams: 4 })
   }
+  if (dcutr) {
+    const { dcutr: dcutrService } = await import('@libp2p/dcutr')
+    services.dcutr = dcutrService()
+  }
   if (kad != null) {
     const { kadDHT, passthroughMapper } = await import('@libp2p/kad-dht')
     services.dht = kadDHT({
@@ -377,7 +413,7 @@ async function main () {
   }
 
   node = await createLibp2p({
-    addresses: { listen: [LISTEN_ADDRS[transport]] },
+    addresses: { listen: [LISTEN_ADDRS[transport](host)] },
     transports,
     connectionEncrypters: security.map((name) => trackEarlyMuxer(encrypters[name]())),
     streamMuxers: [yamux()],
@@ -573,6 +609,7 @@ function readCommands (node, multiaddr, { describeConnection, relayTransport }) 
     dial: [dial, null],
     ping: [pingPeer, null],
     listen_relay: [listenRelay, 'relay'],
+    confirm_observed: [confirmObserved, null],
     kad_bootstrap: [kadBootstrap, 'dht'],
     kad_table: [kadTable, 'dht'],
     kad_closest: [kadClosest, 'dht'],
@@ -684,6 +721,19 @@ function readCommands (node, multiaddr, { describeConnection, relayTransport }) 
           ? null
           : { relay: peerIdOf(voucher.relay), peer: peerIdOf(voucher.peer), expiration: voucher.expiration.toString() }
       }
+    }
+  }
+
+  async function confirmObserved (_, cmd, signal) {
+    if (!['tcp', 'quic'].includes(cmd.transport)) throw new Error('"transport" must be tcp or quic')
+    const addressManager = node.components.addressManager
+    for (;;) {
+      const addrs = addressManager.getObservedAddrs().filter((ma) => transportOfAddr(ma) === cmd.transport)
+      if (addrs.length > 0) {
+        for (const ma of addrs) addressManager.confirmObservedAddr(ma)
+        return { addrs: addrs.map((ma) => ma.toString()) }
+      }
+      await raceAbort(new Promise((resolve) => setTimeout(resolve, OBSERVED_POLL_MS)), signal)
     }
   }
 

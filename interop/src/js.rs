@@ -33,7 +33,7 @@
 //! js.wait_for("ping", T).await?;
 //! js.stop().await?;
 //!
-//! let opts = JsOptions { transport: JsTransport::Ws, security: JsSecurity::Tls, relay: false };
+//! let opts = JsOptions { transport: JsTransport::Ws, security: JsSecurity::Tls, ..Default::default() };
 //! let mut js = JsPeer::listen_with(&opts).await?; // js.addrs[0] is /ip4/127.0.0.1/tcp/N/ws/p2p/..
 //! // ... dial it ...
 //! let open: ConnectionOpen = serde_json::from_value(js.wait_for("connection_open", T).await?)?;
@@ -45,12 +45,18 @@
 //! let conn = js.connect(&format!("{relay_addr}/p2p-circuit/p2p/{other}")).await?;
 //! let rtt = js.ping(&other).await?; // over the newest connection to `other`, the circuit
 //!
+//! // In a network namespace, on every interface, with DCUtR:
+//! let opts = JsOptions { transport: JsTransport::Quic, relay: true, dcutr: true,
+//!                        host: Some(Ipv4Addr::UNSPECIFIED), ..Default::default() };
+//! let mut js = JsPeer::listen_in("ns-name", &opts).await?;
+//!
 //! let mut js = JsPeer::listen_kad(JsKadMode::Server).await?;
 //! js.kad_bootstrap(&bootstrap_addr).await?; // dials, waits until it is in js's routing table
 //! let closest = js.kad_closest(b"some key").await?.peers;
 //! ```
 
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -149,18 +155,30 @@ pub struct JsOptions {
     /// Also load circuit relay v2's client (`peer.mjs --relay`): dial through relays, accept
     /// relayed connections (from any relay), [`JsPeer::listen_relay`].
     pub relay: bool,
+    /// Also run DCUtR (`peer.mjs --dcutr`; needs `relay`): js-libp2p upgrades relayed
+    /// connections to direct ones. It sends only verified addresses of its own: see
+    /// [`JsPeer::confirm_observed`].
+    pub dcutr: bool,
+    /// The address to listen on; `None` is 127.0.0.1.
+    pub host: Option<Ipv4Addr>,
 }
 
 impl JsOptions {
-    fn args(&self) -> Vec<&'static str> {
+    fn args(&self) -> Vec<String> {
         let mut args = vec![
-            "--transport",
-            self.transport.name(),
-            "--security",
-            self.security.name(),
+            "--transport".to_owned(),
+            self.transport.name().to_owned(),
+            "--security".to_owned(),
+            self.security.name().to_owned(),
         ];
         if self.relay {
-            args.push("--relay");
+            args.push("--relay".to_owned());
+        }
+        if self.dcutr {
+            args.push("--dcutr".to_owned());
+        }
+        if let Some(host) = self.host {
+            args.extend(["--host".to_owned(), host.to_string()]);
         }
         args
     }
@@ -439,40 +457,50 @@ pub struct JsPeer {
 impl JsPeer {
     /// Spawns `node peer.mjs listen` (TCP + noise) and waits for its `listening` line.
     pub async fn listen() -> Result<JsPeer> {
-        Self::spawn(&["listen"]).await
+        Self::spawn(None, &["listen"]).await
     }
 
     /// Spawns `node peer.mjs listen --transport T --security S` and waits for its `listening`
     /// line.
     pub async fn listen_with(opts: &JsOptions) -> Result<JsPeer> {
-        let mut args = vec!["listen"];
+        let mut args = vec!["listen".to_owned()];
         args.extend(opts.args());
-        Self::spawn(&args).await
+        Self::spawn(None, &args).await
+    }
+
+    /// Like [`JsPeer::listen_with`], in the network namespace `ns` (`ip netns exec`, so it
+    /// needs root): its sockets, listening and dialing, are that namespace's.
+    pub async fn listen_in(ns: &str, opts: &JsOptions) -> Result<JsPeer> {
+        let mut args = vec!["listen".to_owned()];
+        args.extend(opts.args());
+        Self::spawn(Some(ns), &args).await
     }
 
     /// Spawns `node peer.mjs dial ADDR` and waits for its `listening` line. `addr` must end in
     /// `/p2p/<peer id>`. The outcome of the dial shows up as later events: `identify`, `ping`,
     /// then `done`, or `error`. The js peer offers noise and listens on the transport of `addr`.
     pub async fn dial(addr: &str) -> Result<JsPeer> {
-        Self::spawn(&["dial", addr]).await
+        Self::spawn(None, &["dial", addr]).await
     }
 
     /// Like [`JsPeer::dial`], with `--transport T --security S`. `addr` picks the transport of
     /// the dial; `opts.transport` is only what the js peer listens on.
     pub async fn dial_with(addr: &str, opts: &JsOptions) -> Result<JsPeer> {
-        let mut args = vec!["dial", addr];
+        let mut args = vec!["dial".to_owned(), addr.to_owned()];
         args.extend(opts.args());
-        Self::spawn(&args).await
+        Self::spawn(None, &args).await
     }
 
     /// Spawns `node peer.mjs listen --kad MODE` (TCP + noise, plus a Kademlia DHT on
     /// `/ipfs/kad/1.0.0`) and waits for its `listening` line. It knows no DHT peer until
     /// [`JsPeer::kad_bootstrap`].
     pub async fn listen_kad(mode: JsKadMode) -> Result<JsPeer> {
-        Self::spawn(&["listen", "--kad", mode.name()]).await
+        Self::spawn(None, &["listen", "--kad", mode.name()]).await
     }
 
-    async fn spawn(args: &[&str]) -> Result<JsPeer> {
+    /// Runs `node peer.mjs ARGS`, in the network namespace `netns` if given.
+    async fn spawn<S: AsRef<str>>(netns: Option<&str>, args: &[S]) -> Result<JsPeer> {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         let modules = Path::new(JS_DIR).join("node_modules");
         if !modules.is_dir() {
             bail!(
@@ -480,9 +508,17 @@ impl JsPeer {
                 modules.display()
             );
         }
-        let mut child = Command::new("node")
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "node"]);
+                c
+            }
+            None => Command::new("node"),
+        };
+        let mut child = command
             .arg(SCRIPT)
-            .args(args)
+            .args(&args)
             .current_dir(JS_DIR)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -694,6 +730,27 @@ impl JsPeer {
             COMMAND_TIMEOUT,
         )
         .await
+    }
+
+    /// Waits until identify has given the js peer an observed address of its own on
+    /// `transport` (`"tcp"` or `"quic"`; js-libp2p keeps only public ones, and no TCP ones),
+    /// then marks them verified, as a positive AutoNAT or UPnP answer would, and returns
+    /// them. js-libp2p's DCUtR offers only verified addresses; behind a NAT that drops
+    /// unsolicited packets no dial-back verifies one, yet it is what a hole punch goes
+    /// through.
+    pub async fn confirm_observed(&mut self, transport: &str) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Confirmed {
+            addrs: Vec<String>,
+        }
+        let confirmed: Confirmed = self
+            .typed(
+                "confirm_observed",
+                serde_json::json!({ "transport": transport }),
+                COMMAND_TIMEOUT,
+            )
+            .await?;
+        Ok(confirmed.addrs)
     }
 
     /// Dials `addr` (ending in `/p2p/<peer id>`) and waits until that peer is in the js DHT's

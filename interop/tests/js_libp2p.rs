@@ -233,7 +233,7 @@ async fn tls_both_directions_with_js_libp2p() {
     let opts = JsOptions {
         transport: JsTransport::Tcp,
         security: JsSecurity::Tls,
-        relay: false,
+        ..Default::default()
     };
     both_directions_with_js(
         "/ip4/127.0.0.1/tcp/0",
@@ -250,7 +250,7 @@ async fn websocket_both_directions_with_js_libp2p() {
     let opts = JsOptions {
         transport: JsTransport::Ws,
         security: JsSecurity::Noise,
-        relay: false,
+        ..Default::default()
     };
     both_directions_with_js(
         "/ip4/127.0.0.1/tcp/0/ws",
@@ -267,7 +267,7 @@ async fn quic_both_directions_with_js_libp2p() {
     let opts = JsOptions {
         transport: JsTransport::Quic,
         security: JsSecurity::Noise,
-        relay: false,
+        ..Default::default()
     };
     both_directions_with_js(
         "/ip4/127.0.0.1/udp/0/quic-v1",

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  public namespace                 router i namespace              host i namespace
-//!  br0 10.77.0.1/24  <-- veth -->   wan 10.77.0.(10+i)/24
+//!  br0 11.77.0.1/24  <-- veth -->   wan 11.77.0.(10+i)/24
 //!  (the public host)                lan 192.168.(1+i).1/24  <-->    eth0 192.168.(1+i).2/24
 //!                                   NAT on wan, forwarding on       default via the router
 //! ```
@@ -50,8 +50,12 @@ use tokio::sync::oneshot;
 /// Where `ip netns` keeps its named namespaces.
 pub const NETNS_DIR: &str = "/var/run/netns";
 
-/// The public network's first three octets: 10.77.0.0/24.
-const PUBLIC_NET: [u8; 3] = [10, 77, 0];
+/// The public network's first three octets: 11.77.0.0/24. A globally routable range, as on
+/// the Internet: peers that take only public addresses seriously (js-libp2p's identify and
+/// DCUtR drop private ones, AutoNAT servers refuse to dial them) treat the bed's public
+/// addresses as they would real ones. They never leave the bed: no namespace of it has a link
+/// to the machine's own network.
+pub const PUBLIC_NET: [u8; 3] = [11, 77, 0];
 /// LAN `i` is 192.168.(LAN_BASE + i).0/24.
 const LAN_BASE: u8 = 1;
 /// At most this many LANs in a bed (the address plan leaves room for more; tests need few).
@@ -230,7 +234,7 @@ impl Bed {
         Builder::default()
     }
 
-    /// The public host: the namespace with the bridge, at 10.77.0.1.
+    /// The public host: the namespace with the bridge, at 11.77.0.1.
     pub fn public(&self) -> &Host {
         &self.public
     }

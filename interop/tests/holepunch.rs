@@ -1,6 +1,6 @@
 //! Hole punching through a Pylon relay: rust-libp2p 0.57 peers (relay client, DCUtR,
-//! identify, ping) on two LANs behind NAT routers (`pylon_testkit::netns`), the Pylon relay
-//! on the public network.
+//! identify, ping), a js-libp2p peer and a Pylon node on two LANs behind NAT routers
+//! (`pylon_testkit::netns`), the Pylon relay on the public network.
 //!
 //! A reserves on the relay; B connects to the relay, then dials A through it; the two ping
 //! over the circuit, and DCUtR (run by rust-libp2p on both sides over the circuit, with the
@@ -23,6 +23,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, Swarm, SwarmEvent};
 use libp2p::{dcutr, identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId};
 use prometheus_client::registry::Registry;
+use pylon_interop::js::{ConnectionClose, ConnectionOpen, JsOptions, JsPeer, JsTransport};
 use pylon_roles::relay::{Config, Relay};
 use pylon_roles::{Metrics, Role};
 use pylon_testkit::netns::{self, Bed, Nat};
@@ -727,4 +728,148 @@ async fn a_pylon_node_behind_nat_hole_punches_with_a_rust_libp2p_peer() {
         "Pylon reached R at R's router: {pylon_saw}"
     );
     assert_eq!(punched, 1, "Pylon counted its hole punch");
+}
+
+/// A js-libp2p peer (QUIC, relay client, DCUtR) behind an endpoint-independent NAT reserves
+/// on the Pylon relay; a rust-libp2p peer behind another NAT dials it through the relay, the
+/// two ping over the circuit, and js-libp2p's DCUtR (it took the inbound circuit, so it
+/// starts the exchange) punches a direct QUIC connection between the two routers.
+///
+/// QUIC only: js-libp2p's TCP dials never leave from its listening port, so no TCP mapping
+/// of its NAT is known in advance (its identify even drops observed TCP addresses). Its
+/// QUIC dials all leave from one socket, whose mapping the relay observed; js-libp2p offers
+/// it in DCUtR only once verified, which behind a NAT that drops unsolicited packets no
+/// AutoNAT dial-back can do: `confirm_observed` stands in for that.
+#[tokio::test]
+async fn a_js_libp2p_peer_behind_nat_hole_punches_with_a_rust_libp2p_peer() {
+    let bed = Bed::builder()
+        .lan(Nat::EndpointIndependent)
+        .lan(Nat::EndpointIndependent)
+        .build()
+        .unwrap();
+    let relay = PublicRelay::start(&bed).await;
+    let relay_addr = relay.addr(Over::Quic);
+    let (js_router, rust_router) = (bed.lan(0).router.ip(), bed.lan(1).router.ip());
+
+    // The js peer, on LAN 0: reserves over QUIC, and its observed address is its router's.
+    let mut js = JsPeer::listen_in(
+        bed.lan(0).host.ns(),
+        &JsOptions {
+            transport: JsTransport::Quic,
+            relay: true,
+            dcutr: true,
+            host: Some(std::net::Ipv4Addr::UNSPECIFIED),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let js_id: PeerId = js.peer_id.parse().unwrap();
+    let listening = js.listen_relay(&relay_addr.to_string()).await.unwrap();
+    assert_eq!(listening.relay, relay.id.to_string());
+    assert_eq!(relay.role.reservation_count(), 1);
+    let confirmed = js.confirm_observed("quic").await.unwrap();
+    assert!(
+        confirmed
+            .iter()
+            .all(|a| a.starts_with(&format!("/ip4/{js_router}/udp/"))),
+        "the relay saw js at its router: {confirmed:?}"
+    );
+
+    // The rust-libp2p peer, on LAN 1: to the relay first (its candidate), then through it.
+    let mut rust = Peer::start("R", &bed.lan(1).host).await;
+    rust.command(Command::Dial(relay_addr.clone())).await;
+    rust.until("R's observed address", |h| {
+        h.iter().find_map(|s| match s {
+            Seen::Candidate(a) if Over::Quic.is(a) => Some(()),
+            _ => None,
+        })
+    })
+    .await;
+    rust.command(Command::Dial(
+        relay_addr
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(js_id)),
+    ))
+    .await;
+    let (first, circuit) = rust
+        .until("R's connection to js through the relay", |h| {
+            connections(h, js_id).next().map(|(i, id, endpoint)| {
+                assert!(endpoint.is_relayed(), "first connection: {endpoint:?}");
+                (i, id)
+            })
+        })
+        .await;
+    rust.until("R's ping of js over the circuit", |h| {
+        pinged_after(h, first, js_id, circuit).then_some(())
+    })
+    .await;
+
+    // js's side: the circuit came first, then a direct QUIC connection to R's router.
+    let rust_id = rust.id.to_string();
+    let mut opened = Vec::new();
+    let direct = tokio::time::timeout(T, async {
+        loop {
+            let event = js
+                .wait_for_peer("connection_open", &rust_id, T)
+                .await
+                .unwrap();
+            let open: ConnectionOpen = serde_json::from_value(event).unwrap();
+            opened.push(open.transport.clone());
+            if open.transport.as_deref() != Some("p2p-circuit") {
+                return open;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("js: no direct connection to R within {T:?}: {opened:?}"));
+    assert_eq!(
+        opened.first().map(|t| t.as_deref()),
+        Some(Some("p2p-circuit")),
+        "js met R through the circuit first: {opened:?}"
+    );
+    assert_eq!(direct.transport.as_deref(), Some("quic"), "{direct:?}");
+    assert!(
+        direct
+            .remote_addr
+            .starts_with(&format!("/ip4/{rust_router}/udp/")),
+        "js reached R at R's router: {direct:?}"
+    );
+
+    // R's side: a direct connection to js's router, which carries a ping.
+    let punched = rust
+        .until("R's direct connection to js", |h| {
+            connections(h, js_id)
+                .find(|(i, _, endpoint)| *i > first && !endpoint.is_relayed())
+                .map(|(_, id, endpoint)| (id, endpoint.get_remote_address().clone()))
+        })
+        .await;
+    assert!(Over::Quic.is(&punched.1), "{}", punched.1);
+    assert_eq!(
+        punched.1.iter().next(),
+        Some(Protocol::Ip4(js_router)),
+        "R reached js at js's router: {}",
+        punched.1
+    );
+    rust.until("R's ping of js over the direct connection", |h| {
+        pinged_after(h, first, js_id, punched.0).then_some(())
+    })
+    .await;
+    // js-libp2p closes the circuit once it has the direct connection, and the relay frees it.
+    let closed: ConnectionClose = serde_json::from_value(
+        js.wait_for_peer("connection_close", &rust_id, T)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        closed.transport.as_deref(),
+        Some("p2p-circuit"),
+        "{closed:?}"
+    );
+    pylon_testkit::wait::until("the relay to free the circuit", T, || {
+        relay.role.circuit_count() == 0
+    })
+    .await;
+    js.stop().await.unwrap();
 }
