@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// Which local port a dial may leave from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ports {
+    /// A listening port when `port_reuse` is on (TCP: one not in TIME_WAIT towards the
+    /// remote; QUIC: the listening endpoint).
+    Configured,
+    /// Never a listening port.
+    Ephemeral,
+}
+
 /// A caller's share of a peer's dial gate. The map entry goes with the last share, also
 /// when a caller's future is cancelled mid-dial, so the map only holds peers being dialed.
 pub(super) struct DialGate<'a> {
@@ -36,6 +46,7 @@ impl Host {
     pub(super) fn quic_endpoint_for(
         &self,
         remote: std::net::SocketAddr,
+        ports: Ports,
     ) -> Result<quinn::Endpoint, DialError> {
         let mut eps = lock(&self.inner.quic);
         let fits = |ep: &quinn::Endpoint| {
@@ -45,7 +56,7 @@ impl Host {
                         || l.ip().is_loopback() == remote.ip().is_loopback())
             })
         };
-        if self.inner.config.port_reuse {
+        if self.inner.config.port_reuse && ports == Ports::Configured {
             if let Some(ep) = eps.listening.iter().find(|ep| fits(ep)) {
                 return Ok(ep.clone());
             }
@@ -77,8 +88,9 @@ impl Host {
         &self,
         remote: std::net::SocketAddr,
         expected: Option<PeerId>,
+        ports: Ports,
     ) -> Result<(Handshaken, Multiaddr, Instant), DialError> {
-        let endpoint = self.quic_endpoint_for(remote)?;
+        let endpoint = self.quic_endpoint_for(remote, ports)?;
         let (config, setup) = crate::quic::client_config(
             self.inner.security.certificate(),
             expected,
@@ -172,7 +184,20 @@ impl Host {
     /// Dials an address; a `/p2p/` suffix is checked against the peer we reach. DNS
     /// addresses are resolved first and the results tried in order.
     pub async fn dial(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
-        let result = self.dial_any(addr).await;
+        self.dial_with(addr, Ports::Configured).await
+    }
+
+    /// Dials `addr` like [`Host::dial`], but never from a listening port, whatever
+    /// `port_reuse` says: TCP from an ephemeral port, QUIC from the client endpoint. A
+    /// connection that must not ride on a NAT mapping the remote opened towards our
+    /// listening port — an AutoNAT dial-back, which would otherwise punch the very hole it
+    /// is meant to test (`specs/autonat/autonat-v2.md`, "Implementation Suggestions").
+    pub async fn dial_from_new_port(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        self.dial_with(addr, Ports::Ephemeral).await
+    }
+
+    async fn dial_with(&self, addr: &Multiaddr, ports: Ports) -> Result<Connection, DialError> {
+        let result = self.dial_any(addr, ports).await;
         if let Err(e) = &result {
             self.emit(Event::DialFailed {
                 addr: addr.clone(),
@@ -183,7 +208,11 @@ impl Host {
         result
     }
 
-    pub(super) async fn dial_any(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+    pub(super) async fn dial_any(
+        &self,
+        addr: &Multiaddr,
+        ports: Ports,
+    ) -> Result<Connection, DialError> {
         if let Some(transport) = self.added_transport(addr) {
             let label = transport.label();
             let result = self.dial_added(transport, addr).await;
@@ -199,7 +228,7 @@ impl Host {
             return result;
         }
         if !crate::dns::is_dns(addr) {
-            return self.dial_resolved(addr).await;
+            return self.dial_resolved(addr, ports).await;
         }
         let resolved = match self.resolver()?.resolve(addr).await {
             Ok(r) => r,
@@ -210,7 +239,7 @@ impl Host {
         };
         let mut last = DialError::NoAddresses;
         for a in resolved {
-            match self.dial_resolved(&a).await {
+            match self.dial_resolved(&a, ports).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last = e,
             }
@@ -218,7 +247,11 @@ impl Host {
         Err(last)
     }
 
-    pub(super) async fn dial_resolved(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+    pub(super) async fn dial_resolved(
+        &self,
+        addr: &Multiaddr,
+        ports: Ports,
+    ) -> Result<Connection, DialError> {
         let (target, expected) = match transport::parse(addr) {
             Ok(t) => t,
             Err(e) => {
@@ -237,7 +270,7 @@ impl Host {
         }
         let transport = target.transport_label();
         let ip_version = target.ip_version();
-        let result = self.dial_target(&target, addr, expected).await;
+        let result = self.dial_target(&target, addr, expected, ports).await;
         if let Err(e) = &result {
             count_error(
                 &self.inner.metrics.dial_errors,
@@ -255,6 +288,7 @@ impl Host {
         target: &Target,
         addr: &Multiaddr,
         expected: Option<PeerId>,
+        ports: Ports,
     ) -> Result<Connection, DialError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(DialError::ShuttingDown);
@@ -264,9 +298,9 @@ impl Host {
         }
         let cfg = &self.inner.config;
         let (handshaken, local, started) = match target {
-            Target::Quic(remote) => self.dial_quic(*remote, expected).await?,
+            Target::Quic(remote) => self.dial_quic(*remote, expected, ports).await?,
             _ => {
-                let reuse = if cfg.port_reuse {
+                let reuse = if cfg.port_reuse && ports == Ports::Configured {
                     self.reuse_port_for(target)
                 } else {
                     None
