@@ -143,10 +143,21 @@ impl Observed {
     }
 }
 
-/// What we advertise to a peer, given whether that peer reached us over a public address.
+/// What AutoNAT found about our addresses: reached from outside, or not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    pub reachable: Vec<Multiaddr>,
+    pub unreachable: Vec<Multiaddr>,
+}
+
+/// What we advertise to a peer, given whether that peer reached us over a public address:
+/// listen addresses, observed ones enough peers agree on, and those AutoNAT servers
+/// reached (however few peers observed them); public peers never hear the ones AutoNAT
+/// servers could not reach (they would only waste their dials).
 pub fn advertise(
     listen: &[Multiaddr],
     confirmed: &[Multiaddr],
+    verified: &Verified,
     config: &Config,
     to_public_peer: bool,
 ) -> Vec<Multiaddr> {
@@ -154,11 +165,14 @@ pub fn advertise(
         return config.announce.clone();
     }
     let mut out: Vec<Multiaddr> = Vec::new();
-    for a in listen.iter().chain(confirmed) {
+    for a in listen.iter().chain(confirmed).chain(&verified.reachable) {
         if out.contains(a) {
             continue;
         }
         if to_public_peer && !config.advertise_private && !is_public(a) {
+            continue;
+        }
+        if to_public_peer && verified.unreachable.contains(a) {
             continue;
         }
         out.push(a.clone());
@@ -234,22 +248,37 @@ mod tests {
         ];
         let confirmed = vec![m("/ip4/1.0.0.1/tcp/1")];
         let cfg = Config::default();
-        assert_eq!(advertise(&listen, &confirmed, &cfg, false).len(), 4);
+        let none = Verified::default();
+        assert_eq!(advertise(&listen, &confirmed, &none, &cfg, false).len(), 4);
         assert_eq!(
-            advertise(&listen, &confirmed, &cfg, true),
+            advertise(&listen, &confirmed, &none, &cfg, true),
             vec![m("/ip4/8.8.4.4/tcp/1"), m("/ip4/1.0.0.1/tcp/1")]
+        );
+        // AutoNAT's verdicts: an unreachable address is kept from public peers only, a
+        // reachable one is added though no peer confirmed it.
+        let verified = Verified {
+            reachable: vec![m("/ip4/9.9.9.9/udp/1/quic-v1")],
+            unreachable: vec![m("/ip4/1.0.0.1/tcp/1")],
+        };
+        assert_eq!(
+            advertise(&listen, &confirmed, &verified, &cfg, true),
+            vec![m("/ip4/8.8.4.4/tcp/1"), m("/ip4/9.9.9.9/udp/1/quic-v1")]
+        );
+        assert_eq!(
+            advertise(&listen, &confirmed, &verified, &cfg, false).len(),
+            5
         );
         let open = Config {
             advertise_private: true,
             ..Config::default()
         };
-        assert_eq!(advertise(&listen, &confirmed, &open, true).len(), 4);
+        assert_eq!(advertise(&listen, &confirmed, &none, &open, true).len(), 4);
         let announce = Config {
             announce: vec![m("/dns4/boot.example.com/tcp/4001")],
             ..Config::default()
         };
         assert_eq!(
-            advertise(&listen, &confirmed, &announce, true),
+            advertise(&listen, &confirmed, &none, &announce, true),
             announce.announce
         );
     }

@@ -49,6 +49,38 @@ pub struct HolepunchAddrLabels {
     pub outcome: &'static str,
 }
 
+/// `libp2p_autonat_received_dial_response_total`: v1 answers we received.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AutonatResponseLabels {
+    /// go-libp2p's wording: `ok`, `dial error`, `dial refused`, `bad request`,
+    /// `internal error`, `unknown`.
+    pub response_status: &'static str,
+}
+
+/// `libp2p_autonatv2_client_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `success` (an answer came) or `failure`.
+    pub outcome: &'static str,
+}
+
+/// `libp2p_autonatv2_client_requests_completed_total`, go-libp2p's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AutonatClientLabels {
+    pub ip_or_dns_version: &'static str,
+    pub transport: &'static str,
+    pub addr_count: &'static str,
+    pub dial_refused: &'static str,
+    /// What the answer said of the address: `public`, `private`, `unknown`.
+    pub reachability: &'static str,
+}
+
+/// `pylon_reachability_addresses`: our tested addresses by verdict.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub verdict: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DialErrorLabels {
     pub transport: &'static str,
@@ -145,6 +177,15 @@ pub struct Metrics {
     pub kad_network_size: Gauge,
     pub holepunch_outcomes: Family<HolepunchLabels, Counter>,
     pub holepunch_addresses: Family<HolepunchAddrLabels, Counter>,
+    /// The node's reachability (AutoNAT client): go-libp2p's numbering, 0 unknown, 1
+    /// public, 2 private.
+    pub autonat_reachability: Gauge,
+    pub autonat_confidence: Gauge,
+    pub autonat_next_probe: Gauge,
+    pub autonat_v1_responses: Family<AutonatResponseLabels, Counter>,
+    pub autonat_v2_requests: Family<OutcomeLabels, Counter>,
+    pub autonat_v2_completed: Family<AutonatClientLabels, Counter>,
+    pub reachability_addresses: Family<VerdictLabels, Gauge>,
     /// The node's database (`pylon_storage_*`).
     pub storage: Arc<crate::storage::Metrics>,
     /// Supervised tasks that ended before shutdown (`pylon_task_failures_total`).
@@ -179,6 +220,13 @@ impl Metrics {
             kad_network_size: Gauge::default(),
             holepunch_outcomes: Family::default(),
             holepunch_addresses: Family::default(),
+            autonat_reachability: Gauge::default(),
+            autonat_confidence: Gauge::default(),
+            autonat_next_probe: Gauge::default(),
+            autonat_v1_responses: Family::default(),
+            autonat_v2_requests: Family::default(),
+            autonat_v2_completed: Family::default(),
+            reachability_addresses: Family::default(),
             storage: crate::storage::Metrics::new(registry),
             task_failures: Family::default(),
         };
@@ -266,6 +314,43 @@ impl Metrics {
             "address_outcomes",
             "Addresses dialed while hole punching, by side, transport and outcome",
             m.holepunch_addresses.clone(),
+        );
+        let autonat = registry.sub_registry_with_prefix("libp2p_autonat");
+        autonat.register(
+            "reachability_status",
+            "Our reachability from AutoNAT: 0 unknown, 1 public, 2 private",
+            m.autonat_reachability.clone(),
+        );
+        autonat.register(
+            "reachability_status_confidence",
+            "Distinct servers that agree on our reachability",
+            m.autonat_confidence.clone(),
+        );
+        autonat.register(
+            "next_probe_timestamp",
+            "Unix time of our next AutoNAT request",
+            m.autonat_next_probe.clone(),
+        );
+        autonat.register(
+            "received_dial_response",
+            "AutoNAT v1 answers received, by status",
+            m.autonat_v1_responses.clone(),
+        );
+        let autonat_v2 = registry.sub_registry_with_prefix("libp2p_autonatv2");
+        autonat_v2.register(
+            "client_requests",
+            "AutoNAT v2 requests we made, by outcome",
+            m.autonat_v2_requests.clone(),
+        );
+        autonat_v2.register(
+            "client_requests_completed",
+            "AutoNAT v2 requests answered, by the address tested and the verdict",
+            m.autonat_v2_completed.clone(),
+        );
+        registry.register(
+            "pylon_reachability_addresses",
+            "Our addresses tested by AutoNAT, by verdict",
+            m.reachability_addresses.clone(),
         );
         let kad = registry.sub_registry_with_prefix("libp2p_kad");
         kad.register(

@@ -12,7 +12,7 @@ use crate::identity::{Keypair, PeerId};
 use crate::metrics::Metrics;
 use crate::peerstore::{self, Peerstore, Store};
 use crate::protocols::relay::client as relay_client;
-use crate::protocols::{dcutr, identify, kad, perf, ping};
+use crate::protocols::{autonat, dcutr, identify, kad, perf, ping};
 use crate::storage::{self, Storage};
 
 #[derive(Debug, Clone, Default)]
@@ -32,6 +32,8 @@ pub struct Config {
     pub relay_client: relay_client::Config,
     /// Hole punching of relayed connections (DCUtR).
     pub dcutr: dcutr::Config,
+    /// Testing our own addresses with AutoNAT servers (the client; the server is a role).
+    pub autonat: autonat::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ pub struct Node {
     pub kad: Option<Arc<kad::Kad>>,
     /// Dialing through relays and holding reservations on them.
     pub relay: relay_client::Client,
+    /// Our reachability, as AutoNAT servers see it.
+    pub autonat: Arc<autonat::Autonat>,
     storage: Option<Storage>,
 }
 
@@ -161,6 +165,12 @@ impl Node {
         let identify =
             identify::Identify::install(&host, peerstore.clone(), config.identify.clone());
         let relay = relay_client::Client::install(&host);
+        let autonat = autonat::Autonat::install(
+            &host,
+            identify.clone(),
+            peerstore.clone(),
+            config.autonat.clone(),
+        );
         dcutr::Dcutr::install(&host, identify.clone(), config.dcutr.clone());
         let kad = match &config.kad {
             Some(kad_config) => {
@@ -207,6 +217,20 @@ impl Node {
         }
         if let Some(k) = &kad {
             k.start();
+            if k.config().auto_server {
+                // The DHT's mode follows our reachability; unknown keeps the mode it has.
+                let (k, mut verdicts) = (k.clone(), autonat.watch());
+                host.spawn(async move {
+                    while verdicts.changed().await.is_ok() {
+                        let verdict = *verdicts.borrow_and_update();
+                        match verdict {
+                            autonat::Verdict::Public => k.set_server(true),
+                            autonat::Verdict::Private => k.set_server(false),
+                            autonat::Verdict::Unknown => {}
+                        }
+                    }
+                });
+            }
         }
         for relay_addr in &config.relay_client.listen_via {
             relay.listen_via(relay_addr.clone());
@@ -217,6 +241,7 @@ impl Node {
             identify,
             kad,
             relay,
+            autonat,
             storage: None,
         })
     }

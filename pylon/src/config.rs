@@ -37,6 +37,8 @@ struct Raw {
     kad: Option<RawKad>,
     #[serde(default)]
     relay_client: RawRelayClient,
+    #[serde(default)]
+    autonat: RawAutonat,
     /// `[roles.NAME]` sections, each read by its role (`pylon_roles::configure`).
     roles: Table,
 }
@@ -108,6 +110,62 @@ struct RawDns {
     timeout: String,
 }
 
+/// The AutoNAT client (on unless `enabled = false`): our own reachability. Every key has a
+/// default: `autonat::Config::default`'s (README, "Configuration", is tested against it).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAutonat {
+    enabled: bool,
+    confirmations: usize,
+    refresh: String,
+    retry: String,
+    request_timeout: String,
+    allow_loopback: bool,
+}
+
+impl Default for RawAutonat {
+    fn default() -> Self {
+        use pylon_roles::config::format_duration;
+        let c = pylon_node::protocols::autonat::Config::default();
+        RawAutonat {
+            enabled: c.enabled,
+            confirmations: c.confirmations,
+            refresh: format_duration(c.refresh),
+            retry: format_duration(c.retry),
+            request_timeout: format_duration(c.request_timeout),
+            allow_loopback: c.allow_loopback,
+        }
+    }
+}
+
+/// Reads `[autonat]`.
+fn autonat(raw: &RawAutonat) -> Result<pylon_node::protocols::autonat::Config, Error> {
+    if !(1..=16).contains(&raw.confirmations) {
+        return Err(bad(
+            "autonat.confirmations",
+            &raw.confirmations.to_string(),
+            "must be 1 to 16 (distinct servers that must agree)",
+        ));
+    }
+    Ok(pylon_node::protocols::autonat::Config {
+        enabled: raw.enabled,
+        confirmations: raw.confirmations,
+        refresh: duration("autonat.refresh", &raw.refresh)?,
+        retry: duration("autonat.retry", &raw.retry)?,
+        request_timeout: duration("autonat.request_timeout", &raw.request_timeout)?,
+        allow_loopback: raw.allow_loopback,
+        ..Default::default()
+    })
+}
+
+/// `kad.server`: `true`, `false` or `"auto"` (follow our reachability).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum RawServerMode {
+    Fixed(bool),
+    Word(String),
+}
+
 /// The relay client (always on): the relays to stay reachable through.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,7 +190,7 @@ struct RawPerf {
 #[serde(deny_unknown_fields, default)]
 struct RawKad {
     protocol: String,
-    server: bool,
+    server: RawServerMode,
     #[serde(deserialize_with = "pylon_roles::config::string_list")]
     bootstrap: Vec<String>,
     k: usize,
@@ -168,7 +226,11 @@ impl From<&pylon_node::protocols::kad::Config> for RawKad {
         use pylon_roles::config::format_duration;
         RawKad {
             protocol: c.protocol.clone(),
-            server: c.server,
+            server: if c.auto_server {
+                RawServerMode::Word("auto".into())
+            } else {
+                RawServerMode::Fixed(c.server)
+            },
             bootstrap: c.bootstrap.iter().map(|a| a.to_string()).collect(),
             k: c.table.k,
             alpha: c.alpha,
@@ -563,6 +625,7 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         relay_client: pylon_node::protocols::relay::client::Config { listen_via },
         // On, loopback candidates off: nothing an operator needs to set.
         dcutr: Default::default(),
+        autonat: autonat(&raw.autonat)?,
     };
     // What each role needs from the node (the bootstrap role: a DHT server, inbound caps).
     for role in &roles {
@@ -736,9 +799,20 @@ fn kad(raw: &RawKad) -> Result<pylon_node::protocols::kad::Config, Error> {
             _ => Err("must end in /p2p/<peer id>".to_string()),
         }
     })?;
+    let (server, auto_server) =
+        match &raw.server {
+            RawServerMode::Fixed(on) => (*on, false),
+            RawServerMode::Word(w) if w == "auto" => (false, true),
+            RawServerMode::Word(w) => return Err(bad(
+                "kad.server",
+                w,
+                "must be true, false or \"auto\" (server mode while AutoNAT finds us reachable)",
+            )),
+        };
     Ok(kad::Config {
         protocol: protocol.clone(),
-        server: raw.server,
+        server,
+        auto_server,
         bootstrap,
         table: kad::table::Config {
             k: raw.k,

@@ -118,6 +118,20 @@ fn kad_file_defaults_are_the_component_defaults() {
 }
 
 #[test]
+fn autonat_defaults_are_documented_and_read_back() {
+    let defaults = Table::try_from(RawAutonat::default()).unwrap();
+    check(
+        "README.md",
+        "autonat",
+        readme_defaults("autonat"),
+        &defaults,
+        true,
+    );
+    let read = autonat(&RawAutonat::default()).unwrap();
+    assert_eq!(read, pylon_node::protocols::autonat::Config::default());
+}
+
+#[test]
 fn kad_defaults_are_documented() {
     let defaults = Table::try_from(RawKad::default()).unwrap();
     check("README.md", "kad", readme_defaults("kad"), &defaults, true);

@@ -112,6 +112,7 @@ impl Role for Bootstrap {
     fn require(config: &Config, node: &mut node::Config) -> Result<(), config::Error> {
         let kad = node.kad.get_or_insert_with(kad::Config::default);
         kad.server = true;
+        kad.auto_server = false;
         kad.persist_table = true;
         kad.serve_verified_within = Some(config.verified_within);
         let tighter = |a: usize, b: usize| if a == 0 { b } else { a.min(b) };

@@ -145,6 +145,8 @@ pub struct Identify {
     config: Config,
     own: Mutex<Vec<OwnRecord>>,
     observed: Mutex<addresses::Observed>,
+    /// What AutoNAT found about our addresses.
+    verified: Mutex<addresses::Verified>,
     events: broadcast::Sender<Event>,
     observers: RwLock<Vec<Observer>>,
     /// Push rate budget of each connected peer (entries leave with the peer).
@@ -175,6 +177,7 @@ impl Identify {
             config,
             own: Mutex::new(Vec::new()),
             observed: Mutex::new(addresses::Observed::default()),
+            verified: Mutex::new(addresses::Verified::default()),
             push_limiter: Mutex::new(RateLimiter::new(
                 PUSH_BURST,
                 PUSHES_PER_SECOND,
@@ -228,12 +231,26 @@ impl Identify {
     fn advertised_addrs_to(&self, public_peer: bool) -> Vec<Multiaddr> {
         let cfg = &self.config.addresses;
         let confirmed = lock(&self.observed).confirmed(cfg.observed_confirmations);
+        let verified = lock(&self.verified).clone();
         addresses::advertise(
             &self.host.interface_listen_addrs(),
             &confirmed,
+            &verified,
             cfg,
             public_peer,
         )
+    }
+
+    /// Takes AutoNAT's verdicts on our addresses into what we advertise; when that changes
+    /// what public peers hear, tells connected peers (identify push).
+    pub fn set_verified(&self, verified: addresses::Verified) {
+        let before = self.advertised_addrs_to(true);
+        *lock(&self.verified) = verified;
+        if self.advertised_addrs_to(true) != before {
+            if let Some(me) = self.me.upgrade() {
+                self.host.spawn(async move { me.push_all().await });
+            }
+        }
     }
 
     /// Every address a peer said it observed us at, the best supported first (unconfirmed:

@@ -69,8 +69,12 @@ const CANDIDATES_PER_K: usize = 8;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub protocol: String,
-    /// Serve the protocol (and advertise it through identify). Off: client mode.
+    /// Serve the protocol (and advertise it through identify). Off: client mode. With
+    /// `auto_server`, only the mode to start in.
     pub server: bool,
+    /// Follow our reachability ([`Kad::set_server`], called by the node when AutoNAT
+    /// decides): server mode while we are publicly reachable, client mode while not.
+    pub auto_server: bool,
     /// Peers to join the DHT through (multiaddrs ending in `/p2p/<id>`), dialed at start
     /// and whenever the routing table is empty.
     pub bootstrap: Vec<Multiaddr>,
@@ -120,6 +124,7 @@ impl Default for Config {
         Config {
             protocol: DEFAULT_PROTOCOL.to_string(),
             server: false,
+            auto_server: false,
             bootstrap: Vec::new(),
             table: table::Config::default(),
             store: store::Config::default(),
@@ -269,6 +274,8 @@ pub struct Kad {
     streams_per_peer: Mutex<HashMap<PeerId, usize>>,
     checking: Mutex<HashSet<PeerId>>,
     network_size: Mutex<Option<f64>>,
+    /// Server mode now ([`Kad::set_server`]).
+    serving: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -360,6 +367,7 @@ impl Kad {
             streams_per_peer: Mutex::new(HashMap::new()),
             checking: Mutex::new(HashSet::new()),
             network_size: Mutex::new(None),
+            serving: std::sync::atomic::AtomicBool::new(false),
             store,
             config,
             metrics,
@@ -389,9 +397,34 @@ impl Kad {
             }
         }));
         if kad.config.server {
-            host.install(Arc::new(Server(kad.clone())));
+            kad.set_server(true);
         }
         kad
+    }
+
+    /// Whether we serve the DHT now.
+    pub fn is_server(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Switches between server mode (serve the protocol and advertise it: other peers put
+    /// us in their routing tables) and client mode (only query). Connected peers hear of
+    /// it through identify push.
+    pub fn set_server(self: &Arc<Self>, on: bool) {
+        use std::sync::atomic::Ordering;
+        if self.serving.swap(on, Ordering::Relaxed) == on {
+            return;
+        }
+        if on {
+            let server = Arc::new(Server(self.clone()));
+            self.host.set_handler(
+                &self.config.protocol,
+                Arc::new(move |s| host::Extension::handle_stream(server.clone(), s)),
+            );
+        } else {
+            self.host.remove_handler(&self.config.protocol);
+        }
+        tracing::info!("DHT mode: {}", if on { "server" } else { "client" });
     }
 
     /// Joins through the bootstrap peers and runs the periodic refresh.
@@ -1042,7 +1075,7 @@ impl Kad {
     pub async fn put_value(&self, key: &[u8], value: &[u8]) -> Result<usize, Error> {
         let now = now_ms();
         self.config.validators.validate(key, value, now)?;
-        if self.config.server {
+        if self.is_server() {
             self.store.put(key, value, now).await?;
             self.update_store_gauges();
         }
@@ -1065,7 +1098,7 @@ impl Kad {
             .filter(|ok| futures::future::ready(*ok))
             .count()
             .await;
-        if acks == 0 && !self.config.server {
+        if acks == 0 && !self.is_server() {
             return Err(Error::NoPeers);
         }
         Ok(acks)
@@ -1095,7 +1128,7 @@ impl Kad {
     pub async fn provide(&self, key: &[u8]) -> Result<usize, Error> {
         let now = now_ms();
         let own_addrs = self.identify.advertised_addrs();
-        if self.config.server {
+        if self.is_server() {
             self.store
                 .add_provider(key, self.host.peer_id(), &own_addrs, now)
                 .await?;
