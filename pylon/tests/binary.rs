@@ -325,7 +325,8 @@ async fn bootstrap_role_survives_kill_9_with_its_table_and_records() {
 
 /// Two real processes: a `pylon --role relay`, and a `pylon` that holds a reservation on it
 /// (`relay_client.listen_via` from the environment). A peer that cannot reach the second
-/// node directly reaches it through the relay and pings it.
+/// node directly reaches it through the relay and pings it; the relay stopped by SIGINT
+/// mid-circuit exits cleanly and the circuit ends.
 #[tokio::test]
 async fn a_node_is_reachable_through_a_relay_from_the_config() {
     let relay_dir = tempfile::tempdir().unwrap();
@@ -365,6 +366,11 @@ async fn a_node_is_reachable_through_a_relay_from_the_config() {
         "libp2p_relaysvc_connections_total{type=\"opened\"} 1",
     )
     .await;
-    relay.signal("-TERM");
-    node.signal("-TERM");
+    // SIGINT while the circuit is open: the relay flushes and exits 0 within its grace,
+    // and the caller's relayed connection ends with it rather than hanging.
+    relay.stop("-INT").await;
+    tokio::time::timeout(T, conn.closed())
+        .await
+        .expect("the circuit closes when the relay stops");
+    node.stop("-TERM").await;
 }

@@ -79,6 +79,9 @@ pub struct Status {
     pub idle_closed: u64,
     /// Peers in the DHT's routing table.
     pub table_size: usize,
+    /// Whether the node is reachable from the Internet, as AutoNAT servers find
+    /// (`public`, `private`, `unknown`): a bootstrap peer nobody can reach helps nobody.
+    pub reachability: &'static str,
 }
 
 impl Role for Bootstrap {
@@ -140,6 +143,7 @@ impl Role for Bootstrap {
             shed: self.shed_count(),
             idle_closed: self.idle_closed_count(),
             table_size: self.node.kad.as_ref().map_or(0, |k| k.table_len()),
+            reachability: self.node.autonat.reachability().label(),
         }
     }
 }

@@ -535,6 +535,7 @@ impl Service {
             max_circuits: self.config.max_circuits,
             circuit_data: self.config.circuit_data,
             circuit_duration_secs: self.config.circuit_duration.as_secs(),
+            reachability: self.node.autonat.reachability().label(),
         }
     }
 }

@@ -137,6 +137,9 @@ pub struct Status {
     /// Per circuit, each direction; 0 = none.
     pub circuit_data: u64,
     pub circuit_duration_secs: u64,
+    /// Whether the relay itself is reachable from the Internet, as AutoNAT servers find
+    /// (`public`, `private`, `unknown`): a relay nobody can reach serves nobody.
+    pub reachability: &'static str,
 }
 
 /// A reservation held.

@@ -35,6 +35,7 @@ use super::proto::{
 };
 use crate::addresses::{self, Verified};
 use crate::host::{Connection, Extension, Host, LocalChange, Stream};
+use crate::identity::PeerId;
 use crate::metrics::{AutonatClientLabels, AutonatResponseLabels, OutcomeLabels, VerdictLabels};
 use crate::peerstore::Peerstore;
 use crate::protocols::identify::Identify;
@@ -64,6 +65,8 @@ pub struct Autonat {
     state: Mutex<Client>,
     pending: Mutex<HashMap<u64, Pending>>,
     in_flight: Mutex<usize>,
+    /// The servers seen at the last step: a new one makes undecided addresses due.
+    known_servers: Mutex<Vec<PeerId>>,
     wake: Notify,
     overall: watch::Sender<Verdict>,
 }
@@ -90,6 +93,7 @@ impl Autonat {
             state: Mutex::new(Client::new(config)),
             pending: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(0),
+            known_servers: Mutex::new(Vec::new()),
             wake: Notify::new(),
             overall: watch::channel(Verdict::Unknown).0,
         });
@@ -143,11 +147,20 @@ impl Autonat {
     fn step(&self, now: Instant) -> Option<Instant> {
         let candidates = self.candidates();
         let servers = self.servers();
+        let fresh = {
+            let mut known = lock(&self.known_servers);
+            let fresh = servers.iter().any(|s| !known.contains(&s.peer));
+            *known = servers.iter().map(|s| s.peer).collect();
+            fresh
+        };
         let mut changes = Vec::new();
         let mut probes = Vec::new();
         let next = {
             let mut state = lock(&self.state);
             changes.extend(state.set_candidates(&candidates, now));
+            if fresh {
+                state.handle_new_server(now);
+            }
             let mut in_flight = lock(&self.in_flight);
             while *in_flight < MAX_IN_FLIGHT {
                 match state.poll_probe(&servers, now) {
@@ -506,7 +519,7 @@ impl Extension for Autonat {
     }
 
     fn on_connection_established(&self, _conn: &Connection) {
-        lock(&self.state).handle_new_server(Instant::now());
+        // Whether the peer serves AutoNAT shows after identify, which wakes us again.
         self.wake.notify_one();
     }
 
