@@ -12,6 +12,7 @@
 //! Not here: the node's own sections and the merging of config sources (the binary), the
 //! mechanism the roles use (`pylon-node`).
 
+pub mod autonat;
 pub mod bootstrap;
 pub mod config;
 pub mod relay;
@@ -31,6 +32,7 @@ use serde::Serialize;
 static ALL: &[&dyn DynRole] = &[
     &Registered::<bootstrap::Bootstrap>::ROLE,
     &Registered::<relay::Relay>::ROLE,
+    &Registered::<autonat::AutoNat>::ROLE,
 ];
 
 /// Every role the binary knows, in the order they are configured and started.

@@ -33,6 +33,7 @@ async fn bootstrap_through_the_registry() {
             "shed": 0,
             "idle_closed": 0,
             "table_size": 0,
+            "reachability": "unknown",
         })
     );
     let mut text = String::new();
