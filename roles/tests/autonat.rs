@@ -820,3 +820,71 @@ fn config_errors_name_the_keys() {
     assert_eq!(c.dial_back_timeout, Duration::from_secs(5));
     assert!(c.allow_loopback);
 }
+
+/// The note's figure: a flood of 320 requests from 64 peers, each asking five times to be
+/// dialed back on its own address, gets no more dial-backs than the global budget (30 a
+/// minute by default; the per-IP and per-subnet budgets are raised to it here, as all the
+/// peers come from 127.0.0.1), and asking for a third party's address without paying the
+/// dial data gets none at all.
+#[tokio::test]
+async fn a_flood_from_many_peers_gets_at_most_the_global_budget() {
+    let wide = Config {
+        per_ip_per_minute: 30,
+        per_subnet_per_minute: 30,
+        ..lab()
+    };
+    let (s, role, _registry) = server(wide).await;
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        clients.push(Client::connect(&s).await);
+    }
+    let requests = futures::future::join_all(clients.iter().enumerate().flat_map(|(i, c)| {
+        let own = c.addr("127.0.0.1");
+        let s = &s;
+        (0..5u64).map(move |n| {
+            let own = own.clone();
+            async move { c.v2(s, &[own], ((i as u64) << 8) | n).await.0 }
+        })
+    }))
+    .await;
+    let served = requests
+        .iter()
+        .filter(|a| **a == ResponseStatus::Ok)
+        .count();
+    let dials = role.dial_backs();
+    println!(
+        "flood: {} requests from {} peers -> {served} served, {dials} dial-backs",
+        requests.len(),
+        clients.len()
+    );
+    assert_eq!(requests.len(), 320);
+    assert!(dials <= 30, "{dials} dial-backs");
+    assert_eq!(served as u64, dials);
+    assert!(requests
+        .iter()
+        .all(|a| *a == ResponseStatus::Ok || *a == ResponseStatus::RequestRejected));
+
+    // A third party's address, without the dial data: no dial, whoever asks.
+    let (s, role, _registry) = server(roomy()).await;
+    let mut askers = Vec::new();
+    for _ in 0..8 {
+        askers.push(Client::connect(&s).await);
+    }
+    let victim: Multiaddr = "/ip4/127.0.9.9/tcp/4001".parse().unwrap();
+    let asked = futures::future::join_all(askers.iter().enumerate().map(|(i, c)| {
+        let (s, victim) = (&s, victim.clone());
+        async move {
+            let mut stream = c.v2_request(s, &[victim], i as u64).await;
+            // The server wants the dial data first; the asker hangs up instead.
+            matches!(read_v2(&mut stream).await, Some(V2Msg::DialDataRequest(_)))
+        }
+    }))
+    .await;
+    assert!(asked.iter().all(|a| *a), "each was asked for dial data");
+    wait::until("the requests to end", T, || role.status().in_progress == 0).await;
+    println!(
+        "flood: 8 requests to dial a third party without dial data -> {} dial-backs",
+        role.dial_backs()
+    );
+    assert_eq!(role.dial_backs(), 0);
+}
