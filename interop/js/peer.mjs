@@ -38,6 +38,16 @@
 //                             command below. Default: off.
 //   --host IP                 the IPv4 address to listen on (0.0.0.0: every interface). Default:
 //                             127.0.0.1.
+//   --autonat v1|v2|v1,v2     also run AutoNAT clients (each also serves its protocol): v1
+//                             (@libp2p/autonat, service "autonat", /libp2p/autonat/1.0.0) and/or v2
+//                             (@libp2p/autonat-v2, service "autonatV2", /libp2p/autonat/2/*). js-libp2p
+//                             asks a server once per connection, when identify shows the server's
+//                             protocol, about its public unverified addresses (v1: the first one; v2:
+//                             all of them in one request). An address of a listener ("transport") is
+//                             verified by one OK; an observed one needs 4 OKs (or 8 failures, which
+//                             remove it) from servers in distinct "network segments", which js-libp2p
+//                             takes to be the first octet of the server's IPv4 address. Watch it with
+//                             the addresses command. Default: no AutoNAT.
 // The stream muxer is always yamux (except on QUIC, which muxes natively).
 //
 // Node 20: js-libp2p 3.x wants Node >= 22, so this script polyfills Promise.withResolvers, and
@@ -109,6 +119,13 @@
 //       verified, as a positive AutoNAT or UPnP answer would -> {"addrs":[the confirmed addresses]}.
 //       A test hook: behind a NAT that drops unsolicited packets no dial-back can confirm it,
 //       yet it is the address a hole punch goes through (QUIC dials leave from one socket).
+//   {"cmd":"addresses"}              our addresses as the address manager holds them, and what the
+//       AutoNAT clients (--autonat) have counted so far -> {"addrs":[{"multiaddr","verified","type"}]
+//       (getAddressesWithMetadata(): type "transport" (a listener's), "observed", "announce", "ip-mapping"
+//       or "dns-mapping"; js-libp2p counts private addresses as verified), "autonat":{"v1":[...] | null,
+//       "v2":[...] | null} (each client's pending results: {"multiaddr","success","failure",
+//       "segments":[...]}; an address leaves the list once decided: verified, or removed after 8
+//       failures)}
 // The kad_* commands need --kad. A DHT query does not fail because some peer failed: such failures
 // are listed in its "errors" as {"from","error"} (js-libp2p's QUERY_ERROR events).
 //   {"cmd":"kad_bootstrap","addr"}   dial addr (ending in /p2p/<id>) and wait until that peer is in the
@@ -208,12 +225,13 @@ process.stdin.on('data', (chunk) => {
 })
 process.stdin.resume()
 
-const OPTIONS_USAGE = '[--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client] [--relay] [--dcutr] [--host IP]'
+const OPTIONS_USAGE = '[--transport tcp|ws|quic] [--security noise|tls[,...]] [--kad server|client] [--relay] [--dcutr] [--host IP] [--autonat v1|v2|v1,v2]'
 const USAGE = `usage: node peer.mjs listen ${OPTIONS_USAGE}\n` +
   `       node peer.mjs dial <multiaddr-with-/p2p/> ${OPTIONS_USAGE}`
 const TRANSPORTS = ['tcp', 'ws', 'quic']
 const SECURITIES = ['noise', 'tls']
 const KAD_MODES = ['server', 'client']
+const AUTONAT_VERSIONS = ['v1', 'v2']
 const KAD_PROTOCOL = '/ipfs/kad/1.0.0'
 const PING_PROTOCOL = '/ipfs/ping/1.0.0'
 const PING_LENGTH = 32
@@ -235,7 +253,7 @@ try {
   emit({ event: 'error', error: `bad arguments: ${err.message}: ${process.argv.slice(2).join(' ')}` })
   process.exit(1)
 }
-const { mode, target, security, kad, relay, dcutr, host } = args
+const { mode, target, security, kad, relay, dcutr, host, autonat } = args
 // For dial mode without --transport, listen on the transport of the dialed address (TCP for an
 // address through a relay).
 const transport = args.transport ??
@@ -244,7 +262,7 @@ const transport = args.transport ??
 
 /**
  * Parses `listen|dial <maddr>` followed by `--transport X` / `--security X` / `--kad X` / `--host X`
- * (or `--opt=X`) and the flags `--relay` and `--dcutr`.
+ * / `--autonat X` (or `--opt=X`) and the flags `--relay` and `--dcutr`.
  */
 function parseArgs (argv) {
   const positional = []
@@ -266,7 +284,7 @@ function parseArgs (argv) {
       value = argv[++i]
       if (value == null) throw new Error(`--${name} needs a value`)
     }
-    if (!['transport', 'security', 'kad', 'host'].includes(name)) throw new Error(`unknown option --${name}`)
+    if (!['transport', 'security', 'kad', 'host', 'autonat'].includes(name)) throw new Error(`unknown option --${name}`)
     if (name in opts) throw new Error(`--${name} given twice`)
     opts[name] = value
   }
@@ -287,6 +305,11 @@ function parseArgs (argv) {
     throw new Error(`unknown kad mode ${opts.kad} (expected ${KAD_MODES.join('|')})`)
   }
   if (opts.dcutr && !opts.relay) throw new Error('--dcutr needs --relay')
+  const autonat = opts.autonat == null ? [] : opts.autonat.split(',')
+  for (const v of autonat) {
+    if (!AUTONAT_VERSIONS.includes(v)) throw new Error(`unknown AutoNAT version ${v} (expected v1|v2|v1,v2)`)
+  }
+  if (new Set(autonat).size !== autonat.length) throw new Error(`duplicate version in --autonat ${opts.autonat}`)
   const host = opts.host ?? '127.0.0.1'
   if (!/^(\d{1,3})(\.\d{1,3}){3}$/.test(host) || host.split('.').some((o) => Number(o) > 255)) {
     throw new Error(`--host ${host} is not an IPv4 address`)
@@ -299,7 +322,8 @@ function parseArgs (argv) {
     kad: opts.kad ?? null,
     relay: opts.relay === true,
     dcutr: opts.dcutr === true,
-    host
+    host,
+    autonat
   }
 }
 
@@ -401,6 +425,14 @@ async function main () {
   if (dcutr) {
     const { dcutr: dcutrService } = await import('@libp2p/dcutr')
     services.dcutr = dcutrService()
+  }
+  if (autonat.includes('v1')) {
+    const { autoNAT } = await import('@libp2p/autonat')
+    services.autonat = autoNAT()
+  }
+  if (autonat.includes('v2')) {
+    const { autoNATv2 } = await import('@libp2p/autonat-v2')
+    services.autonatV2 = autoNATv2()
   }
   if (kad != null) {
     const { kadDHT, passthroughMapper } = await import('@libp2p/kad-dht')
@@ -610,6 +642,7 @@ function readCommands (node, multiaddr, { describeConnection, relayTransport }) 
     ping: [pingPeer, null],
     listen_relay: [listenRelay, 'relay'],
     confirm_observed: [confirmObserved, null],
+    addresses: [addresses, null],
     kad_bootstrap: [kadBootstrap, 'dht'],
     kad_table: [kadTable, 'dht'],
     kad_closest: [kadClosest, 'dht'],
@@ -734,6 +767,27 @@ function readCommands (node, multiaddr, { describeConnection, relayTransport }) 
         return { addrs: addrs.map((ma) => ma.toString()) }
       }
       await raceAbort(new Promise((resolve) => setTimeout(resolve, OBSERVED_POLL_MS)), signal)
+    }
+  }
+
+  async function addresses () {
+    // The clients' pending results (dialResults: multiaddr string -> counts), read from the
+    // services' fields: neither module reports them otherwise.
+    const pending = (client) => client == null
+      ? null
+      : [...client.dialResults.values()].map((r) => ({
+          multiaddr: r.multiaddr.toString(),
+          success: r.success,
+          failure: r.failure,
+          segments: [...r.networkSegments]
+        }))
+    return {
+      addrs: node.components.addressManager.getAddressesWithMetadata().map((a) => ({
+        multiaddr: a.multiaddr.toString(),
+        verified: a.verified,
+        type: a.type
+      })),
+      autonat: { v1: pending(node.services.autonat), v2: pending(node.services.autonatV2?.client) }
     }
   }
 

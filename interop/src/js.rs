@@ -16,6 +16,10 @@
 //! client mode); the `kad_*` methods run its operations through `peer.mjs`'s stdin commands
 //! ([`JsPeer::command`]) and return what js-libp2p reported, per-peer failures included.
 //!
+//! [`JsOptions::autonat`] adds js-libp2p's AutoNAT v1 and/or v2 clients (`@libp2p/autonat`,
+//! `@libp2p/autonat-v2`); [`JsPeer::addresses`] shows which of its addresses js-libp2p holds
+//! verified and what the clients counted so far.
+//!
 //! [`JsOptions::relay`] adds circuit relay v2 (`@libp2p/circuit-relay-v2`'s
 //! `circuitRelayTransport`): the js peer dials `…/p2p/R/p2p-circuit/p2p/D` addresses
 //! ([`JsPeer::connect`]), accepts relayed connections, and listens through a relay
@@ -49,6 +53,12 @@
 //! let opts = JsOptions { transport: JsTransport::Quic, relay: true, dcutr: true,
 //!                        host: Some(Ipv4Addr::UNSPECIFIED), ..Default::default() };
 //! let mut js = JsPeer::listen_in("ns-name", &opts).await?;
+//!
+//! // AutoNAT v1 client (and server); watch js-libp2p verify its addresses:
+//! let opts = JsOptions { autonat: JsAutonat::V1, host: Some(public_ip), ..Default::default() };
+//! let mut js = JsPeer::listen_in("ns-name", &opts).await?;
+//! js.connect(&autonat_server_addr).await?; // js asks once identify shows the protocol
+//! let addrs = js.addresses().await?; // addrs.addrs[..].verified, addrs.autonat.v1: counts
 //!
 //! let mut js = JsPeer::listen_kad(JsKadMode::Server).await?;
 //! js.kad_bootstrap(&bootstrap_addr).await?; // dials, waits until it is in js's routing table
@@ -144,6 +154,33 @@ impl JsSecurity {
     }
 }
 
+/// Which AutoNAT clients a js peer runs (`peer.mjs --autonat`); each also serves its own
+/// protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JsAutonat {
+    /// No AutoNAT.
+    #[default]
+    Off,
+    /// `@libp2p/autonat` (`/libp2p/autonat/1.0.0`).
+    V1,
+    /// `@libp2p/autonat-v2` (`/libp2p/autonat/2/dial-request`, `/dial-back`).
+    V2,
+    /// Both.
+    Both,
+}
+
+impl JsAutonat {
+    /// The `--autonat` value, if any.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            JsAutonat::Off => None,
+            JsAutonat::V1 => Some("v1"),
+            JsAutonat::V2 => Some("v2"),
+            JsAutonat::Both => Some("v1,v2"),
+        }
+    }
+}
+
 /// How to start a js peer. The default, TCP + noise, is what [`JsPeer::listen`] and
 /// [`JsPeer::dial`] use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -161,6 +198,8 @@ pub struct JsOptions {
     pub dcutr: bool,
     /// The address to listen on; `None` is 127.0.0.1.
     pub host: Option<Ipv4Addr>,
+    /// AutoNAT clients to run ([`JsPeer::addresses`] shows their work).
+    pub autonat: JsAutonat,
 }
 
 impl JsOptions {
@@ -179,6 +218,9 @@ impl JsOptions {
         }
         if let Some(host) = self.host {
             args.extend(["--host".to_owned(), host.to_string()]);
+        }
+        if let Some(versions) = self.autonat.name() {
+            args.extend(["--autonat".to_owned(), versions.to_owned()]);
         }
         args
     }
@@ -403,6 +445,47 @@ pub struct JsVoucher {
     pub expiration: u64,
 }
 
+/// One of the js peer's addresses as its address manager holds it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsAddress {
+    /// Without `/p2p/`.
+    pub multiaddr: String,
+    /// Whether js-libp2p counts it as verified (and so advertises it). Private addresses
+    /// always are.
+    pub verified: bool,
+    /// `"transport"` (a listener's), `"observed"`, `"announce"`, `"ip-mapping"` or
+    /// `"dns-mapping"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// What one js AutoNAT client has counted so far for one address it is still deciding.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsAutonatResult {
+    pub multiaddr: String,
+    /// Servers that reached it.
+    pub success: u32,
+    /// Servers that could not.
+    pub failure: u32,
+    /// The "network segments" of the servers that answered (js-libp2p: an IPv4 address's
+    /// first octet); one answer per segment counts.
+    pub segments: Vec<String>,
+}
+
+/// The AutoNAT clients' pending results; `None` for a client the peer does not run.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsAutonatResults {
+    pub v1: Option<Vec<JsAutonatResult>>,
+    pub v2: Option<Vec<JsAutonatResult>>,
+}
+
+/// Answer to [`JsPeer::addresses`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsAddresses {
+    pub addrs: Vec<JsAddress>,
+    pub autonat: JsAutonatResults,
+}
+
 /// An `identify` event: what js-libp2p learned from the remote's identify message.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -450,7 +533,9 @@ pub struct JsPeer {
     next_command_id: u64,
     /// The js node's peer id.
     pub peer_id: String,
-    /// The js node's listen addresses, each with a `/p2p/<peer id>` suffix.
+    /// The js node's listen addresses, each with a `/p2p/<peer id>` suffix: those js-libp2p
+    /// counts as verified (`getMultiaddrs()`), so a public address AutoNAT has not verified
+    /// yet is missing here ([`JsPeer::addresses`] lists it).
     pub addrs: Vec<String>,
 }
 
@@ -751,6 +836,14 @@ impl JsPeer {
             )
             .await?;
         Ok(confirmed.addrs)
+    }
+
+    /// The js peer's addresses with what its address manager knows of them (verified or
+    /// not, and where they came from), and the counts its AutoNAT clients
+    /// ([`JsOptions::autonat`]) keep for the addresses they are still deciding. Nothing
+    /// reports a change of these: poll.
+    pub async fn addresses(&mut self) -> Result<JsAddresses> {
+        self.typed("addresses", Value::Null, COMMAND_TIMEOUT).await
     }
 
     /// Dials `addr` (ending in `/p2p/<peer id>`) and waits until that peer is in the js DHT's

@@ -8,8 +8,16 @@
 //!  public namespace                 router i namespace              host i namespace
 //!  br0 11.77.0.1/24  <-- veth -->   wan 11.77.0.(10+i)/24
 //!  (the public host)                lan 192.168.(1+i).1/24  <-->    eth0 192.168.(1+i).2/24
-//!                                   NAT on wan, forwarding on       default via the router
+//!         ^                         NAT on wan, forwarding on       default via the router
+//!         |  veth
+//!  public host j namespace
+//!  eth0 11.77.0.(2+j)/24
 //! ```
+//!
+//! Besides the public namespace itself, [`Builder::public_hosts`] attaches more hosts to the
+//! bridge, each in a namespace of its own with an address of its own on the public network:
+//! peers that must sit on distinct public IPs (AutoNAT servers, which clients count by IP;
+//! a client on the public network, testing its own reachability).
 //!
 //! The public namespace holds the bridge and is itself the public host (a relay, an AutoNAT
 //! server): it has no route into the LANs, as on the Internet. Each router masquerades what
@@ -19,7 +27,7 @@
 //! rust-libp2p's TCP punch fails here while QUIC's still succeeds). Replies to what went
 //! out (conntrack's established and related) pass. The rules are [`nft_ruleset`].
 //!
-//! Each bed has its own namespaces (`pl<pid>-<n>-pub`, `-r<i>`, `-h<i>`), so beds of tests
+//! Each bed has its own namespaces (`pl<pid>-<n>-pub`, `-p<j>`, `-r<i>`, `-h<i>`), so beds of tests
 //! running in parallel never meet and may use the same addresses and interface names.
 //! Dropping the [`Bed`] deletes its namespaces, which removes their veths and bridge; a
 //! namespace left by a killed run of a process with the same pid is deleted before reuse.
@@ -60,6 +68,13 @@ pub const PUBLIC_NET: [u8; 3] = [11, 77, 0];
 const LAN_BASE: u8 = 1;
 /// At most this many LANs in a bed (the address plan leaves room for more; tests need few).
 pub const MAX_LANS: usize = 16;
+/// Public host `j` ([`Builder::public_hosts`]) is 11.77.0.(PUBLIC_HOST_BASE + j).
+const PUBLIC_HOST_BASE: u8 = 2;
+/// Router `i` is 11.77.0.(ROUTER_BASE + i).
+const ROUTER_BASE: u8 = 10;
+/// At most this many public hosts besides the public namespace: 11.77.0.2 to 11.77.0.9,
+/// below the routers.
+pub const MAX_PUBLIC_HOSTS: usize = (ROUTER_BASE - PUBLIC_HOST_BASE) as usize;
 
 /// The router's interface on the public network.
 const WAN: &str = "wan";
@@ -170,13 +185,28 @@ pub struct Lan {
     pub nat: Nat,
 }
 
-/// What to build: the public network and these LANs.
+/// What to build: the public network, these LANs and these public hosts.
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
     lans: Vec<Nat>,
+    public_hosts: usize,
 }
 
 impl Builder {
+    /// Attaches `n` more hosts to the public network, each in a namespace of its own, at
+    /// 11.77.0.2, 11.77.0.3, ... ([`Bed::public_host`]).
+    ///
+    /// # Panics
+    /// On more than [`MAX_PUBLIC_HOSTS`].
+    pub fn public_hosts(mut self, n: usize) -> Builder {
+        assert!(
+            n <= MAX_PUBLIC_HOSTS,
+            "at most {MAX_PUBLIC_HOSTS} public hosts in a bed"
+        );
+        self.public_hosts = n;
+        self
+    }
+
     /// Adds a LAN behind a router with `nat` (LAN `i` is the `i`-th added).
     ///
     /// # Panics
@@ -200,6 +230,7 @@ impl Builder {
                 ns: format!("{prefix}-pub"),
                 ip: public_ip(1),
             },
+            public_hosts: Vec::new(),
             lans: Vec::new(),
             made: Vec::new(),
         };
@@ -211,6 +242,10 @@ impl Builder {
             &["addr", "add", &cidr(bed.public.ip), "dev", BRIDGE],
         )?;
         in_ns(&public, &["link", "set", BRIDGE, "up"])?;
+        for j in 0..self.public_hosts {
+            let host = bed.add_public_host(&prefix, j)?;
+            bed.public_hosts.push(host);
+        }
         for (i, nat) in self.lans.into_iter().enumerate() {
             let lan = bed.add_lan(&prefix, i, nat)?;
             bed.lans.push(lan);
@@ -223,6 +258,7 @@ impl Builder {
 #[derive(Debug)]
 pub struct Bed {
     public: Host,
+    public_hosts: Vec<Host>,
     lans: Vec<Lan>,
     /// Namespaces created, in order (deleted in reverse).
     made: Vec<String>,
@@ -237,6 +273,25 @@ impl Bed {
     /// The public host: the namespace with the bridge, at 11.77.0.1.
     pub fn public(&self) -> &Host {
         &self.public
+    }
+
+    /// Public host `j` (of [`Builder::public_hosts`]), at 11.77.0.(2+j).
+    ///
+    /// # Panics
+    /// If there is no such host.
+    pub fn public_host(&self, j: usize) -> &Host {
+        self.public_hosts.get(j).unwrap_or_else(|| {
+            panic!(
+                "the bed has {} public hosts, not {}",
+                self.public_hosts.len(),
+                j + 1
+            )
+        })
+    }
+
+    /// The public hosts of [`Builder::public_hosts`] (not the public namespace itself).
+    pub fn public_hosts(&self) -> &[Host] {
+        &self.public_hosts
     }
 
     /// LAN `i`, in the order [`Builder::lan`] added them.
@@ -264,12 +319,32 @@ impl Bed {
         in_ns(ns, &["link", "set", "lo", "up"])
     }
 
+    fn add_public_host(&mut self, prefix: &str, j: usize) -> Result<Host, Error> {
+        let public = self.public.ns.clone();
+        let index = u8::try_from(j).expect("j < MAX_PUBLIC_HOSTS");
+        let host = Host {
+            ns: format!("{prefix}-p{j}"),
+            ip: public_ip(PUBLIC_HOST_BASE + index),
+        };
+        self.add_ns(&host.ns)?;
+        // Its leg on the public bridge (the bridge port is named after the host).
+        let port = format!("p{j}");
+        run(Command::new("ip").args([
+            "link", "add", ETH, "netns", &host.ns, "type", "veth", "peer", "name", &port, "netns",
+            &public,
+        ]))?;
+        in_ns(&public, &["link", "set", &port, "master", BRIDGE, "up"])?;
+        in_ns(&host.ns, &["addr", "add", &cidr(host.ip), "dev", ETH])?;
+        in_ns(&host.ns, &["link", "set", ETH, "up"])?;
+        Ok(host)
+    }
+
     fn add_lan(&mut self, prefix: &str, i: usize, nat: Nat) -> Result<Lan, Error> {
         let public = self.public.ns.clone();
         let index = u8::try_from(i).expect("i < MAX_LANS");
         let router = Host {
             ns: format!("{prefix}-r{i}"),
-            ip: public_ip(10 + index),
+            ip: public_ip(ROUTER_BASE + index),
         };
         let lan_net = [192, 168, LAN_BASE + index];
         let gateway = Ipv4Addr::new(lan_net[0], lan_net[1], lan_net[2], 1);

@@ -169,3 +169,54 @@ async fn a_bed_deletes_its_namespaces_and_a_task_ends_when_dropped() {
     let missing = netns::spawn_in(&names[0], async || ()).unwrap_err();
     assert!(missing.to_string().contains(&names[0]), "{missing}");
 }
+
+/// Public hosts sit on the bridge with addresses of their own: they reach each other
+/// directly and are reached by a LAN host through its router, and a public host's
+/// unsolicited SYN to a router goes unanswered like the public namespace's.
+#[tokio::test]
+async fn public_hosts_have_addresses_of_their_own_on_the_public_network() {
+    let bed = Bed::builder()
+        .public_hosts(2)
+        .lan(Nat::EndpointIndependent)
+        .build()
+        .unwrap();
+    let (a, b) = (bed.public_host(0).clone(), bed.public_host(1).clone());
+    assert_eq!(bed.public_hosts().len(), 2);
+    assert_eq!(a.ip(), Ipv4Addr::new(11, 77, 0, 2));
+    assert_eq!(b.ip(), Ipv4Addr::new(11, 77, 0, 3));
+    let b_ip = b.ip();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let accepted = b
+        .spawn(async move || {
+            let listener = TcpListener::bind((b_ip, 0)).await.unwrap();
+            bound_tx.send(listener.local_addr().unwrap()).unwrap();
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                seen.push(listener.accept().await.unwrap().1.ip());
+            }
+            seen
+        })
+        .unwrap();
+    let target = tokio::time::timeout(T, bound_rx).await.unwrap().unwrap();
+    let router = bed.lan(0).router.ip();
+    for from in [&a, &bed.lan(0).host] {
+        from.spawn(async move || TcpSocket::new_v4().unwrap().connect(target).await.unwrap())
+            .unwrap()
+            .join()
+            .await;
+    }
+    let seen = tokio::time::timeout(T, accepted.join()).await.unwrap();
+    assert_eq!(seen, [a.ip().into(), std::net::IpAddr::from(router)]);
+
+    let unanswered = a
+        .spawn(async move || {
+            let socket = TcpSocket::new_v4().unwrap();
+            tokio::time::timeout(NO_ANSWER, socket.connect((router, 9).into()))
+                .await
+                .is_err()
+        })
+        .unwrap()
+        .join()
+        .await;
+    assert!(unanswered, "the router answered an unsolicited SYN");
+}
