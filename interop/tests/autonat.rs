@@ -26,27 +26,26 @@
 //! `nft` (CI has them) and `npm ci --prefix interop/js`.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::VecDeque;
+mod common;
+
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use common::ns_pylon::NsPylon;
+use common::ns_swarm::NsSwarm;
 use libp2p::autonat::v1::{self, InboundProbeEvent, NatStatus, OutboundProbeEvent};
 use libp2p::autonat::v2;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, Swarm, SwarmEvent};
 use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId};
-use prometheus_client::registry::Registry;
 use pylon_interop::js::{JsAddresses, JsAutonat, JsAutonatResult, JsOptions, JsPeer, JsTransport};
 use pylon_node::protocols::autonat::{self as client, Verdict};
 use pylon_roles::autonat::{AutoNat, Config};
-use pylon_roles::{Metrics, Role};
+use pylon_roles::Role;
 use pylon_testkit::netns::{self, Bed, Nat};
 use pylon_testkit::node as kit;
 use pylon_testkit::wait;
-use tokio::sync::{mpsc, oneshot};
 
 /// The bound on each wait.
 const T: Duration = Duration::from_secs(30);
@@ -61,12 +60,6 @@ const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// again after a probe that taught it nothing (its first may go out before identify gave
 /// it the address its server observed).
 const V1_RETRY: Duration = Duration::from_secs(1);
-
-/// Events a rust peer's thread may hold for the test before it waits.
-const EVENT_BUFFER: usize = 1024;
-
-/// Lines of a rust peer's recent events a failed wait shows.
-const SHOWN_EVENTS: usize = 40;
 
 // ---- the bed ----------------------------------------------------------------------------
 
@@ -162,68 +155,14 @@ fn server_config() -> Config {
 }
 
 /// A Pylon node with the AutoNAT server role, on TCP and QUIC.
-struct PylonServer {
-    id: PeerId,
-    /// Its addresses with `/p2p/<id>`.
-    tcp: Multiaddr,
-    quic: Multiaddr,
-    role: Arc<AutoNat>,
-    _thread: netns::Task<()>,
-}
+type PylonServer = NsPylon<AutoNat>;
 
-impl PylonServer {
-    async fn start(host: &netns::Host) -> PylonServer {
-        let ip = host.ip();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let thread = host
-            .spawn(async move || {
-                let mut config = kit::config(&[
-                    &format!("/ip4/{ip}/tcp/0"),
-                    &format!("/ip4/{ip}/udp/0/quic-v1"),
-                ]);
-                // A server only: its own client would ask the peers under test about it.
-                config.autonat.enabled = false;
-                let node = kit::start_with(config).await;
-                let mut registry = Registry::default();
-                let role = <AutoNat as Role>::start(
-                    &node,
-                    server_config(),
-                    &mut Metrics::of::<AutoNat>(&mut registry),
-                )
-                .unwrap();
-                let id: PeerId = node.peer_id().to_string().parse().unwrap();
-                let addrs: Vec<Multiaddr> = node
-                    .host
-                    .listen_addrs()
-                    .iter()
-                    .map(|a| a.to_string().parse().unwrap())
-                    .collect();
-                if ready_tx.send((id, addrs, role)).is_err() {
-                    return;
-                }
-                // The node lives (and serves) until the test drops the thread.
-                std::future::pending::<()>().await
-            })
-            .unwrap();
-        let (id, addrs, role) = tokio::time::timeout(T, ready_rx)
-            .await
-            .expect("the Pylon server starts in time")
-            .expect("the Pylon server's thread runs");
-        let find = |quic: bool| {
-            addrs
-                .iter()
-                .find(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)) == quic)
-                .unwrap_or_else(|| panic!("the server listens on TCP and QUIC: {addrs:?}"))
-                .clone()
-                .with(Protocol::P2p(id))
-        };
-        PylonServer {
-            id,
-            tcp: find(false),
-            quic: find(true),
-            role,
-            _thread: thread,
-        }
+impl NsPylon<AutoNat> {
+    async fn start_server(host: &netns::Host) -> PylonServer {
+        let mut config = pylon_node::node::Config::default();
+        // A server only: its own client would ask the peers under test about it.
+        config.autonat.enabled = false;
+        NsPylon::start(host, config, server_config(), T).await
     }
 
     fn addr(&self, transport: JsTransport) -> Multiaddr {
@@ -252,7 +191,7 @@ impl PylonServer {
     async fn start_all(setup: &Setup) -> Vec<PylonServer> {
         let mut servers = Vec::new();
         for i in 0..setup.servers {
-            servers.push(PylonServer::start(setup.server_host(i)).await);
+            servers.push(PylonServer::start_server(setup.server_host(i)).await);
         }
         servers
     }
@@ -421,132 +360,22 @@ impl Seen {
 
 /// A rust-libp2p peer on a thread inside a host's namespace, listening on TCP at the
 /// host's address (so its dials leave from that port: rust-libp2p's port reuse).
-struct RustPeer {
-    name: String,
-    id: PeerId,
-    /// Its listen address, without `/p2p/`.
-    listen: Multiaddr,
-    dials: mpsc::Sender<Multiaddr>,
-    events: mpsc::Receiver<SwarmEvent<AutonatPeerEvent>>,
-    /// Everything judged so far (a test runs for seconds: a few hundred entries at most).
-    history: Vec<Seen>,
-    /// The latest events of any kind, for a failed wait to show.
-    recent: VecDeque<String>,
-    _thread: netns::Task<()>,
+type RustPeer = NsSwarm<AutonatPeer, Seen>;
+
+async fn start_rust(name: &str, host: &netns::Host, role: RustRole) -> RustPeer {
+    let listen = vec![tcp_addr(host.ip(), 0)];
+    NsSwarm::start(name, host, move || rust_swarm(role), listen, Seen::of, T).await
 }
 
-impl RustPeer {
-    async fn start(name: &str, host: &netns::Host, role: RustRole) -> RustPeer {
-        let (dials, mut dial_rx) = mpsc::channel::<Multiaddr>(16);
-        let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let listen_on = tcp_addr(host.ip(), 0);
-        let who = name.to_owned();
-        let thread = host
-            .spawn(async move || {
-                let mut swarm = rust_swarm(role);
-                swarm.listen_on(listen_on).unwrap();
-                let listen = loop {
-                    if let SwarmEvent::NewListenAddr { address, .. } =
-                        swarm.select_next_some().await
-                    {
-                        break address;
-                    }
-                };
-                if ready_tx.send((*swarm.local_peer_id(), listen)).is_err() {
-                    return;
-                }
-                loop {
-                    tokio::select! {
-                        dial = dial_rx.recv() => match dial {
-                            Some(addr) => swarm
-                                .dial(addr.clone())
-                                .unwrap_or_else(|e| panic!("{who}: dial {addr}: {e}")),
-                            None => return,
-                        },
-                        event = swarm.select_next_some() => {
-                            if event_tx.send(event).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })
-            .unwrap();
-        let (id, listen) = tokio::time::timeout(T, ready_rx)
-            .await
-            .unwrap_or_else(|_| panic!("{name}: not listening within {T:?}"))
-            .unwrap_or_else(|_| panic!("{name}: the peer's thread ended"));
-        RustPeer {
-            name: name.to_owned(),
-            id,
-            listen,
-            dials,
-            events,
-            history: Vec::new(),
-            recent: VecDeque::new(),
-            _thread: thread,
-        }
-    }
+/// `peer`'s address with `/p2p/<id>`.
+fn rust_addr(peer: &RustPeer) -> Multiaddr {
+    peer.listen[0].clone().with(Protocol::P2p(peer.id))
+}
 
-    /// Its address with `/p2p/<id>`.
-    fn addr(&self) -> Multiaddr {
-        self.listen.clone().with(Protocol::P2p(self.id))
-    }
-
-    async fn dial(&self, addr: Multiaddr) {
-        self.dials
-            .send(addr)
-            .await
-            .unwrap_or_else(|_| panic!("{}: the peer's thread ended", self.name));
-    }
-
-    fn record(&mut self, event: &SwarmEvent<AutonatPeerEvent>) {
-        if self.recent.len() == SHOWN_EVENTS {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(format!("{event:?}"));
-        self.history.extend(Seen::of(event));
-    }
-
-    /// Waits until `pick` finds something in this peer's history: checked now, then after
-    /// each new event.
-    async fn until<R>(&mut self, what: &str, mut pick: impl FnMut(&[Seen]) -> Option<R>) -> R {
-        let found = tokio::time::timeout(T, async {
-            loop {
-                if let Some(r) = pick(&self.history) {
-                    return Some(r);
-                }
-                let event = self.events.recv().await?;
-                self.record(&event);
-            }
-        })
-        .await;
-        match found {
-            Ok(Some(r)) => r,
-            Ok(None) => panic!(
-                "{}: {what}: the peer's thread ended; recent events:\n{:#?}",
-                self.name, self.recent
-            ),
-            Err(_) => panic!(
-                "{}: {what}: not within {T:?}; recent events:\n{:#?}",
-                self.name, self.recent
-            ),
-        }
-    }
-
-    /// Takes the events delivered so far without waiting.
-    fn catch_up(&mut self) {
-        while let Ok(event) = self.events.try_recv() {
-            self.record(&event);
-        }
-    }
-
-    /// The address the client under test is expected at: its router's IP (or its own on
-    /// the public network) with its own port.
-    fn seen_at(&self, setup: &Setup) -> Multiaddr {
-        tcp_addr(setup.client_seen_at(), tcp_port(&self.listen))
-    }
+/// The address the client under test is expected at: its router's IP (or its own on the
+/// public network) with its own port.
+fn seen_at(client: &RustPeer, setup: &Setup) -> Multiaddr {
+    tcp_addr(setup.client_seen_at(), tcp_port(&client.listen[0]))
 }
 
 // ---- 1. rust-libp2p clients, Pylon servers ----------------------------------------------
@@ -556,9 +385,9 @@ impl RustPeer {
 /// and confirmed as external; behind the NAT, the server's dial fails.
 async fn rust_v2_client_with_a_pylon_server(site: Site) {
     let setup = Setup::new(site, 1);
-    let server = PylonServer::start(setup.server_host(0)).await;
-    let mut client = RustPeer::start("v2 client", setup.client_host(), RustRole::V2Client).await;
-    let expected = client.seen_at(&setup);
+    let server = PylonServer::start_server(setup.server_host(0)).await;
+    let mut client = start_rust("v2 client", setup.client_host(), RustRole::V2Client).await;
+    let expected = seen_at(&client, &setup);
     client.dial(server.tcp.clone()).await;
 
     let candidate = client
@@ -635,9 +464,9 @@ async fn rust_v2_client_behind_nat_is_not_reached_by_a_pylon_server() {
 /// answer decides (from `Unknown`, its confidence starts at 0).
 async fn rust_v1_client_with_a_pylon_server(site: Site) {
     let setup = Setup::new(site, 1);
-    let server = PylonServer::start(setup.server_host(0)).await;
-    let mut client = RustPeer::start("v1 client", setup.client_host(), RustRole::V1Client).await;
-    let expected = client.seen_at(&setup);
+    let server = PylonServer::start_server(setup.server_host(0)).await;
+    let mut client = start_rust("v1 client", setup.client_host(), RustRole::V1Client).await;
+    let expected = seen_at(&client, &setup);
     client.dial(server.tcp.clone()).await;
 
     let status = client
@@ -731,7 +560,7 @@ async fn js_addresses_until(
 /// which one bed cannot offer).
 async fn js_client_with_a_pylon_server(version: JsAutonat, site: Site, transport: JsTransport) {
     let setup = Setup::new(site, 1);
-    let server = PylonServer::start(setup.server_host(0)).await;
+    let server = PylonServer::start_server(setup.server_host(0)).await;
     let host = setup.client_host();
     let mut js = JsPeer::listen_in(
         host.ns(),
@@ -967,7 +796,7 @@ async fn pylon_client_behind_nat_is_private_for_pylon_servers() {
 async fn rust_servers(setup: &Setup, role: RustRole) -> Vec<RustPeer> {
     let mut servers = Vec::new();
     for i in 0..setup.servers {
-        servers.push(RustPeer::start(&format!("{role:?} {i}"), setup.server_host(i), role).await);
+        servers.push(start_rust(&format!("{role:?} {i}"), setup.server_host(i), role).await);
     }
     servers
 }
@@ -981,7 +810,7 @@ async fn rust_servers(setup: &Setup, role: RustRole) -> Vec<RustPeer> {
 async fn pylon_client_with_rust_servers(site: Site, role: RustRole) {
     let setup = Setup::new(site, SERVERS);
     let mut servers = rust_servers(&setup, role).await;
-    let addrs: Vec<Multiaddr> = servers.iter().map(RustPeer::addr).collect();
+    let addrs: Vec<Multiaddr> = servers.iter().map(rust_addr).collect();
     let decided = pylon_client(&setup, &addrs).await;
     assert_decided(&setup, &decided);
     let seen_at = tcp_addr(setup.client_seen_at(), decided.port);

@@ -13,34 +13,28 @@
 //! through channels, and every wait is bounded.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, Swarm, SwarmEvent};
 use libp2p::{dcutr, identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId};
-use prometheus_client::registry::Registry;
+mod common;
+
+use common::ns_pylon::NsPylon;
+use common::ns_swarm::NsSwarm;
 use pylon_interop::js::{ConnectionClose, ConnectionOpen, JsOptions, JsPeer, JsTransport};
 use pylon_roles::relay::{Config, Relay};
-use pylon_roles::{Metrics, Role};
+use pylon_roles::Role;
 use pylon_testkit::netns::{self, Bed, Nat};
 use pylon_testkit::node as kit;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// The bound on each wait.
 const T: Duration = Duration::from_secs(30);
 
 /// A dial (and so each hole-punch attempt) gives up after this; DCUtR tries three times.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Events a peer's thread may hold for the test before it waits.
-const EVENT_BUFFER: usize = 4096;
-
-/// Lines of a peer's recent events a failed wait shows.
-const SHOWN_EVENTS: usize = 40;
 
 #[derive(NetworkBehaviour)]
 struct Client {
@@ -94,11 +88,6 @@ fn client() -> Swarm<Client> {
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .with_connection_timeout(DIAL_TIMEOUT)
         .build()
-}
-
-enum Command {
-    Dial(Multiaddr),
-    Listen(Multiaddr),
 }
 
 /// What a peer reported that the tests judge, in the order it happened.
@@ -190,199 +179,31 @@ fn pinged_after(history: &[Seen], after: usize, peer: PeerId, connection: Connec
 }
 
 /// A rust-libp2p peer on a thread inside a LAN host's namespace.
-struct Peer {
-    name: &'static str,
-    id: PeerId,
-    commands: mpsc::Sender<Command>,
-    events: mpsc::Receiver<SwarmEvent<ClientEvent>>,
-    /// Everything judged so far (a test runs for seconds: a few hundred entries at most).
-    history: Vec<Seen>,
-    /// The latest events of any kind, for a failed wait to show.
-    recent: VecDeque<String>,
-    _thread: netns::Task<()>,
+type Peer = NsSwarm<Client, Seen>;
+
+/// Starts a peer in `host`'s namespace, listening on TCP and QUIC on all its addresses:
+/// its dials then leave from those ports (rust-libp2p's port reuse), so the NAT's mapping
+/// of the relay connection is the one the hole punch goes through.
+async fn start_peer(name: &str, host: &netns::Host) -> Peer {
+    let listen = vec![
+        "/ip4/0.0.0.0/tcp/0".parse().unwrap(),
+        "/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap(),
+    ];
+    NsSwarm::start(name, host, client, listen, Seen::of, T).await
 }
 
-impl Peer {
-    /// Starts a peer in `host`'s namespace, listening on TCP and QUIC on all its addresses:
-    /// its dials then leave from those ports (rust-libp2p's port reuse), so the NAT's
-    /// mapping of the relay connection is the one the hole punch goes through.
-    async fn start(name: &'static str, host: &netns::Host) -> Peer {
-        let (commands, mut command_rx) = mpsc::channel(16);
-        let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let thread = host
-            .spawn(async move || {
-                let mut swarm = client();
-                swarm
-                    .listen_on("/ip4/0.0.0.0/tcp/0".parse().unwrap())
-                    .unwrap();
-                swarm
-                    .listen_on("/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap())
-                    .unwrap();
-                // Listening on both before any dial, so dials reuse the listening ports.
-                let (mut tcp, mut quic) = (false, false);
-                while !(tcp && quic) {
-                    if let SwarmEvent::NewListenAddr { address, .. } =
-                        swarm.select_next_some().await
-                    {
-                        tcp |= Over::Tcp.is(&address);
-                        quic |= Over::Quic.is(&address);
-                    }
-                }
-                ready_tx.send(*swarm.local_peer_id()).unwrap();
-                loop {
-                    tokio::select! {
-                        command = command_rx.recv() => match command {
-                            Some(Command::Dial(addr)) => swarm
-                                .dial(addr.clone())
-                                .unwrap_or_else(|e| panic!("{name}: dial {addr}: {e}")),
-                            Some(Command::Listen(addr)) => {
-                                swarm
-                                    .listen_on(addr.clone())
-                                    .unwrap_or_else(|e| panic!("{name}: listen on {addr}: {e}"));
-                            }
-                            None => return,
-                        },
-                        event = swarm.select_next_some() => {
-                            if event_tx.send(event).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })
-            .unwrap();
-        let id = tokio::time::timeout(T, ready_rx)
-            .await
-            .unwrap_or_else(|_| panic!("{name}: not listening within {T:?}"))
-            .unwrap_or_else(|_| panic!("{name}: the peer's thread ended"));
-        Peer {
-            name,
-            id,
-            commands,
-            events,
-            history: Vec::new(),
-            recent: VecDeque::new(),
-            _thread: thread,
-        }
-    }
+/// The Pylon relay on the public host of a bed.
+type PublicRelay = NsPylon<Relay>;
 
-    async fn command(&self, command: Command) {
-        self.commands
-            .send(command)
-            .await
-            .unwrap_or_else(|_| panic!("{}: the peer's thread ended", self.name));
-    }
-
-    fn record(&mut self, event: &SwarmEvent<ClientEvent>) {
-        if self.recent.len() == SHOWN_EVENTS {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(format!("{event:?}"));
-        self.history.extend(Seen::of(event));
-    }
-
-    /// Waits until `pick` finds something in this peer's history: checked now, then after
-    /// each new event.
-    async fn until<R>(&mut self, what: &str, mut pick: impl FnMut(&[Seen]) -> Option<R>) -> R {
-        let found = tokio::time::timeout(T, async {
-            loop {
-                if let Some(r) = pick(&self.history) {
-                    return Some(r);
-                }
-                let event = self.events.recv().await?;
-                self.record(&event);
-            }
-        })
-        .await;
-        match found {
-            Ok(Some(r)) => r,
-            Ok(None) => panic!(
-                "{}: {what}: the peer's thread ended; recent events:\n{:#?}",
-                self.name, self.recent
-            ),
-            Err(_) => panic!(
-                "{}: {what}: not within {T:?}; recent events:\n{:#?}",
-                self.name, self.recent
-            ),
-        }
-    }
-
-    /// Takes the events delivered so far without waiting.
-    fn catch_up(&mut self) {
-        while let Ok(event) = self.events.try_recv() {
-            self.record(&event);
-        }
-    }
+async fn start_relay(bed: &Bed) -> PublicRelay {
+    NsPylon::start(bed.public(), Default::default(), Config::default(), T).await
 }
 
-/// The Pylon relay on the public host of `bed`.
-struct PublicRelay {
-    id: PeerId,
-    /// Its TCP and QUIC addresses with `/p2p/<id>`.
-    tcp: Multiaddr,
-    quic: Multiaddr,
-    role: Arc<Relay>,
-    _thread: netns::Task<()>,
-}
-
-impl PublicRelay {
-    async fn start(bed: &Bed) -> PublicRelay {
-        let ip = bed.public().ip();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let thread = bed
-            .public()
-            .spawn(async move || {
-                let tcp = format!("/ip4/{ip}/tcp/0");
-                let quic = format!("/ip4/{ip}/udp/0/quic-v1");
-                let node = kit::start(&[&tcp, &quic]).await;
-                let mut registry = Registry::default();
-                let role = Relay::start(
-                    &node,
-                    Config::default(),
-                    &mut Metrics::of::<Relay>(&mut registry),
-                )
-                .unwrap();
-                let id: PeerId = node.peer_id().to_string().parse().unwrap();
-                let addrs: Vec<Multiaddr> = node
-                    .host
-                    .listen_addrs()
-                    .iter()
-                    .map(|a| a.to_string().parse().unwrap())
-                    .collect();
-                if ready_tx.send((id, addrs, role)).is_err() {
-                    return;
-                }
-                // The node lives (and relays) until the test drops the thread.
-                std::future::pending::<()>().await
-            })
-            .unwrap();
-        let (id, addrs, role) = tokio::time::timeout(T, ready_rx)
-            .await
-            .expect("the relay starts in time")
-            .expect("the relay's thread runs");
-        let find = |over: Over| {
-            addrs
-                .iter()
-                .find(|a| over.is(a))
-                .unwrap_or_else(|| panic!("the relay listens on {over:?}: {addrs:?}"))
-                .clone()
-                .with(Protocol::P2p(id))
-        };
-        PublicRelay {
-            id,
-            tcp: find(Over::Tcp),
-            quic: find(Over::Quic),
-            role,
-            _thread: thread,
-        }
-    }
-
-    fn addr(&self, over: Over) -> Multiaddr {
-        match over {
-            Over::Tcp => self.tcp.clone(),
-            Over::Quic => self.quic.clone(),
-        }
+/// The relay's address over `over`, with `/p2p/<id>`.
+fn relay_at(relay: &PublicRelay, over: Over) -> Multiaddr {
+    match over {
+        Over::Tcp => relay.tcp.clone(),
+        Over::Quic => relay.quic.clone(),
     }
 }
 
@@ -404,10 +225,10 @@ struct Met {
 /// peers' histories.
 async fn meet_through_relay(over: Over, nat_a: Nat, nat_b: Nat) -> Met {
     let bed = Bed::builder().lan(nat_a).lan(nat_b).build().unwrap();
-    let relay = PublicRelay::start(&bed).await;
-    let relay_addr = relay.addr(over);
-    let mut a = Peer::start("A", &bed.lan(0).host).await;
-    let mut b = Peer::start("B", &bed.lan(1).host).await;
+    let relay = start_relay(&bed).await;
+    let relay_addr = relay_at(&relay, over);
+    let mut a = start_peer("A", &bed.lan(0).host).await;
+    let mut b = start_peer("B", &bed.lan(1).host).await;
     let (a_id, b_id, relay_id) = (a.id, b.id, relay.id);
     let observed = |history: &[Seen]| {
         history.iter().find_map(|s| match s {
@@ -418,10 +239,8 @@ async fn meet_through_relay(over: Over, nat_a: Nat, nat_b: Nat) -> Met {
 
     // A reserves. Its DCUtR candidate is what the relay's identify observed: its router's
     // public address (and, with port reuse through an endpoint-independent NAT, A's port).
-    a.command(Command::Listen(
-        relay_addr.clone().with(Protocol::P2pCircuit),
-    ))
-    .await;
+    a.listen_on(relay_addr.clone().with(Protocol::P2pCircuit))
+        .await;
     let a_seen_at = a
         .until("A's reservation and observed address", |h| {
             let reserved = h
@@ -439,7 +258,7 @@ async fn meet_through_relay(over: Over, nat_a: Nat, nat_b: Nat) -> Met {
 
     // B connects to the relay first, so that its candidate is known before the circuit
     // opens (DCUtR takes the candidates a connection starts with).
-    b.command(Command::Dial(relay_addr.clone())).await;
+    b.dial(relay_addr.clone()).await;
     let b_seen_at = b.until("B's observed address", observed).await;
     assert_eq!(
         b_seen_at.iter().next(),
@@ -449,11 +268,11 @@ async fn meet_through_relay(over: Over, nat_a: Nat, nat_b: Nat) -> Met {
 
     // B dials A through the relay: its first connection to A is the circuit, and so is A's
     // first to B; each side's ping is answered over it.
-    b.command(Command::Dial(
+    b.dial(
         relay_addr
             .with(Protocol::P2pCircuit)
             .with(Protocol::P2p(a_id)),
-    ))
+    )
     .await;
     let mut circuits = Vec::new();
     for (peer, other) in [(&mut b, a_id), (&mut a, b_id)] {
@@ -617,6 +436,45 @@ async fn quic_hole_punch_fails_behind_a_symmetric_nat_and_the_circuit_stays() {
     symmetric_nat(Over::Quic).await;
 }
 
+/// A rust-libp2p peer ("R") on LAN 1 of `bed`, connected to the relay over `over` until
+/// the relay's identify gave it its candidate address (DCUtR takes the candidates a
+/// connection starts with).
+async fn seen_by_relay(bed: &Bed, relay_addr: &Multiaddr, over: Over) -> Peer {
+    let mut rust = start_peer("R", &bed.lan(1).host).await;
+    rust.dial(relay_addr.clone()).await;
+    rust.until("R's observed address", |h| {
+        h.iter().find_map(|s| match s {
+            Seen::Candidate(a) if over.is(a) => Some(()),
+            _ => None,
+        })
+    })
+    .await;
+    rust
+}
+
+/// `rust` dials `target` through the relay; returns where in its history its first
+/// connection to `target` is, and that connection, which must be the circuit.
+async fn circuit_to(
+    rust: &mut Peer,
+    relay_addr: &Multiaddr,
+    target: PeerId,
+) -> (usize, ConnectionId) {
+    rust.dial(
+        relay_addr
+            .clone()
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(target)),
+    )
+    .await;
+    rust.until("R's first connection through the relay", |h| {
+        connections(h, target).next().map(|(i, id, endpoint)| {
+            assert!(endpoint.is_relayed(), "first connection: {endpoint:?}");
+            (i, id)
+        })
+    })
+    .await
+}
+
 /// A Pylon node behind an endpoint-independent NAT, reachable through the Pylon relay
 /// (`relay_client` reservation), hole punches with a rust-libp2p peer behind another NAT
 /// that dialed it through the relay: Pylon runs DCUtR's initiator side (it received the
@@ -629,8 +487,8 @@ async fn a_pylon_node_behind_nat_hole_punches_with_a_rust_libp2p_peer() {
         .lan(Nat::EndpointIndependent)
         .build()
         .unwrap();
-    let relay = PublicRelay::start(&bed).await;
-    let relay_addr = relay.addr(Over::Tcp);
+    let relay = start_relay(&bed).await;
+    let relay_addr = relay_at(&relay, Over::Tcp);
 
     // The Pylon node, on LAN 0: holds a reservation, then waits to be told whom to expect.
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -681,31 +539,10 @@ async fn a_pylon_node_behind_nat_hole_punches_with_a_rust_libp2p_peer() {
         .unwrap();
 
     // The rust-libp2p peer, on LAN 1: to the relay first (its candidate), then through it.
-    let mut rust = Peer::start("R", &bed.lan(1).host).await;
-    rust.command(Command::Dial(relay_addr.clone())).await;
-    rust.until("R's observed address", |h| {
-        h.iter().find_map(|s| match s {
-            Seen::Candidate(a) if Over::Tcp.is(a) => Some(()),
-            _ => None,
-        })
-    })
-    .await;
+    let mut rust = seen_by_relay(&bed, &relay_addr, Over::Tcp).await;
     let (reply_tx, reply_rx) = oneshot::channel();
     expect_tx.send((rust.id.to_string(), reply_tx)).unwrap();
-    rust.command(Command::Dial(
-        relay_addr
-            .with(Protocol::P2pCircuit)
-            .with(Protocol::P2p(pylon_id)),
-    ))
-    .await;
-    let (first, _) = rust
-        .until("R's connection to Pylon through the relay", |h| {
-            connections(h, pylon_id).next().map(|(i, id, endpoint)| {
-                assert!(endpoint.is_relayed(), "first connection: {endpoint:?}");
-                (i, id)
-            })
-        })
-        .await;
+    let (first, _) = circuit_to(&mut rust, &relay_addr, pylon_id).await;
     // Then a direct one, to Pylon's router.
     let direct = rust
         .until("R's direct connection to Pylon", |h| {
@@ -747,8 +584,8 @@ async fn a_js_libp2p_peer_behind_nat_hole_punches_with_a_rust_libp2p_peer() {
         .lan(Nat::EndpointIndependent)
         .build()
         .unwrap();
-    let relay = PublicRelay::start(&bed).await;
-    let relay_addr = relay.addr(Over::Quic);
+    let relay = start_relay(&bed).await;
+    let relay_addr = relay_at(&relay, Over::Quic);
     let (js_router, rust_router) = (bed.lan(0).router.ip(), bed.lan(1).router.ip());
 
     // The js peer, on LAN 0: reserves over QUIC, and its observed address is its router's.
@@ -777,29 +614,8 @@ async fn a_js_libp2p_peer_behind_nat_hole_punches_with_a_rust_libp2p_peer() {
     );
 
     // The rust-libp2p peer, on LAN 1: to the relay first (its candidate), then through it.
-    let mut rust = Peer::start("R", &bed.lan(1).host).await;
-    rust.command(Command::Dial(relay_addr.clone())).await;
-    rust.until("R's observed address", |h| {
-        h.iter().find_map(|s| match s {
-            Seen::Candidate(a) if Over::Quic.is(a) => Some(()),
-            _ => None,
-        })
-    })
-    .await;
-    rust.command(Command::Dial(
-        relay_addr
-            .with(Protocol::P2pCircuit)
-            .with(Protocol::P2p(js_id)),
-    ))
-    .await;
-    let (first, circuit) = rust
-        .until("R's connection to js through the relay", |h| {
-            connections(h, js_id).next().map(|(i, id, endpoint)| {
-                assert!(endpoint.is_relayed(), "first connection: {endpoint:?}");
-                (i, id)
-            })
-        })
-        .await;
+    let mut rust = seen_by_relay(&bed, &relay_addr, Over::Quic).await;
+    let (first, circuit) = circuit_to(&mut rust, &relay_addr, js_id).await;
     rust.until("R's ping of js over the circuit", |h| {
         pinged_after(h, first, js_id, circuit).then_some(())
     })

@@ -50,6 +50,23 @@ fn client_config(confirmations: usize) -> node::Config {
     }
 }
 
+/// v2 answers about one loopback TCP address that `client` judged `reachability`
+/// (`libp2p_autonatv2_client_requests_completed_total`).
+fn answers(client: &Node, reachability: &'static str) -> u64 {
+    client
+        .host
+        .metrics()
+        .autonat_v2_completed
+        .get_or_create(&pylon_node::metrics::AutonatClientLabels {
+            ip_or_dns_version: "ip4",
+            transport: "tcp",
+            addr_count: "1",
+            dial_refused: "false",
+            reachability,
+        })
+        .get()
+}
+
 /// Three servers on three IPs reach the client's listen address: it is public, the node
 /// is, the metrics say so, and a DHT in `auto` mode turns to server mode.
 #[tokio::test]
@@ -115,19 +132,7 @@ async fn fewer_servers_than_confirmations_leave_reachability_unknown() {
     .await;
     // The second answer is in once the second dial-back is: give the client its turn.
     wait::until("the client to have both answers", T, || {
-        client
-            .host
-            .metrics()
-            .autonat_v2_completed
-            .get_or_create(&pylon_node::metrics::AutonatClientLabels {
-                ip_or_dns_version: "ip4",
-                transport: "tcp",
-                addr_count: "1",
-                dial_refused: "false",
-                reachability: "public",
-            })
-            .get()
-            >= 2
+        answers(&client, "public") >= 2
     })
     .await;
     assert_eq!(client.autonat.reachability(), Verdict::Unknown);
@@ -171,19 +176,7 @@ async fn a_server_claiming_a_dial_back_it_never_made_is_not_believed() {
     })
     .await;
     wait::until("the client to have judged the answer", T, || {
-        client
-            .host
-            .metrics()
-            .autonat_v2_completed
-            .get_or_create(&pylon_node::metrics::AutonatClientLabels {
-                ip_or_dns_version: "ip4",
-                transport: "tcp",
-                addr_count: "1",
-                dial_refused: "false",
-                reachability: "unknown",
-            })
-            .get()
-            >= 1
+        answers(&client, "unknown") >= 1
     })
     .await;
     assert_eq!(client.autonat.reachability(), Verdict::Unknown);

@@ -12,6 +12,9 @@ use pylon_testkit::wait;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub const T: Duration = Duration::from_secs(20);
+pub mod ns_pylon;
+pub mod ns_swarm;
+
 pub const RUST_AGENT: &str = "rust-libp2p-interop";
 
 /// A Pylon node listening on loopback TCP.
