@@ -1,8 +1,18 @@
 //! Prometheus metrics of the stack, named after go-libp2p's families so its Grafana
-//! dashboards read them (`libp2p_swarm_*`). No label ever carries a PeerId or an IP, and
-//! protocol labels only take values we registered ourselves, so cardinality is bounded.
+//! dashboards read them (`libp2p_swarm_*`, `libp2p_identify_*`, `libp2p_host_addrs_*`,
+//! `libp2p_autorelay_*`, `libp2p_holepunch_*`, `libp2p_autonat*`, and the resource
+//! manager's `libp2p_rcmgr_*` in [`crate::resource_metrics`]), plus the process's own
+//! (`process_*`, `pylon_build_info`: [`crate::process_metrics`]). No label ever carries a
+//! PeerId or an IP, and protocol labels only take values we registered ourselves, so
+//! cardinality is bounded.
+//!
+//! Label values follow go-libp2p's where a dashboard filters on them (`dir` is `inbound`
+//! or `outbound`, `side` `initiator` or `receiver`, `num_dials` `0` to `5` or `>=6`).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use multiaddr::{Multiaddr, Protocol};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -135,6 +145,49 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// `libp2p_swarm_dials_per_peer_total` and `libp2p_swarm_dial_latency_seconds`: one
+/// [`crate::host::Host::connect`] that had to dial.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DialOutcomeLabels {
+    /// `success` or `failed`.
+    pub outcome: &'static str,
+    /// Addresses dialed: `0` to `5`, or `>=6`.
+    pub num_dials: &'static str,
+}
+
+/// `libp2p_identify_identify_pushes_triggered_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    /// `protocols_updated` or `addresses_updated`.
+    pub trigger: &'static str,
+}
+
+/// `libp2p_identify_conn_push_support_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushSupportLabels {
+    /// `supported`, `not supported` (go-libp2p's words), or `unknown` (identify failed).
+    pub support: &'static str,
+}
+
+/// `libp2p_host_addrs_*`: our addresses by IP version and transport.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddrLabels {
+    /// `ip4`, `ip6` or `unknown`.
+    pub ipv: &'static str,
+    pub transport: &'static str,
+}
+
+/// `libp2p_autorelay_reservation_requests_outcome_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReservationRequestLabels {
+    /// `new` or `refresh`.
+    pub request_type: &'static str,
+    /// `success`, or go-libp2p's words for the relay's refusal (`reservation refused`,
+    /// `resource limit exceeded`, `permission denied`, `connection failed`, `malformed
+    /// message`), or `err other` (no answer, a broken one, a failed dial).
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
     /// The supervised task (`tcp_listener`, `kad_refresh`, ...).
@@ -149,6 +202,302 @@ fn latency_histogram() -> Histogram {
 
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.5, 2.0, 20))
+}
+
+/// go-libp2p's buckets of the dial latency and the dial ranking delay (its dashboard
+/// picks `le` values out of these).
+const DIAL_BUCKETS: [f64; 11] = [0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0];
+
+fn dial_histogram() -> Histogram {
+    Histogram::new(DIAL_BUCKETS)
+}
+
+/// go-libp2p's buckets of identify's received address and protocol counts: 1 to 20,
+/// then 25 to 100 in steps of 5.
+fn count_histogram() -> Histogram {
+    Histogram::new((1..=20).chain((5..=20).map(|i| i * 5)).map(f64::from))
+}
+
+/// The `num_dials` label of a count of dials.
+pub fn num_dials_label(n: usize) -> &'static str {
+    ["0", "1", "2", "3", "4", "5"]
+        .get(n)
+        .copied()
+        .unwrap_or(">=6")
+}
+
+/// go-libp2p's transport of an address: the last of circuit, WebRTC, WebTransport, QUIC,
+/// WebSocket or TCP in it, else `other`.
+pub fn transport_label(addr: &Multiaddr) -> &'static str {
+    let components: Vec<Protocol<'_>> = addr.iter().collect();
+    for p in components.iter().rev() {
+        let label = match p {
+            Protocol::P2pCircuit => "p2p-circuit",
+            Protocol::WebRTC => "webrtc",
+            Protocol::WebRTCDirect => "webrtc-direct",
+            Protocol::WebTransport => "webtransport",
+            Protocol::Quic => "quic",
+            Protocol::QuicV1 => "quic-v1",
+            Protocol::Wss(_) => "wss",
+            Protocol::Ws(_) => "ws",
+            Protocol::Tcp(_) => "tcp",
+            _ => continue,
+        };
+        return label;
+    }
+    "other"
+}
+
+/// go-libp2p's IP version of an address: that of its first component.
+pub fn ipv_label(addr: &Multiaddr) -> &'static str {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(_) | Protocol::Dns4(_)) => "ip4",
+        Some(Protocol::Ip6(_) | Protocol::Dns6(_)) => "ip6",
+        _ => "unknown",
+    }
+}
+
+/// Identify's families (`libp2p_identify_*`), as go-libp2p counts them: `dir` is the
+/// direction of the identify message (we answer a request: `inbound`; we asked and got
+/// an answer: `outbound`; a push we received: `inbound`, one we sent: `outbound`).
+pub struct IdentifyMetrics {
+    pub pushes_triggered: Family<TriggerLabels, Counter>,
+    pub exchanges: Family<DirLabels, Counter>,
+    pub pushes: Family<DirLabels, Counter>,
+    pub push_support: Family<PushSupportLabels, Counter>,
+    /// Protocols in the last identify message we sent.
+    pub protocols_count: Gauge,
+    /// Addresses in the last identify message we sent.
+    pub addrs_count: Gauge,
+    pub protocols_received: Histogram,
+    pub addrs_received: Histogram,
+}
+
+impl IdentifyMetrics {
+    fn new() -> Self {
+        IdentifyMetrics {
+            pushes_triggered: Family::default(),
+            exchanges: Family::default(),
+            pushes: Family::default(),
+            push_support: Family::default(),
+            protocols_count: Gauge::default(),
+            addrs_count: Gauge::default(),
+            protocols_received: count_histogram(),
+            addrs_received: count_histogram(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("libp2p_identify");
+        r.register(
+            "identify_pushes_triggered",
+            "Identify pushes triggered, by what changed",
+            self.pushes_triggered.clone(),
+        );
+        r.register(
+            "identify",
+            "Identify messages (answers to identify requests), by direction",
+            self.exchanges.clone(),
+        );
+        r.register(
+            "identify_push",
+            "Identify push messages, by direction",
+            self.pushes.clone(),
+        );
+        r.register(
+            "conn_push_support",
+            "New connections by whether the peer supports identify push",
+            self.push_support.clone(),
+        );
+        r.register(
+            "protocols_count",
+            "Protocols in the last identify message we sent",
+            self.protocols_count.clone(),
+        );
+        r.register(
+            "addrs_count",
+            "Addresses in the last identify message we sent",
+            self.addrs_count.clone(),
+        );
+        r.register(
+            "protocols_received",
+            "Protocols in identify messages received",
+            self.protocols_received.clone(),
+        );
+        r.register(
+            "addrs_received",
+            "Addresses in identify messages received",
+            self.addrs_received.clone(),
+        );
+    }
+
+    /// Counts an identify message we sent (a push or an answer) with these counts.
+    pub fn sent(&self, push: bool, protocols: usize, addrs: usize) {
+        let (family, dir) = if push {
+            (&self.pushes, "outbound")
+        } else {
+            (&self.exchanges, "inbound")
+        };
+        family.get_or_create(&DirLabels { dir }).inc();
+        self.protocols_count
+            .set(i64::try_from(protocols).unwrap_or(i64::MAX));
+        self.addrs_count
+            .set(i64::try_from(addrs).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an identify message we received (a push or an answer) with these counts.
+    pub fn received(&self, push: bool, protocols: usize, addrs: usize) {
+        let (family, dir) = if push {
+            (&self.pushes, "inbound")
+        } else {
+            (&self.exchanges, "outbound")
+        };
+        family.get_or_create(&DirLabels { dir }).inc();
+        self.protocols_received.observe(protocols as f64);
+        self.addrs_received.observe(addrs as f64);
+    }
+}
+
+/// Our addresses by reachability (`libp2p_host_addrs_{reachable,unreachable,unknown}`),
+/// counted by IP version and transport as AutoNAT judges them.
+pub struct HostAddrMetrics {
+    pub reachable: Family<AddrLabels, Gauge>,
+    pub unreachable: Family<AddrLabels, Gauge>,
+    pub unknown: Family<AddrLabels, Gauge>,
+    /// Every (IP version, transport) reported so far: a key that empties is set to 0
+    /// rather than left at its last count. Bounded by the label values.
+    seen: Mutex<HashSet<AddrLabels>>,
+}
+
+impl HostAddrMetrics {
+    fn new() -> Self {
+        HostAddrMetrics {
+            reachable: Family::default(),
+            unreachable: Family::default(),
+            unknown: Family::default(),
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("libp2p_host_addrs");
+        r.register(
+            "reachable",
+            "Our addresses AutoNAT found reachable, by IP version and transport",
+            self.reachable.clone(),
+        );
+        r.register(
+            "unreachable",
+            "Our addresses AutoNAT found unreachable, by IP version and transport",
+            self.unreachable.clone(),
+        );
+        r.register(
+            "unknown",
+            "Our addresses AutoNAT has no verdict on yet, by IP version and transport",
+            self.unknown.clone(),
+        );
+    }
+
+    /// Sets the counts from the addresses of each verdict.
+    pub fn set(&self, reachable: &[Multiaddr], unreachable: &[Multiaddr], unknown: &[Multiaddr]) {
+        let key = |a: &Multiaddr| AddrLabels {
+            ipv: ipv_label(a),
+            transport: transport_label(a),
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.extend(reachable.iter().chain(unreachable).chain(unknown).map(key));
+        for (family, addrs) in [
+            (&self.reachable, reachable),
+            (&self.unreachable, unreachable),
+            (&self.unknown, unknown),
+        ] {
+            for k in seen.iter() {
+                let n = addrs.iter().filter(|a| key(a) == *k).count();
+                family
+                    .get_or_create(k)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+/// The relay client's reservations under go-libp2p's autorelay families
+/// (`libp2p_autorelay_*`). Pylon holds reservations on the relays it is configured with
+/// (`relay_client.listen_via`); it does not search for relays, so the candidate families
+/// of go-libp2p's relay finder have nothing to report and are not exported.
+pub struct AutorelayMetrics {
+    /// 1 while the client keeps reservations (relays are configured), else 0.
+    pub status: Gauge,
+    /// Reservations the client keeps (the configured relays).
+    pub desired_reservations: Gauge,
+    pub reservations_opened: Counter,
+    pub reservations_closed: Counter,
+    pub reservation_requests: Family<ReservationRequestLabels, Counter>,
+    /// Circuit addresses we hold now (one per relay holding our reservation).
+    pub relay_addresses: Gauge,
+    pub relay_addresses_updated: Counter,
+}
+
+impl AutorelayMetrics {
+    fn new() -> Self {
+        let m = AutorelayMetrics {
+            status: Gauge::default(),
+            desired_reservations: Gauge::default(),
+            reservations_opened: Counter::default(),
+            reservations_closed: Counter::default(),
+            reservation_requests: Family::default(),
+            relay_addresses: Gauge::default(),
+            relay_addresses_updated: Counter::default(),
+        };
+        // As go-libp2p: present from the start, so `increase` sees the first success.
+        for request_type in ["new", "refresh"] {
+            m.reservation_requests
+                .get_or_create_owned(&ReservationRequestLabels {
+                    request_type,
+                    outcome: "success",
+                });
+        }
+        m
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("libp2p_autorelay");
+        r.register(
+            "status",
+            "1 while the relay client keeps reservations on configured relays",
+            self.status.clone(),
+        );
+        r.register(
+            "desired_reservations",
+            "Relays the client keeps a reservation on (relay_client.listen_via)",
+            self.desired_reservations.clone(),
+        );
+        r.register(
+            "reservations_opened",
+            "Reservations made (not counting refreshes)",
+            self.reservations_opened.clone(),
+        );
+        r.register(
+            "reservations_closed",
+            "Reservations lost (the relay connection closed, or a refresh failed)",
+            self.reservations_closed.clone(),
+        );
+        r.register(
+            "reservation_requests_outcome",
+            "Reservation requests, by type (new, refresh) and outcome",
+            self.reservation_requests.clone(),
+        );
+        r.register(
+            "relay_addresses_count",
+            "Circuit addresses we are reachable at now",
+            self.relay_addresses.clone(),
+        );
+        r.register(
+            "relay_addresses_updated",
+            "Changes of our circuit addresses",
+            self.relay_addresses_updated.clone(),
+        );
+    }
 }
 
 /// Every metric of the node stack, registered once in [`Metrics::new`].
@@ -186,6 +535,19 @@ pub struct Metrics {
     pub autonat_v2_requests: Family<OutcomeLabels, Counter>,
     pub autonat_v2_completed: Family<AutonatClientLabels, Counter>,
     pub reachability_addresses: Family<VerdictLabels, Gauge>,
+    /// `libp2p_swarm_dials_per_peer_total`: connects that had to dial, by outcome and
+    /// addresses tried.
+    pub dials_per_peer: Family<DialOutcomeLabels, Counter>,
+    /// `libp2p_swarm_dial_latency_seconds`: from the first dial to the outcome.
+    pub dial_latency: Family<DialOutcomeLabels, Histogram, fn() -> Histogram>,
+    /// `libp2p_swarm_dial_ranking_delay_seconds`: how long the address that connected
+    /// waited for its turn (happy eyeballs).
+    pub dial_ranking_delay: Histogram,
+    pub identify: IdentifyMetrics,
+    pub host_addrs: HostAddrMetrics,
+    pub autorelay: AutorelayMetrics,
+    /// go-libp2p's resource manager families (`libp2p_rcmgr_*`).
+    pub resources: Arc<crate::resource_metrics::Resources>,
     /// The node's database (`pylon_storage_*`).
     pub storage: Arc<crate::storage::Metrics>,
     /// Supervised tasks that ended before shutdown (`pylon_task_failures_total`).
@@ -227,9 +589,38 @@ impl Metrics {
             autonat_v2_requests: Family::default(),
             autonat_v2_completed: Family::default(),
             reachability_addresses: Family::default(),
+            dials_per_peer: Family::default(),
+            dial_latency: Family::new_with_constructor(dial_histogram),
+            dial_ranking_delay: dial_histogram(),
+            identify: IdentifyMetrics::new(),
+            host_addrs: HostAddrMetrics::new(),
+            autorelay: AutorelayMetrics::new(),
+            resources: crate::resource_metrics::Resources::new(registry),
             storage: crate::storage::Metrics::new(registry),
             task_failures: Family::default(),
         };
+        crate::process_metrics::register(registry);
+        // Hole punching as go-libp2p starts it: every side and outcome present at 0, so
+        // a node that never punched shows zeros rather than no data.
+        for side in ["initiator", "receiver"] {
+            for outcome in ["success", "failed", "no_suitable_address"] {
+                m.holepunch_outcomes
+                    .get_or_create_owned(&HolepunchLabels { side, outcome });
+            }
+            for transport in ["tcp", "quic-v1"] {
+                for outcome in ["success", "failed"] {
+                    m.holepunch_addresses
+                        .get_or_create_owned(&HolepunchAddrLabels {
+                            side,
+                            transport,
+                            outcome,
+                        });
+                }
+            }
+        }
+        m.identify.register(registry);
+        m.host_addrs.register(registry);
+        m.autorelay.register(registry);
         registry.register(
             "pylon_task_failures",
             "Core tasks (listeners, periodic jobs) that ended or panicked before shutdown",
@@ -278,6 +669,21 @@ impl Metrics {
             m.streams_opened.clone(),
         );
         swarm.register("streams", "Streams open now", m.streams.clone());
+        swarm.register(
+            "dials_per_peer",
+            "Connects that had to dial, by outcome and addresses dialed",
+            m.dials_per_peer.clone(),
+        );
+        swarm.register(
+            "dial_latency_seconds",
+            "Time from a connect's first dial to its outcome",
+            m.dial_latency.clone(),
+        );
+        swarm.register(
+            "dial_ranking_delay_seconds",
+            "How long the address that connected waited for its turn (happy eyeballs)",
+            m.dial_ranking_delay.clone(),
+        );
         let libp2p = registry.sub_registry_with_prefix("libp2p");
         libp2p.register(
             "protocol_errors",

@@ -44,6 +44,10 @@ pub trait Store: Send + Sync + 'static {
             .filter(|(k, _)| k.starts_with(prefix))
             .collect())
     }
+    /// Every key, in key order, without the values (a listing that must not load them).
+    fn keys(&self) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(self.scan()?.into_iter().map(|(k, _)| k).collect())
+    }
     /// Makes every earlier write durable.
     async fn flush(&self) -> Result<(), Error>;
     /// Registers what to write back after the engine recovered from a failure (see

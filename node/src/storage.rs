@@ -855,6 +855,11 @@ impl Store for SledTree {
                 .collect()
         })
     }
+    fn keys(&self) -> Result<Vec<Vec<u8>>, peerstore::Error> {
+        self.op("read", |t| {
+            t.iter().keys().map(|r| r.map(|k| k.to_vec())).collect()
+        })
+    }
     async fn flush(&self) -> Result<(), peerstore::Error> {
         self.storage.flush().await.map_err(Into::into)
     }

@@ -27,6 +27,7 @@ struct Raw {
     listen: Vec<String>,
     log: String,
     metrics: Option<RawMetrics>,
+    admin: Option<RawAdmin>,
     identify: RawIdentify,
     connections: RawConnections,
     peerstore: RawPeerstore,
@@ -39,6 +40,8 @@ struct Raw {
     relay_client: RawRelayClient,
     #[serde(default)]
     autonat: RawAutonat,
+    #[serde(default)]
+    telemetry: RawTelemetry,
     /// `[roles.NAME]` sections, each read by its role (`pylon_roles::configure`).
     roles: Table,
 }
@@ -47,6 +50,24 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: String,
+    #[serde(default = "default_header_timeout")]
+    header_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: String,
+    #[serde(default = "default_request_timeout")]
+    request_timeout: String,
+    #[serde(default = "default_http_max_connections")]
+    max_connections: usize,
+}
+
+/// `[admin]`: the admin API's listener (on by default, on loopback), its token file and
+/// the same bounds as `[metrics]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    #[serde(default)]
+    token_file: String,
     #[serde(default = "default_header_timeout")]
     header_timeout: String,
     #[serde(default = "default_idle_timeout")]
@@ -101,6 +122,8 @@ struct RawConnections {
     port_reuse: bool,
     security: Vec<String>,
     inline_muxer: bool,
+    #[serde(default, deserialize_with = "pylon_roles::config::string_list")]
+    deny: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +179,17 @@ fn autonat(raw: &RawAutonat) -> Result<pylon_node::protocols::autonat::Config, E
         allow_loopback: raw.allow_loopback,
         ..Default::default()
     })
+}
+
+/// Traces (`pylon/src/telemetry.rs`): the collector, unless the `OTEL_*` environment says
+/// otherwise.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    /// OTLP/HTTP base URL (`http://collector:4318`); empty = traces off unless
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    #[serde(default)]
+    otlp_endpoint: String,
 }
 
 /// `kad.server`: `true`, `false` or `"auto"` (follow our reachability).
@@ -294,6 +328,16 @@ pub(crate) struct Config {
     pub metrics: Option<SocketAddr>,
     /// Timeouts and connection cap of the metrics listener (`[metrics]`).
     pub metrics_http: crate::http::Config,
+    /// The admin API's address (`admin.listen`); `None` when it is off.
+    pub admin: Option<SocketAddr>,
+    /// Timeouts and connection cap of the admin listener (`[admin]`).
+    pub admin_http: crate::http::Config,
+    /// The admin token's file (`admin.token_file`, by default `DATA_DIR/admin.token`).
+    pub admin_token_file: PathBuf,
+    /// Peers and IP prefixes never connected to or from (`connections.deny`).
+    pub deny: Vec<pylon_node::host::BanTarget>,
+    /// `telemetry.otlp_endpoint`, if set (the `OTEL_*` environment may override it).
+    pub otlp_endpoint: Option<String>,
     pub shutdown_grace: Duration,
     /// The node's config, with what the roles need from it applied.
     pub node: pylon_node::node::Config,
@@ -307,6 +351,7 @@ pub(crate) struct Flags {
     pub data_dir: Option<PathBuf>,
     pub listen: Vec<String>,
     pub metrics: Option<String>,
+    pub admin: Option<String>,
     pub roles: Vec<String>,
 }
 
@@ -349,18 +394,21 @@ pub(crate) fn merge_sources(src: &Sources<'_>) -> Result<Table, Error> {
             Value::Array(f.listen.iter().cloned().map(Value::String).collect()),
         );
     }
-    if let Some(m) = &f.metrics {
-        // Only the address: the section's other keys (timeouts, cap) stay as configured.
-        let metrics = tree
-            .entry("metrics")
+    // Only the addresses: the sections' other keys (timeouts, cap) stay as configured.
+    for (section, flag) in [("metrics", &f.metrics), ("admin", &f.admin)] {
+        let Some(addr) = flag else {
+            continue;
+        };
+        let entry = tree
+            .entry(section)
             .or_insert_with(|| Value::Table(Table::new()));
-        match metrics {
+        match entry {
             Value::Table(t) => {
-                t.insert("listen".into(), Value::String(m.clone()));
+                t.insert("listen".into(), Value::String(addr.clone()));
             }
             other => {
                 let mut t = Table::new();
-                t.insert("listen".into(), Value::String(m.clone()));
+                t.insert("listen".into(), Value::String(addr.clone()));
                 *other = Value::Table(t);
             }
         }
@@ -482,9 +530,35 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
     listen_peer_ids(&listen, &data_dir)?;
     log_filter(&raw.log).map_err(|m| bad("log", &raw.log, &m))?;
     let metrics_http = match &raw.metrics {
-        Some(m) => metrics_http(m)?,
+        Some(m) => listener_http(
+            "metrics",
+            (&m.header_timeout, &m.idle_timeout, &m.request_timeout),
+            m.max_connections,
+        )?,
         None => crate::http::Config::default(),
     };
+    let admin_http = match &raw.admin {
+        Some(a) => listener_http(
+            "admin",
+            (&a.header_timeout, &a.idle_timeout, &a.request_timeout),
+            a.max_connections,
+        )?,
+        None => crate::http::Config::default(),
+    };
+    let admin_token_file = match raw.admin.as_ref().map(|a| a.token_file.as_str()) {
+        None | Some("") => data_dir.join(pylon_dashboard::token::TOKEN_FILE),
+        Some(path) => PathBuf::from(path),
+    };
+    let admin = raw
+        .admin
+        .as_ref()
+        .filter(|a| !a.listen.is_empty() && a.listen != "off")
+        .map(|a| {
+            a.listen
+                .parse::<SocketAddr>()
+                .map_err(|e| bad("admin.listen", &a.listen, &e.to_string()))
+        })
+        .transpose()?;
     let metrics = raw
         .metrics
         .filter(|m| !m.listen.is_empty() && m.listen != "off")
@@ -526,6 +600,12 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         })?,
         timeout: duration("dns.timeout", &raw.dns.timeout)?,
     };
+    let deny = list("connections.deny", &c.deny, |s| {
+        s.parse::<pylon_roles::relay::Entry>().map(|e| match e {
+            pylon_roles::relay::Entry::Peer(p) => pylon_node::host::BanTarget::Peer(p),
+            pylon_roles::relay::Entry::Prefix(p) => pylon_node::host::BanTarget::Prefix(p),
+        })
+    })?;
     let websocket = websocket(&raw.websocket)?;
     if websocket.server.is_none() {
         for (i, addr) in listen.iter().enumerate() {
@@ -636,6 +716,21 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         log: raw.log,
         metrics,
         metrics_http,
+        admin,
+        admin_http,
+        admin_token_file,
+        deny,
+        otlp_endpoint: match raw.telemetry.otlp_endpoint.as_str() {
+            "" => None,
+            url if url.starts_with("http://") => Some(url.to_owned()),
+            url => {
+                return Err(bad(
+                    "telemetry.otlp_endpoint",
+                    url,
+                    "must be an http:// URL of an OTLP/HTTP collector (port 4318)",
+                ))
+            }
+        },
         shutdown_grace: duration("connections.shutdown_grace", &c.shutdown_grace)?,
         node,
         roles,
@@ -677,20 +772,25 @@ fn listen_peer_ids(listen: &[Multiaddr], data_dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks the bounds of the metrics listener.
-fn metrics_http(raw: &RawMetrics) -> Result<crate::http::Config, Error> {
-    if !(1..=MAX_HTTP_CONNECTIONS).contains(&raw.max_connections) {
+/// Checks the bounds of an HTTP listener's section (`metrics`, `admin`): the header, idle
+/// and request timeouts, and the connection cap.
+fn listener_http(
+    section: &str,
+    (header, idle, request): (&str, &str, &str),
+    max_connections: usize,
+) -> Result<crate::http::Config, Error> {
+    if !(1..=MAX_HTTP_CONNECTIONS).contains(&max_connections) {
         return Err(bad(
-            "metrics.max_connections",
-            &raw.max_connections.to_string(),
+            &format!("{section}.max_connections"),
+            &max_connections.to_string(),
             &format!("must be between 1 and {MAX_HTTP_CONNECTIONS}"),
         ));
     }
     Ok(crate::http::Config {
-        header_timeout: duration("metrics.header_timeout", &raw.header_timeout)?,
-        idle_timeout: duration("metrics.idle_timeout", &raw.idle_timeout)?,
-        request_timeout: duration("metrics.request_timeout", &raw.request_timeout)?,
-        max_connections: raw.max_connections,
+        header_timeout: duration(&format!("{section}.header_timeout"), header)?,
+        idle_timeout: duration(&format!("{section}.idle_timeout"), idle)?,
+        request_timeout: duration(&format!("{section}.request_timeout"), request)?,
+        max_connections,
     })
 }
 
@@ -987,6 +1087,7 @@ mod tests {
             data_dir: Some("/from/flag".into()),
             listen: vec!["/ip4/127.0.0.1/tcp/2".into(), "/memory/5".into()],
             metrics: Some("127.0.0.1:1".into()),
+            admin: None,
             roles: vec![],
         };
         let c = load(sources(Some(file), &env, flags)).unwrap();
@@ -1184,6 +1285,57 @@ mod tests {
         ))
         .unwrap();
         assert!(c.metrics.is_none());
+    }
+
+    #[test]
+    fn the_admin_api_and_the_deny_list() {
+        let c = load_file("[admin]\nlisten = \"off\"\n");
+        assert!(c.admin.is_none());
+        assert_eq!(
+            c.admin_token_file,
+            PathBuf::from("/home/op/.local/share/pylon/admin.token")
+        );
+        let file = "[admin]\ntoken_file = \"/etc/pylon/token\"\nmax_connections = 4\n";
+        let flags = Flags {
+            admin: Some("[::1]:0".into()),
+            ..Default::default()
+        };
+        let c = load(sources(Some(file), &[], flags)).unwrap();
+        assert_eq!(c.admin, Some("[::1]:0".parse().unwrap()));
+        assert_eq!(c.admin_token_file, PathBuf::from("/etc/pylon/token"));
+        assert_eq!(c.admin_http.max_connections, 4);
+        let peer = "12D3KooWGC6TvWhfapngNDsCf7RGSGkrjRZ7dKYQPM6Lq4NN2pw5";
+        let env = [(
+            "PYLON_CONNECTIONS__DENY",
+            &format!("{peer}, 10.6.0.0/16")[..],
+        )];
+        let c = load(sources(None, &env, Flags::default())).unwrap();
+        assert_eq!(
+            c.deny,
+            [
+                pylon_node::host::BanTarget::Peer(peer.parse().unwrap()),
+                pylon_node::host::BanTarget::Prefix("10.6.0.0/16".parse().unwrap()),
+            ]
+        );
+        for (file, names) in [
+            (
+                "[admin]\nlisten = \"localhost\"\n",
+                &["admin.listen", "localhost"][..],
+            ),
+            ("[admin]\nmax_connections = 0\n", &["admin.max_connections"]),
+            (
+                "[admin]\nidle_timeout = \"never\"\n",
+                &["admin.idle_timeout"],
+            ),
+            ("[admin]\ntoken = \"x\"\n", &["token"]),
+            (
+                "[connections]\ndeny = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n",
+                &["connections.deny[1]", "10.0.0.1/8"],
+            ),
+        ] {
+            let e = file_err(file);
+            assert!(names.iter().all(|n| e.contains(n)), "{file:?}: {e}");
+        }
     }
 
     #[test]

@@ -131,6 +131,33 @@ fn autonat_defaults_are_documented_and_read_back() {
     assert_eq!(read, pylon_node::protocols::autonat::Config::default());
 }
 
+/// `[admin]` is written out in default.toml (it is on by default): README.md's rows hold
+/// to those values, every key has one.
+#[test]
+fn admin_defaults_are_documented() {
+    let Some(Value::Table(defaults)) = default_tree().remove("admin") else {
+        panic!("default.toml has no [admin] section");
+    };
+    check(
+        "README.md",
+        "admin",
+        readme_defaults("admin"),
+        &defaults,
+        true,
+    );
+    let c = load(Sources {
+        file: None,
+        env: Vec::new(),
+        flags: Flags::default(),
+        xdg_data_home: Some("/xdg".into()),
+        home: None,
+    })
+    .unwrap();
+    assert_eq!(c.admin, Some("127.0.0.1:5001".parse().unwrap()));
+    assert_eq!(c.admin_http, crate::http::Config::default());
+    assert_eq!(c.admin_token_file, PathBuf::from("/xdg/pylon/admin.token"));
+}
+
 #[test]
 fn kad_defaults_are_documented() {
     let defaults = Table::try_from(RawKad::default()).unwrap();

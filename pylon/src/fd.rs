@@ -128,10 +128,12 @@ fn needs(config: &Config) -> Needs {
         stream_transports: kinds(|t| matches!(t, Target::Tcp(_)))
             + kinds(|t| matches!(t, Target::Ws(_))),
         listeners: config.node.listen.len() as u64,
-        http_connections: match config.metrics {
-            Some(_) => config.metrics_http.max_connections as u64,
-            None => 0,
-        },
+        http_connections: config
+            .metrics
+            .map_or(0, |_| config.metrics_http.max_connections as u64)
+            + config
+                .admin
+                .map_or(0, |_| config.admin_http.max_connections as u64),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The binary's HTTP listeners (the metrics endpoint today, the admin API next): an axum
-//! `Router` served by hyper's HTTP/1.1 server over loopback or LAN TCP, with the bounds
+//! The binary's HTTP listeners (the metrics endpoint, the admin API): an axum `Router`
+//! served by hyper's HTTP/1.1 server over loopback or LAN TCP, with the bounds
 //! `axum::serve` does not have. Without them a partial request holds its socket forever,
 //! and enough stalled sockets use up the process's file descriptors, so p2p dials fail.
 //!
@@ -15,7 +15,7 @@
 //! `pylon_http_timeouts_total`, labelled with the listener's name).
 //!
 //! Not here: TLS, HTTP/2, authentication. Those belong to whoever exposes a listener
-//! beyond the host.
+//! beyond the host (the admin API checks its token in its own router, `pylon-dashboard`).
 
 use std::convert::Infallible;
 use std::io;

@@ -1,11 +1,15 @@
 //! `pylon`: the Pylon node binary. `run` starts the node in the foreground, `id` prints
 //! its PeerId, `init` prepares a data directory and a config file, `config` prints the
-//! effective configuration.
+//! effective configuration; `status`, `peers`, `bans`, `ban`, `unban`, `drain` and
+//! `reload` steer a running node through its admin API.
 
+mod admin;
+mod cli;
 mod config;
 mod fd;
 mod http;
 mod metrics_server;
+mod telemetry;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,6 +45,75 @@ enum Command {
     Config(Common),
     /// Measure throughput against a peer's /perf/1.0.0 server (e.g. a Pylon with [perf]).
     Perf(PerfArgs),
+    /// Show a running node: identity, addresses, reachability, uptime, roles.
+    Status(ClientArgs),
+    /// List a running node's peers (connected first).
+    Peers {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only peers whose PeerId, agent, an address or a protocol contains this.
+        #[arg(long)]
+        q: Option<String>,
+        /// Peers to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Peers to show (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// List the bans in force on a running node.
+    Bans(ClientArgs),
+    /// Ban a peer (PeerId) or an IP prefix (CIDR) on a running node; its connections close.
+    Ban {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// A PeerId, or an IP prefix such as 203.0.113.0/24 (a bare address is a /32 or /128).
+        target: String,
+        /// How long, e.g. 10m, 1.5h (default: until lifted or the node restarts).
+        #[arg(long = "for")]
+        duration: Option<String>,
+    },
+    /// Lift a ban (its id from `pylon bans`).
+    Unban {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: u64,
+    },
+    /// Stop accepting connections, let open ones finish (connections.shutdown_grace), exit.
+    Drain(ClientArgs),
+    /// Re-read the config file and environment; name what needs a restart (also SIGHUP).
+    Reload(ClientArgs),
+}
+
+/// How the admin commands find the running node: its config and data directory (for
+/// `admin.listen` and the token file), or the address given outright.
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// TOML config file of the running node (also PYLON_CONFIG).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Data directory of the running node (where admin.token is).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Admin API address (host:port), instead of admin.listen.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Print the API's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ClientArgs {
+    fn common(&self) -> Common {
+        Common {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            listen: Vec::new(),
+            roles: Vec::new(),
+            metrics: None,
+            admin: self.admin.clone(),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -78,6 +151,9 @@ struct Common {
     /// Metrics listener address (host:port), or "off".
     #[arg(long)]
     metrics: Option<String>,
+    /// Admin API listener address (host:port), or "off".
+    #[arg(long)]
+    admin: Option<String>,
 }
 
 fn load_config(common: &Common) -> anyhow::Result<config::Config> {
@@ -108,6 +184,7 @@ fn load_with_tree(common: &Common) -> anyhow::Result<(toml::Table, config::Confi
             data_dir: common.data_dir.clone(),
             listen: common.listen.clone(),
             metrics: common.metrics.clone(),
+            admin: common.admin.clone(),
             roles: common.roles.clone(),
         },
         xdg_data_home: std::env::var("XDG_DATA_HOME").ok(),
@@ -133,9 +210,34 @@ fn pylon_env() -> anyhow::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// Whether `RUST_LOG` is set (and not empty): it wins over the `log` key.
+fn rust_log_set() -> bool {
+    std::env::var_os("RUST_LOG").is_some_and(|v| !v.to_string_lossy().trim().is_empty())
+}
+
+/// The `EnvFilter` of a checked log filter. sled logs every failed write and flush
+/// itself, again at each reopen attempt while a disk is full; Pylon reports storage
+/// failures once per outage (node/src/storage.rs), so sled's own lines are off unless the
+/// filter names sled.
+fn env_filter(filter: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    let filter = if filter.contains("sled") {
+        filter.to_string()
+    } else {
+        format!("{filter},sled=off")
+    };
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&filter)
+        .with_context(|| format!("log filter {filter:?}"))
+}
+
 /// Logs to stderr under `RUST_LOG` when it is set and not empty, else under the `log` key
 /// (already checked). A bad `RUST_LOG` is an error naming it, as a bad `log` key is.
-fn init_logging(filter: &str) -> anyhow::Result<()> {
+/// Returns what sets another filter while running (a reload of the `log` key).
+/// Installs the subscriber: the OpenTelemetry layer (when traces are on), the reloadable
+/// log filter (which governs spans and events alike) and the log lines on stderr.
+fn init_logging(filter: &str, traces: Option<telemetry::Layer>) -> anyhow::Result<admin::SetLog> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.trim().is_empty() => {
             config::log_filter(&env)
@@ -147,24 +249,25 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
             anyhow::bail!("environment variable RUST_LOG is not valid UTF-8")
         }
     };
-    // sled logs every failed write and flush itself, again at each reopen attempt while a
-    // disk is full; Pylon reports storage failures once per outage (node/src/storage.rs),
-    // so sled's own lines are off unless the filter names sled.
-    let filter = if filter.contains("sled") {
-        filter
-    } else {
-        format!("{filter},sled=off")
-    };
-    let filter = tracing_subscriber::EnvFilter::builder()
-        .parse(&filter)
-        .with_context(|| format!("log filter {filter:?}"))?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(env_filter(&filter)?);
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(traces)
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
         .init();
-    Ok(())
+    Ok(Box::new(move |log: &str| {
+        let filter = env_filter(log)?;
+        handle
+            .reload(filter)
+            .context("setting the new log filter")?;
+        tracing::info!("log filter is now {log:?}");
+        Ok(())
+    }))
 }
 
 fn main() -> ExitCode {
@@ -175,6 +278,22 @@ fn main() -> ExitCode {
         Command::Init { common, output } => init(&common, output),
         Command::Config(common) => print_config(&common),
         Command::Perf(args) => perf(args),
+        Command::Status(c) => admin_command(&c, cli::Command::Status),
+        Command::Peers {
+            client,
+            q,
+            offset,
+            limit,
+        } => admin_command(&client, cli::Command::Peers { q, offset, limit }),
+        Command::Bans(c) => admin_command(&c, cli::Command::Bans),
+        Command::Ban {
+            client,
+            target,
+            duration,
+        } => admin_command(&client, cli::Command::Ban { target, duration }),
+        Command::Unban { client, id } => admin_command(&client, cli::Command::Unban { id }),
+        Command::Drain(c) => admin_command(&c, cli::Command::Drain),
+        Command::Reload(c) => admin_command(&c, cli::Command::Reload),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -183,6 +302,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn admin_command(args: &ClientArgs, command: cli::Command) -> anyhow::Result<()> {
+    let config = load_config(&args.common())?;
+    cli::run(&config, command, args.json)
 }
 
 fn id(common: &Common) -> anyhow::Result<()> {
@@ -210,6 +334,17 @@ fn init(common: &Common, output: Option<PathBuf>) -> anyhow::Result<()> {
             );
         write_new(&path, &text)?;
         println!("wrote {}", path.display());
+    }
+    let token_file = &config.admin_token_file;
+    match pylon_dashboard::token::load_or_create(token_file)? {
+        (_, true) => println!(
+            "wrote the admin token to {} (mode 0600)",
+            token_file.display()
+        ),
+        (_, false) => println!(
+            "admin token file {} already exists; left as it is",
+            token_file.display()
+        ),
     }
     println!("data directory: {}", config.data_dir.display());
     println!("peer id: {}", key.public().to_peer_id());
@@ -331,26 +466,69 @@ fn perf(args: PerfArgs) -> anyhow::Result<()> {
 }
 
 fn run(common: Common) -> anyhow::Result<()> {
-    let mut config = load_config(&common)?;
-    init_logging(&config.log)?;
-    fd::apply(&mut config)?;
+    let (tree, mut config) = load_with_tree(&common)?;
+    let traces =
+        telemetry::Config::from_sources(config.otlp_endpoint.as_deref(), |k| std::env::var(k).ok())
+            .map_err(|e| anyhow::anyhow!("traces: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(config))
+    // The trace export runs on the runtime; its layer must be on the subscriber first.
+    let (traces, layer) = match &traces {
+        Some(c) => {
+            let _enter = runtime.enter();
+            let (t, layer) =
+                telemetry::Traces::start(c).map_err(|e| anyhow::anyhow!("traces: {e}"))?;
+            (Some(t), Some(layer))
+        }
+        None => (None, None),
+    };
+    let set_log = init_logging(&config.log, layer)?;
+    if let (Some(_), Some(to)) = (&traces, traces_config_text(&config)) {
+        tracing::info!("traces: exporting to {to}");
+    }
+    fd::apply(&mut config)?;
+    // A reload re-reads the file and the environment with the same flags.
+    let load: admin::Loader = Box::new(move || load_with_tree(&common));
+    runtime.block_on(serve(config, tree, load, set_log, traces))
 }
 
-async fn serve(config: config::Config) -> anyhow::Result<()> {
+/// Where traces go, for the log line at start.
+fn traces_config_text(config: &config::Config) -> Option<String> {
+    std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .ok()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .or_else(|| config.otlp_endpoint.clone())
+}
+
+async fn serve(
+    config: config::Config,
+    tree: toml::Table,
+    load: admin::Loader,
+    set_log: admin::SetLog,
+    traces: Option<telemetry::Traces>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let started = (std::time::Instant::now(), unix_ms());
 
     let mut registry = Registry::default();
     fd::register(&mut registry, &config);
+    // Both HTTP listeners count themselves in the same families.
+    let http_metrics = http::Metrics::new(&mut registry);
     let metrics = pylon_node::metrics::Metrics::new(&mut registry);
+    if let Some(t) = &traces {
+        t.register(&mut registry);
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let admin_token = match config.admin {
+        Some(_) => Some(admin::token(&config)?),
+        None => None,
+    };
     let node =
         pylon_node::node::Node::start_in(&config.data_dir, config.node.clone(), metrics).await?;
     // Every configured role, generically; the handles are what the admin API will list.
@@ -367,9 +545,34 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             "kademlia on"
         );
     }
+    let (process, mut drain) =
+        admin::Process::new(node.clone(), tree, &config, load, set_log, rust_log_set())?;
+    let admin_task = match (config.admin, admin_token) {
+        (Some(addr), Some(token)) => Some(
+            admin::start(
+                &config,
+                addr,
+                token,
+                &node,
+                roles.clone(),
+                process.clone(),
+                http_metrics.clone(),
+                started,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let metrics_task = match config.metrics {
         Some(addr) => Some(
-            metrics_server::start(addr, &config.metrics_http, registry, readiness(&node)).await?,
+            metrics_server::start(
+                addr,
+                &config.metrics_http,
+                registry,
+                http_metrics,
+                readiness(&node),
+            )
+            .await?,
         ),
         None => None,
     };
@@ -380,14 +583,34 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     if let Some((addr, _)) = &metrics_task {
         tracing::info!("metrics on http://{addr}/metrics");
     }
+    if let Some((addr, _)) = &admin_task {
+        tracing::info!("admin API on http://{addr}/api/v1");
+    }
     let mut failure = node.host.watch_failure();
-    let failed = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
-        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
-        f = failure.wait_for(|f| f.is_some()) => {
-            let what = f.map(|f| f.clone().unwrap_or_default()).unwrap_or_default();
-            tracing::error!("a core task failed ({what}): shutting down");
-            Some(what)
+    let failed = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break None }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break None }
+            _ = sighup.recv() => admin::on_sighup(&process),
+            _ = drain.wait_for(|d| *d) => {
+                tracing::info!(
+                    "draining: no new connections; stopping once the open ones are done, \
+                     within {:.0} s",
+                    config.shutdown_grace.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = admin::wait_drained(&node, config.shutdown_grace) => {}
+                    _ = sigterm.recv() => tracing::info!("SIGTERM while draining"),
+                    _ = sigint.recv() => tracing::info!("SIGINT while draining"),
+                }
+                tracing::info!("drained: shutting down");
+                break None;
+            }
+            f = failure.wait_for(|f| f.is_some()) => {
+                let what = f.map(|f| f.clone().unwrap_or_default()).unwrap_or_default();
+                tracing::error!("a core task failed ({what}): shutting down");
+                break Some(what);
+            }
         }
     };
     // Bounded: connections get their grace, the final flush its stall timeout; past
@@ -399,8 +622,12 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         _ = sigterm.recv() => second_signal("SIGTERM"),
         _ = sigint.recv() => second_signal("SIGINT"),
     };
-    if let Some((_, handle)) = metrics_task {
+    for (_, handle) in metrics_task.into_iter().chain(admin_task) {
         handle.abort();
+    }
+    // What the collector has not taken yet gets a moment, no more.
+    if let Some(t) = traces {
+        t.shutdown(Duration::from_secs(2)).await;
     }
     match stopped {
         Ok(Ok(())) if failed.is_some() => {
@@ -431,13 +658,25 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     }
 }
 
-/// Ready when the storage is healthy and no core task has failed; otherwise the reason.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Ready when the storage is healthy, no core task has failed and the node is not
+/// draining; otherwise the reason.
 fn readiness(node: &pylon_node::node::Node) -> metrics_server::Readiness {
     let storage = node.storage().map(|s| s.watch_health());
     let failure = node.host.watch_failure();
+    let host = node.host.clone();
     std::sync::Arc::new(move || {
         if let Some(what) = failure.borrow().as_ref() {
             return Err(format!("a core task failed: {what}"));
+        }
+        if host.is_draining() {
+            return Err("draining (POST /api/v1/drain): the node is about to stop".into());
         }
         match storage.as_ref().map(|h| h.borrow().clone()) {
             None | Some(Health::Ok) => Ok(()),

@@ -22,14 +22,15 @@ const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-
 pub(crate) type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Binds `addr` and serves the registry; returns the bound address and the server task.
-/// The listener's own metrics (`pylon_http_*{listener="metrics"}`) join the registry.
+/// The listener counts itself in `http_metrics` (`pylon_http_*{listener="metrics"}`,
+/// registered in `registry` by the caller, which shares them with the admin listener).
 pub(crate) async fn start(
     addr: SocketAddr,
     config: &http::Config,
-    mut registry: Registry,
+    registry: Registry,
+    http_metrics: http::Metrics,
     ready: Readiness,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let http_metrics = http::Metrics::new(&mut registry);
     let registry = Arc::new(registry);
     let ready = move || match ready() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),

@@ -20,11 +20,16 @@
 //!   and per-subnet budgets; eviction is what lets an honest client in at once, and
 //!   choosing the victim from the most crowded subnet keeps a lone honest handshake (its
 //!   subnet holds one slot) from being the one that goes.
+//!
+//! Also here, as pure as the rest: the operator's bans ([`Bans`]), peers and IP prefixes
+//! refused on inbound accept, on outbound dial and once a handshake names the peer, each
+//! until its expiry. The host applies them (`bans.rs`); this table only decides.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::identity::PeerId;
 use crate::ipprefix::IpPrefix;
 
 /// Budgets and deadlines of inbound handshakes.
@@ -248,6 +253,133 @@ fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
     }
 }
 
+// ---- Bans -----------------------------------------------------------------------------
+
+/// Most bans held at once, from every origin together.
+pub const MAX_BANS: usize = 4096;
+
+/// What a ban refuses: one peer (whatever its address), or every address in a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BanTarget {
+    Peer(PeerId),
+    Prefix(IpPrefix),
+}
+
+impl std::fmt::Display for BanTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BanTarget::Peer(p) => write!(f, "{p}"),
+            BanTarget::Prefix(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// A ban's handle, for lifting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BanId(pub u64);
+
+impl std::fmt::Display for BanId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// One ban in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub id: BanId,
+    pub target: BanTarget,
+    /// When it lapses; `None`: until lifted.
+    pub until: Option<Instant>,
+    /// Who set it (`"config"`, `"admin"`): a target banned by two origins is two bans,
+    /// so reloading the config never lifts what an operator set by hand.
+    pub origin: &'static str,
+}
+
+/// Why a ban was not set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BanError {
+    #[error("the ban list is full ({MAX_BANS} bans); lift some first")]
+    Full,
+}
+
+/// The bans in force. Expired ones are dropped as the table is used; time is an input.
+#[derive(Debug, Default)]
+pub(crate) struct Bans {
+    next_id: u64,
+    list: Vec<Ban>,
+}
+
+impl Bans {
+    /// Bans `target` until `until` (`None`: until lifted). The same target and origin
+    /// again updates the expiry of that ban rather than adding one.
+    pub(crate) fn handle_ban(
+        &mut self,
+        now: Instant,
+        target: BanTarget,
+        until: Option<Instant>,
+        origin: &'static str,
+    ) -> Result<Ban, BanError> {
+        self.expire(now);
+        if let Some(b) = self
+            .list
+            .iter_mut()
+            .find(|b| b.target == target && b.origin == origin)
+        {
+            b.until = until;
+            return Ok(b.clone());
+        }
+        if self.list.len() >= MAX_BANS {
+            return Err(BanError::Full);
+        }
+        self.next_id += 1;
+        let ban = Ban {
+            id: BanId(self.next_id),
+            target,
+            until,
+            origin,
+        };
+        self.list.push(ban.clone());
+        Ok(ban)
+    }
+
+    /// Lifts a ban; what it was, if it was in force.
+    pub(crate) fn remove(&mut self, now: Instant, id: BanId) -> Option<Ban> {
+        self.expire(now);
+        let i = self.list.iter().position(|b| b.id == id)?;
+        Some(self.list.remove(i))
+    }
+
+    /// The bans in force, oldest first.
+    pub(crate) fn list(&mut self, now: Instant) -> Vec<Ban> {
+        self.expire(now);
+        self.list.clone()
+    }
+
+    /// Whether `peer` is banned at `now`.
+    pub(crate) fn peer_banned(&self, peer: &PeerId, now: Instant) -> bool {
+        self.list
+            .iter()
+            .any(|b| b.target == BanTarget::Peer(*peer) && in_force(b, now))
+    }
+
+    /// Whether `ip` falls in a banned prefix at `now`.
+    pub(crate) fn ip_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        self.list.iter().any(|b| match b.target {
+            BanTarget::Prefix(p) => p.contains(ip) && in_force(b, now),
+            BanTarget::Peer(_) => false,
+        })
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.list.retain(|b| in_force(b, now));
+    }
+}
+
+fn in_force(ban: &Ban, now: Instant) -> bool {
+    ban.until.is_none_or(|until| now < until)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,5 +548,83 @@ mod tests {
         assert_eq!(a.pending("tcp"), 0);
         assert!(a.pools.is_empty() && a.ips.is_empty() && a.subnets.is_empty());
         assert!(a.handle_incoming(now, "tcp", ip("10.0.0.1"), 9).is_ok());
+    }
+    fn peer() -> PeerId {
+        crate::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    #[test]
+    fn bans_refuse_their_peer_or_prefix_until_they_lapse() {
+        let t0 = Instant::now();
+        let mut bans = Bans::default();
+        let (p, q) = (peer(), peer());
+        let net: IpPrefix = "10.1.0.0/16".parse().unwrap();
+        let a = bans
+            .handle_ban(t0, BanTarget::Peer(p), Some(t0 + FULL), "admin")
+            .unwrap();
+        bans.handle_ban(t0, BanTarget::Prefix(net), None, "config")
+            .unwrap();
+        assert!(bans.peer_banned(&p, t0) && !bans.peer_banned(&q, t0));
+        assert!(bans.ip_banned(ip("10.1.200.3").unwrap(), t0));
+        assert!(
+            bans.ip_banned(ip("::ffff:10.1.0.1").unwrap(), t0),
+            "IPv4-mapped"
+        );
+        assert!(!bans.ip_banned(ip("10.2.0.1").unwrap(), t0));
+        // The peer's ban lapses; the prefix's (no expiry) stays.
+        assert!(!bans.peer_banned(&p, t0 + FULL));
+        assert_eq!(bans.list(t0 + FULL).len(), 1);
+        assert_eq!(bans.remove(t0 + FULL, a.id), None, "lapsed already");
+    }
+
+    #[test]
+    fn the_same_target_and_origin_is_one_ban_and_lifting_is_by_id() {
+        let t0 = Instant::now();
+        let mut bans = Bans::default();
+        let p = peer();
+        let a = bans
+            .handle_ban(t0, BanTarget::Peer(p), None, "admin")
+            .unwrap();
+        let again = bans
+            .handle_ban(t0, BanTarget::Peer(p), Some(t0 + FLOOR), "admin")
+            .unwrap();
+        assert_eq!((again.id, again.until), (a.id, Some(t0 + FLOOR)));
+        // Another origin is another ban: lifting one leaves the other.
+        let c = bans
+            .handle_ban(t0, BanTarget::Peer(p), None, "config")
+            .unwrap();
+        assert_ne!(c.id, a.id);
+        assert_eq!(bans.remove(t0, a.id).map(|b| b.origin), Some("admin"));
+        assert!(bans.peer_banned(&p, t0));
+        assert!(bans.remove(t0, c.id).is_some());
+        assert!(!bans.peer_banned(&p, t0) && bans.list(t0).is_empty());
+    }
+
+    #[test]
+    fn the_ban_list_is_bounded() {
+        let t0 = Instant::now();
+        let mut bans = Bans::default();
+        for i in 0..MAX_BANS {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32);
+            let prefix = IpPrefix::of(ip.into(), 32, 128);
+            bans.handle_ban(t0, BanTarget::Prefix(prefix), None, "admin")
+                .unwrap();
+        }
+        let more = BanTarget::Peer(peer());
+        assert_eq!(
+            bans.handle_ban(t0, more, None, "admin"),
+            Err(BanError::Full)
+        );
+        // Lapsed bans make room.
+        let mut bans = Bans::default();
+        for i in 0..MAX_BANS {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32);
+            let prefix = IpPrefix::of(ip.into(), 32, 128);
+            bans.handle_ban(t0, BanTarget::Prefix(prefix), Some(t0 + FLOOR), "admin")
+                .unwrap();
+        }
+        assert!(bans.handle_ban(t0 + FLOOR, more, None, "admin").is_ok());
     }
 }

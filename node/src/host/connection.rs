@@ -131,14 +131,20 @@ pub(super) struct ConnInner {
 /// One of a connection's stream slots, held from accept/open until the stream is dropped.
 pub(super) struct StreamSlot {
     pub(super) conn: Connection,
+    /// The stream's place in the resource metrics' scopes.
+    pub(super) usage: crate::resource_metrics::StreamUse,
 }
 
 impl StreamSlot {
-    pub(super) fn try_take(conn: &Connection) -> Option<StreamSlot> {
+    /// A slot for a stream in `dir`, or `None` (counted as blocked) when the connection
+    /// holds its limit.
+    pub(super) fn try_take(conn: &Connection, dir: Direction) -> Option<StreamSlot> {
         let inner = &conn.inner;
+        let resources = &inner.metrics.resources;
         let mut n = inner.live_streams.load(Ordering::Relaxed);
         loop {
             if n >= inner.max_streams {
+                resources.blocked(dir.as_str(), "conn", "stream");
                 return None;
             }
             match inner.live_streams.compare_exchange_weak(
@@ -147,7 +153,12 @@ impl StreamSlot {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(StreamSlot { conn: conn.clone() }),
+                Ok(_) => {
+                    return Some(StreamSlot {
+                        conn: conn.clone(),
+                        usage: resources.stream_opening(dir.as_str(), inner.peer),
+                    })
+                }
                 Err(actual) => n = actual,
             }
         }
@@ -254,7 +265,7 @@ impl Connection {
     }
 
     pub(super) async fn open_raw(&self) -> Result<(Substream, StreamSlot), StreamError> {
-        let slot = StreamSlot::try_take(self).ok_or(StreamError::Limit)?;
+        let slot = StreamSlot::try_take(self, Direction::Outbound).ok_or(StreamError::Limit)?;
         let raw = tokio::time::timeout(self.inner.negotiation_timeout, async {
             match &self.inner.opener {
                 Opener::Yamux(cmd) => {
@@ -306,9 +317,10 @@ impl Stream {
     pub(super) fn new(
         io: Negotiated<Substream>,
         protocol: String,
-        slot: StreamSlot,
+        mut slot: StreamSlot,
         direction: Direction,
     ) -> Self {
+        slot.usage.negotiated(&protocol);
         let metrics = slot.conn.inner.metrics.clone();
         metrics
             .streams_opened

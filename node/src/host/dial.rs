@@ -197,7 +197,26 @@ impl Host {
     }
 
     async fn dial_with(&self, addr: &Multiaddr, ports: Ports) -> Result<Connection, DialError> {
-        let result = self.dial_any(addr, ports).await;
+        // The establishment of one outbound connection, as a trace span.
+        let span = tracing::info_span!(
+            "connection.outbound",
+            addr = %addr,
+            peer = tracing::field::Empty,
+            transport = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let result =
+            tracing::Instrument::instrument(self.dial_any(addr, ports), span.clone()).await;
+        match &result {
+            Ok(c) => {
+                span.record("peer", tracing::field::display(c.peer()));
+                span.record("transport", c.transport());
+                span.record("outcome", "ok");
+            }
+            Err(e) => {
+                span.record("outcome", e.label());
+            }
+        }
         if let Err(e) = &result {
             self.emit(Event::DialFailed {
                 addr: addr.clone(),
@@ -293,10 +312,16 @@ impl Host {
         if self.inner.shutdown.is_cancelled() {
             return Err(DialError::ShuttingDown);
         }
+        self.check_dial(addr, expected.as_ref())?;
         if let Some(peer) = &expected {
             self.admit(peer)?;
         }
         let cfg = &self.inner.config;
+        let handshake = self
+            .inner
+            .metrics
+            .resources
+            .handshake("outbound", uses_fd(target.transport_label()));
         let (handshaken, local, started) = match target {
             Target::Quic(remote) => self.dial_quic(*remote, expected, ports).await?,
             _ => {
@@ -319,6 +344,7 @@ impl Host {
                 (handshaken, local, started)
             }
         };
+        drop(handshake);
         self.establish_outbound(
             handshaken,
             (target.transport_label(), target.ip_version()),
@@ -368,6 +394,7 @@ impl Host {
         if self.inner.shutdown.is_cancelled() {
             return Err(DialError::ShuttingDown);
         }
+        self.check_dial(addr, Some(&expected))?;
         self.admit(&expected)?;
         let cfg = &self.inner.config;
         // Always the listen port, and only it: the NAT mapping the remote was told about is
@@ -377,6 +404,7 @@ impl Host {
             .listen_port_for(&target)
             .ok_or_else(|| DialError::Unsupported(addr.clone()))?;
         let result = async {
+            let handshake = self.inner.metrics.resources.handshake("outbound", true);
             let (raw, local) =
                 tokio::time::timeout(cfg.dial_timeout, transport::dial_tcp_from(remote, port))
                     .await
@@ -394,6 +422,7 @@ impl Host {
                     got: Box::new(got),
                 });
             }
+            drop(handshake);
             self.establish_outbound(
                 handshaken,
                 (target.transport_label(), target.ip_version()),
@@ -424,6 +453,9 @@ impl Host {
         if let Some(c) = self.connection(&peer) {
             return Ok(c);
         }
+        if self.is_banned(&peer) {
+            return Err(DialError::Banned);
+        }
         // One dial per peer at a time: later callers wait, then reuse its connection.
         let gate = DialGate::enter(&self.inner.dial_gates, peer);
         let _turn = gate.gate.lock().await;
@@ -434,17 +466,44 @@ impl Host {
     }
 
     /// Tries the ranked, not backed-off addresses, staggered (happy eyeballs): the first
-    /// connection wins and the other attempts are dropped.
+    /// connection wins and the other attempts are dropped. Counted as go-libp2p's dial
+    /// worker counts a peer dial (`libp2p_swarm_dials_per_peer_total`,
+    /// `…_dial_latency_seconds`, `…_dial_ranking_delay_seconds`).
     pub(super) async fn connect_ranked(
         &self,
         peer: PeerId,
         addrs: &[Multiaddr],
     ) -> Result<Connection, DialError> {
-        use futures::StreamExt;
         let local =
             crate::dialer::Local::from_addrs(&self.listen_addrs(), &self.interface_listen_addrs());
         let now = Instant::now();
         let ranked = crate::dialer::rank(addrs, local);
+        let mut dials = 0;
+        let result = self
+            .connect_ranked_dials(peer, &ranked, now, &mut dials)
+            .await;
+        let outcome = DialOutcomeLabels {
+            outcome: if result.is_ok() { "success" } else { "failed" },
+            num_dials: crate::metrics::num_dials_label(dials),
+        };
+        let m = &self.inner.metrics;
+        m.dials_per_peer.get_or_create(&outcome).inc();
+        m.dial_latency
+            .get_or_create(&outcome)
+            .observe(now.elapsed().as_secs_f64());
+        result
+    }
+
+    /// [`Host::connect_ranked`]'s dials: counts the attempts started in `dials`, and
+    /// observes how long the one that connected waited for its turn.
+    async fn connect_ranked_dials(
+        &self,
+        peer: PeerId,
+        ranked: &[Multiaddr],
+        now: Instant,
+        dials: &mut usize,
+    ) -> Result<Connection, DialError> {
+        use futures::StreamExt;
         let candidates: Vec<Multiaddr> = {
             let backoff = lock(&self.inner.backoff);
             ranked
@@ -470,9 +529,10 @@ impl Host {
                 Some(Protocol::P2p(_)) => addr.clone(),
                 _ => addr.clone().with(Protocol::P2p(peer)),
             };
+            let waited = now.elapsed();
             async move {
                 let result = self.dial(&with_peer).await;
-                (addr, result)
+                (addr, result, waited)
             }
         };
         let mut attempts = futures::stream::FuturesUnordered::new();
@@ -482,13 +542,18 @@ impl Host {
             tokio::select! {
                 _ = &mut timer, if !queue.is_empty() => {
                     if let Some(addr) = queue.pop_front() {
+                        *dials += 1;
                         attempts.push(attempt(addr));
                     }
                     timer.as_mut().reset(tokio::time::Instant::now() + crate::dialer::STAGGER);
                 }
-                Some((addr, result)) = attempts.next(), if !attempts.is_empty() => match result {
+                Some((addr, result, waited)) = attempts.next(), if !attempts.is_empty() => match result {
                     Ok(c) => {
                         lock(&self.inner.backoff).succeeded(&addr);
+                        self.inner
+                            .metrics
+                            .dial_ranking_delay
+                            .observe(waited.as_secs_f64());
                         return Ok(c);
                     }
                     Err(e) => {

@@ -66,6 +66,9 @@ pub enum DialError {
     Dns(crate::dns::Error),
     #[error("every address is backing off after recent failures")]
     Backoff,
+    /// The peer, or the address's IP prefix, is banned ([`Host::ban`]).
+    #[error("banned")]
+    Banned,
 }
 
 impl DialError {
@@ -92,6 +95,7 @@ impl DialError {
             DialError::Io(_) => "io",
             DialError::Dns(_) => "dns",
             DialError::Backoff => "backoff",
+            DialError::Banned => "banned",
         }
     }
 }
@@ -116,6 +120,7 @@ impl Classify for DialError {
             | DialError::SelfDial
             | DialError::ShuttingDown
             | DialError::Backoff
+            | DialError::Banned
             | DialError::LocalSocket(_) => Fault::Local,
             DialError::Unsupported(_) | DialError::NoCommonProtocol(_) => Fault::Unsupported,
             DialError::Refused => Fault::Io,

@@ -71,6 +71,10 @@ impl Host {
             direction,
             ip_slot,
         } = ends;
+        if let Err(e) = self.check_established(&peer, &remote_addr, direction) {
+            mux.abandon(b"refused");
+            return Err(e);
+        }
         let (opener, cmd_rx) = mux.opener();
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let conn = Connection {
@@ -96,15 +100,18 @@ impl Host {
                 metrics: self.inner.metrics.clone(),
             }),
         };
-        {
+        let same_dir = {
             let mut conns = lock(&self.inner.connections);
             if let Some(scope) = self.limit_hit(&conns, &peer) {
                 drop(conns);
                 mux.abandon(b"connection limit");
+                self.count_blocked_connection(direction, scope);
                 return Err(DialError::Limit(scope));
             }
-            conns.entry(peer).or_default().push(conn.clone());
-        }
+            let list = conns.entry(peer).or_default();
+            list.push(conn.clone());
+            list.iter().filter(|c| c.direction() == direction).count()
+        };
         self.observe_handshake(started, route);
         let labels = ConnLabels {
             dir: direction.as_str(),
@@ -127,6 +134,9 @@ impl Host {
                 key_type: key_type_label(conn.remote_key()),
             })
             .inc();
+        let r = &m.resources;
+        r.connection_opened(direction.as_str(), uses_fd(route.transport));
+        r.peer_connections_changed(direction.as_str(), same_dir - 1, same_dir);
         tracing::debug!(%peer, %id, dir = direction.as_str(), "connection established");
         self.notify(|p| p.on_connection_established(&conn));
         self.emit(Event::ConnectionEstablished(conn.clone()));
@@ -146,17 +156,27 @@ impl Host {
 
     pub(super) fn remove_connection(&self, conn: &Connection, labels: ConnLabels, reason: String) {
         drop(lock(&conn.inner.ip_slot).take());
-        {
+        let dir = conn.direction();
+        let same_dir = {
             let mut conns = lock(&self.inner.connections);
-            if let Some(list) = conns.get_mut(&conn.peer()) {
-                list.retain(|c| c.id() != conn.id());
-                if list.is_empty() {
-                    conns.remove(&conn.peer());
+            match conns.get_mut(&conn.peer()) {
+                Some(list) => {
+                    list.retain(|c| c.id() != conn.id());
+                    let n = list.iter().filter(|c| c.direction() == dir).count();
+                    if list.is_empty() {
+                        conns.remove(&conn.peer());
+                    }
+                    n
                 }
+                None => 0,
             }
-        }
+        };
         conn.inner.closed.cancel();
         let m = &self.inner.metrics;
+        m.resources
+            .connection_closed(dir.as_str(), uses_fd(conn.transport()));
+        m.resources
+            .peer_connections_changed(dir.as_str(), same_dir + 1, same_dir);
         m.connections_closed.get_or_create(&labels).inc();
         m.connection_duration
             .get_or_create(&labels)

@@ -44,6 +44,8 @@ pub(super) struct PendingSlot {
     pub(super) id: PendingId,
     pub(super) deadline: Instant,
     pub(super) evicted: CancellationToken,
+    /// The handshake's place in the transient scope of the resource metrics.
+    pub(super) _counted: crate::resource_metrics::Handshake,
 }
 
 /// Why an inbound handshake was cut short.
@@ -171,9 +173,18 @@ impl Host {
                     id: a.id,
                     deadline: a.deadline,
                     evicted: token,
+                    _counted: self
+                        .inner
+                        .metrics
+                        .resources
+                        .handshake("inbound", uses_fd(transport)),
                 })
             }
             Err(refusal) => {
+                self.inner
+                    .metrics
+                    .resources
+                    .blocked("inbound", "transient", "connection");
                 count_error(
                     &self.inner.metrics.handshake_errors,
                     transport,
@@ -215,10 +226,26 @@ impl Host {
     /// Refuses early (before dialing) when a connection to `peer` would be over a limit;
     /// [`Host::establish`] checks again when the connection is registered.
     pub(super) fn admit(&self, peer: &PeerId) -> Result<(), DialError> {
-        match self.limit_hit(&lock(&self.inner.connections), peer) {
-            Some(scope) => Err(DialError::Limit(scope)),
+        let hit = self.limit_hit(&lock(&self.inner.connections), peer);
+        match hit {
+            Some(scope) => {
+                self.count_blocked_connection(Direction::Outbound, scope);
+                Err(DialError::Limit(scope))
+            }
             None => Ok(()),
         }
+    }
+
+    /// Counts a connection a limit refused (`libp2p_rcmgr_blocked_resources`).
+    pub(super) fn count_blocked_connection(&self, dir: Direction, scope: LimitScope) {
+        let scope = match scope {
+            LimitScope::Connections => "system",
+            LimitScope::ConnectionsPerPeer => "peer",
+        };
+        self.inner
+            .metrics
+            .resources
+            .blocked(dir.as_str(), scope, "connection");
     }
 
     /// The connection limit one more connection to `peer` would break, if any.

@@ -35,6 +35,9 @@ impl Host {
                     }
                 };
                 // Dropping `raw` closes the socket.
+                if host.refuses_inbound(&remote, transport_label, ip_version) {
+                    continue;
+                }
                 let Ok(slot) = host.ip_slot(&remote, transport_label, ip_version) else {
                     continue;
                 };
@@ -122,6 +125,10 @@ impl Host {
                     },
                 };
                 let remote = crate::quic::multiaddr(incoming.remote_address());
+                if host.refuses_inbound(&remote, "quic-v1", ip_version) {
+                    incoming.refuse();
+                    continue;
+                }
                 let Ok(slot) = host.ip_slot(&remote, "quic-v1", ip_version) else {
                     incoming.refuse();
                     continue;
@@ -207,14 +214,40 @@ impl Host {
         ip_version: &'static str,
         places: Places,
     ) {
+        // The establishment of one inbound connection, as a trace span: the peer and the
+        // outcome are recorded once known.
+        let span = tracing::info_span!(
+            "connection.inbound",
+            transport,
+            ip_version,
+            peer = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let accept = self.accept_inbound_traced(handshake, ends, transport, ip_version, places);
+        tracing::Instrument::instrument(accept, span).await
+    }
+
+    async fn accept_inbound_traced(
+        &self,
+        handshake: impl Future<Output = Result<Handshaken, DialError>>,
+        ends: Ends,
+        transport: &'static str,
+        ip_version: &'static str,
+        places: Places,
+    ) {
+        let span = tracing::Span::current();
         let Places { ip: slot, pending } = places;
         let started = Instant::now();
         let result = pending.run(handshake).await;
         drop(pending);
         let handshaken = match result {
             Ok(Ok(h)) => h,
-            Ok(Err(e)) => return self.inbound_failed(transport, ip_version, &e),
+            Ok(Err(e)) => {
+                span.record("outcome", e.label());
+                return self.inbound_failed(transport, ip_version, &e);
+            }
             Err(cut) => {
+                span.record("outcome", cut.label());
                 count_error(
                     &self.inner.metrics.handshake_errors,
                     transport,
@@ -243,7 +276,13 @@ impl Host {
             ip_slot: slot,
             ..ends
         };
-        if let Err(e) = self.establish(handshaken, ends, started) {
+        span.record("peer", tracing::field::display(handshaken.peer));
+        let established = self.establish(handshaken, ends, started);
+        span.record(
+            "outcome",
+            established.as_ref().map_or_else(|e| e.label(), |_| "ok"),
+        );
+        if let Err(e) = established {
             count_error(
                 &self.inner.metrics.handshake_errors,
                 transport,

@@ -14,7 +14,7 @@
 //! handshake to close (one `establish` for every transport); `router.rs` protocol
 //! handlers and inbound stream negotiation; `extension.rs` the [`Extension`] trait through
 //! which protocols and roles hear about connections; `transports.rs` the [`Transport`]
-//! trait for transports added from outside.
+//! trait for transports added from outside; `bans.rs` the operator's bans and draining.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
@@ -38,13 +38,16 @@ use tokio_util::task::TaskTracker;
 use crate::fault::{Classify, Fault};
 use crate::identity::{key_type_label, Keypair, PeerId, PublicKey};
 use crate::metrics::{
-    ConnLabels, DialErrorLabels, DirLabels, HandshakeLabels, KeyTypeLabels, Metrics, StreamLabels,
+    ConnLabels, DialErrorLabels, DialOutcomeLabels, DirLabels, HandshakeLabels, KeyTypeLabels,
+    Metrics, StreamLabels,
 };
 use crate::multistream::{self, Negotiated};
+use crate::resource_metrics::uses_fd;
 use crate::transport::{self, RawStream, Target};
 use admission::{Admission, PendingId, Subnet};
 
 mod admission;
+mod bans;
 mod connection;
 mod dial;
 mod error;
@@ -57,6 +60,7 @@ mod router;
 mod transports;
 mod upgrade;
 
+pub use bans::{Ban, BanError, BanId, BanTarget, MAX_BANS};
 pub(crate) use connection::Substream;
 use connection::*;
 pub use connection::{Connection, ConnectionId, Direction, Stream};
@@ -189,6 +193,10 @@ struct HostInner {
     protocols: RwLock<Vec<Arc<dyn Extension>>>,
     /// Peers whose connections roles want kept (a relay reservation), with why.
     protected: Mutex<HashMap<PeerId, Vec<&'static str>>>,
+    /// Peers and prefixes refused (`bans.rs`).
+    bans: Mutex<admission::Bans>,
+    /// No new inbound connections ([`Host::drain`]).
+    draining: std::sync::atomic::AtomicBool,
     /// Transports added from outside (`Host::add_transport`), asked before the built-in ones.
     transports: RwLock<Vec<Arc<dyn Transport>>>,
     listen_addrs: RwLock<Vec<Multiaddr>>,
@@ -248,6 +256,10 @@ impl Host {
         )
         .map_err(|e| crate::secure::Error::Setup(format!("wss: {e}")))?;
         let (events, _) = broadcast::channel(1024);
+        let limits = &metrics.resources;
+        limits.set_limit("system", "conns", config.max_connections);
+        limits.set_limit("peer", "conns", config.max_connections_per_peer);
+        limits.set_limit("conn", "streams", config.max_streams_per_connection);
         let pending = Arc::new(Mutex::new(Admission::new(admission::Config {
             max_pending: config.max_pending_incoming,
             per_ip: config.max_pending_incoming_per_ip,
@@ -268,6 +280,8 @@ impl Host {
                 protocols: RwLock::new(Vec::new()),
                 transports: RwLock::new(Vec::new()),
                 protected: Mutex::new(HashMap::new()),
+                bans: Mutex::new(admission::Bans::default()),
+                draining: std::sync::atomic::AtomicBool::new(false),
                 listen_addrs: RwLock::new(Vec::new()),
                 events,
                 pending_incoming: pending,

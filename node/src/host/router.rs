@@ -37,7 +37,7 @@ impl Host {
     }
 
     pub(super) fn handle_inbound_stream(&self, stream: Substream, conn: &Connection) {
-        let Some(slot) = StreamSlot::try_take(conn) else {
+        let Some(slot) = StreamSlot::try_take(conn, Direction::Inbound) else {
             // Over our limit: the stream is reset; the connection lives on.
             self.inner
                 .metrics
@@ -82,8 +82,16 @@ impl Host {
                 direction: Direction::Inbound,
                 protocol: protocol.clone(),
             });
+            // One span per inbound request of any protocol or role (exported as a trace
+            // when the binary configures OpenTelemetry).
+            let span = tracing::info_span!(
+                "stream.inbound",
+                protocol = %protocol,
+                peer = %conn.peer(),
+                transport = conn.transport(),
+            );
             let stream = Stream::new(Negotiated::done(io), protocol, slot, Direction::Inbound);
-            handler(stream).await;
+            tracing::Instrument::instrument(handler(stream), span).await;
         });
     }
 }

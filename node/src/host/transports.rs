@@ -65,6 +65,11 @@ impl Host {
             self.admit(peer)?;
         }
         let cfg = &self.inner.config;
+        let handshake = self
+            .inner
+            .metrics
+            .resources
+            .handshake("outbound", uses_fd(transport.label()));
         let (raw, local) = tokio::time::timeout(cfg.dial_timeout, transport.dial(self, addr))
             .await
             .map_err(|_| DialError::Timeout)??;
@@ -73,6 +78,7 @@ impl Host {
             tokio::time::timeout(cfg.handshake_timeout, self.upgrade(raw, true, expected))
                 .await
                 .map_err(|_| DialError::Timeout)??;
+        drop(handshake);
         self.establish_outbound(
             handshaken,
             (transport.label(), ip_version_of(addr)),

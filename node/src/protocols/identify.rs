@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 
 use crate::host::{self, Connection, Host, Stream};
 use crate::identity::{decode_public_key, PeerId, PublicKey};
-use crate::metrics::RecordLabels;
+use crate::metrics::{PushSupportLabels, RecordLabels, TriggerLabels};
 use crate::peerstore::{self, Peerstore, RecordOutcome};
 use crate::record::{self, VerifiedPeerRecord};
 use crate::{proto, varint};
@@ -247,6 +247,7 @@ impl Identify {
         let before = self.advertised_addrs_to(true);
         *lock(&self.verified) = verified;
         if self.advertised_addrs_to(true) != before {
+            self.count_trigger(host::LocalChange::ListenAddrs);
             if let Some(me) = self.me.upgrade() {
                 self.host.spawn(async move { me.push_all().await });
             }
@@ -311,16 +312,20 @@ impl Identify {
     }
 
     async fn respond(&self, mut stream: Stream) {
-        let msg = self.our_message(stream.connection()).encode_to_vec();
+        let ours = self.our_message(stream.connection());
+        let msg = ours.encode_to_vec();
         let send = async {
             varint::write_frame(&mut stream, &msg).await?;
             stream.shutdown().await
         };
-        if tokio::time::timeout(self.config.timeout, send)
-            .await
-            .is_err()
-        {
-            self.host.metrics().protocol_error("identify", "timeout");
+        match tokio::time::timeout(self.config.timeout, send).await {
+            Err(_) => self.host.metrics().protocol_error("identify", "timeout"),
+            Ok(Ok(())) => self.host.metrics().identify.sent(
+                false,
+                ours.protocols.len(),
+                ours.listen_addrs.len(),
+            ),
+            Ok(Err(_)) => {}
         }
     }
 
@@ -361,7 +366,14 @@ impl Identify {
 
     fn publish(&self, peer: PeerId, result: &Result<Info, Error>) {
         let event = match result {
-            Ok(info) => Event::Identified(Box::new(info.clone())),
+            Ok(info) => {
+                self.host.metrics().identify.received(
+                    info.push,
+                    info.protocols.len(),
+                    info.listen_addrs.len(),
+                );
+                Event::Identified(Box::new(info.clone()))
+            }
             Err(e) => {
                 self.host.metrics().protocol_error("identify", e.reason());
                 tracing::debug!(%peer, "identify failed: {e}");
@@ -391,7 +403,8 @@ impl Identify {
         }
         futures::stream::iter(targets.into_values())
             .for_each_concurrent(PUSH_CONCURRENCY, |conn| async move {
-                let msg = self.our_message(&conn).encode_to_vec();
+                let ours = self.our_message(&conn);
+                let msg = ours.encode_to_vec();
                 let push = async {
                     let mut s = conn
                         .open_stream(&[PUSH_PROTOCOL])
@@ -400,11 +413,18 @@ impl Identify {
                     varint::write_frame(&mut s, &msg).await?;
                     s.shutdown().await
                 };
-                if let Ok(Err(e)) | Err(e) = tokio::time::timeout(self.config.timeout, push)
+                match tokio::time::timeout(self.config.timeout, push)
                     .await
                     .map_err(std::io::Error::other)
                 {
-                    tracing::debug!(peer = %conn.peer(), "identify push failed: {e}");
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::debug!(peer = %conn.peer(), "identify push failed: {e}");
+                    }
+                    Ok(Ok(())) => self.host.metrics().identify.sent(
+                        true,
+                        ours.protocols.len(),
+                        ours.listen_addrs.len(),
+                    ),
                 }
             })
             .await;
@@ -487,6 +507,20 @@ impl Identify {
         })
     }
 
+    /// Counts a change that makes us push (`libp2p_identify_identify_pushes_triggered_total`).
+    fn count_trigger(&self, change: host::LocalChange) {
+        let trigger = match change {
+            host::LocalChange::Protocols => "protocols_updated",
+            host::LocalChange::ListenAddrs => "addresses_updated",
+        };
+        self.host
+            .metrics()
+            .identify
+            .pushes_triggered
+            .get_or_create(&TriggerLabels { trigger })
+            .inc();
+    }
+
     fn count_record(&self, outcome: &'static str, kind: &'static str) {
         self.host
             .metrics()
@@ -528,7 +562,17 @@ impl host::Extension for Identify {
             return;
         };
         self.host.spawn(async move {
-            let _ = me.identify(&conn).await;
+            let support = match me.identify(&conn).await {
+                Ok(info) if info.protocols.iter().any(|p| p == PUSH_PROTOCOL) => "supported",
+                Ok(_) => "not supported",
+                Err(_) => "unknown",
+            };
+            me.host
+                .metrics()
+                .identify
+                .push_support
+                .get_or_create(&PushSupportLabels { support })
+                .inc();
         });
     }
 
@@ -538,7 +582,8 @@ impl host::Extension for Identify {
         }
     }
 
-    fn on_local_change(&self, _change: host::LocalChange) {
+    fn on_local_change(&self, change: host::LocalChange) {
+        self.count_trigger(change);
         // Changes come in bursts (a node registering its protocols): push once, shortly
         // after the burst.
         if !self.push_scheduled.swap(true, Ordering::AcqRel) {

@@ -37,8 +37,8 @@ pub(crate) fn subcommand(name: &str, data_dir: &Path) -> Command {
     cmd
 }
 
-/// `pylon run` on `data_dir`, listening on `listen`, with its metrics on a loopback port
-/// chosen by the kernel; `extra` arguments and `env` variables added.
+/// `pylon run` on `data_dir`, listening on `listen`, with its metrics and its admin API on
+/// loopback ports chosen by the kernel; `extra` arguments and `env` variables added.
 pub(crate) fn pylon_command(
     data_dir: &Path,
     listen: &str,
@@ -46,9 +46,16 @@ pub(crate) fn pylon_command(
     env: &[(&str, &str)],
 ) -> Command {
     let mut cmd = subcommand("run", data_dir);
-    cmd.args(["--listen", listen, "--metrics", "127.0.0.1:0"])
-        .args(extra)
-        .envs(env.iter().copied());
+    cmd.args([
+        "--listen",
+        listen,
+        "--metrics",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ])
+    .args(extra)
+    .envs(env.iter().copied());
     cmd
 }
 
@@ -63,9 +70,18 @@ pub(crate) struct Running {
 impl Running {
     /// Spawns `cmd` (a [`pylon_command`], or one that execs it) with `RUST_LOG=info`, its
     /// stderr piped, stdin and stdout closed; the process is killed when this is dropped.
-    pub(crate) fn spawn(mut cmd: Command) -> Running {
+    pub(crate) fn spawn(cmd: Command) -> Running {
+        Self::spawn_logging(cmd, Some("info"))
+    }
+
+    /// [`Running::spawn`] with `RUST_LOG` set to `rust_log`, or unset (the config's `log`
+    /// key then sets the filter).
+    pub(crate) fn spawn_logging(mut cmd: Command, rust_log: Option<&str>) -> Running {
+        match rust_log {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
         let mut child = cmd
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -131,6 +147,18 @@ impl Running {
             }
         }
         (listen.unwrap(), metrics.unwrap())
+    }
+
+    /// The admin API's `host:port`, from its start-up line (read already, or waited for).
+    pub(crate) async fn admin(&mut self) -> String {
+        const MARKER: &str = "admin API on http://";
+        let line = match self.log.iter().find(|l| l.contains(MARKER)) {
+            Some(line) => line.clone(),
+            None => self.wait_log(MARKER).await,
+        };
+        field_after(&line, MARKER)
+            .trim_end_matches("/api/v1")
+            .to_string()
     }
 
     /// Sends `signal` (`kill` syntax: "-INT", "-TERM").

@@ -366,9 +366,12 @@ impl Server {
     ) -> Result<Connection, DialFail> {
         self.dial_backs.fetch_add(1, Ordering::Relaxed);
         let target = addr.clone().with(Protocol::P2p(peer));
+        let span = tracing::info_span!("autonat.dial_back", addr = %addr, peer = %peer);
         //= specs/autonat/autonat-v2.md#implementation-suggestions
         //# Servers SHOULD NOT reuse their listening port when making a dial back.
-        match tokio::time::timeout_at(deadline, self.node.host.dial_from_new_port(&target)).await {
+        let dial = self.node.host.dial_from_new_port(&target);
+        let dial = tracing::Instrument::instrument(tokio::time::timeout_at(deadline, dial), span);
+        match dial.await {
             Ok(Ok(conn)) if conn.peer() == peer => Ok(conn),
             Ok(Ok(conn)) => {
                 conn.close();

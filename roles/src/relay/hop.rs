@@ -372,7 +372,19 @@ impl Service {
         Limit::new(secs, self.config.circuit_data)
     }
 
-    async fn connect(&self, mut caller: Stream, dst: PeerId) {
+    /// One CONNECT: the circuit from the decision to its end, as a trace span.
+    async fn connect(&self, caller: Stream, dst: PeerId) {
+        let span = tracing::info_span!(
+            "relay.circuit",
+            src = %caller.peer(),
+            dst = %dst,
+            outcome = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+        );
+        tracing::Instrument::instrument(self.connect_traced(caller, dst), span).await
+    }
+
+    async fn connect_traced(&self, mut caller: Stream, dst: PeerId) {
         let src = caller.peer();
         let now = Instant::now();
         // Expired reservations leave (counted, unprotected) before the decision.
@@ -386,6 +398,7 @@ impl Service {
         let (id, trusted) = match decided {
             Ok(decided) => decided,
             Err(refusal) => {
+                tracing::Span::current().record("outcome", refusal.label());
                 self.metrics
                     .connection_rejections
                     .get_or_create(&ReasonLabels {
@@ -454,6 +467,9 @@ impl Service {
         let bytes = carried.up.load(std::sync::atomic::Ordering::Relaxed)
             + carried.down.load(std::sync::atomic::Ordering::Relaxed);
         self.metrics.data.inc_by(bytes);
+        let span = tracing::Span::current();
+        span.record("outcome", end.label());
+        span.record("bytes", bytes);
         self.metrics
             .circuits_ended
             .get_or_create(&OutcomeLabels {

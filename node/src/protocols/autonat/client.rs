@@ -125,7 +125,8 @@ pub enum Answer {
     Unreachable,
     /// No information: it refused, rejected us, failed inside, or answered nonsense.
     Refused,
-    /// Nothing within the time, or the stream broke.
+    /// Nothing within the time, or the stream broke (the server rests for the cooldown,
+    /// as after a refusal).
     Failed,
 }
 
@@ -301,7 +302,10 @@ impl Client {
     /// The answer to `probe`. Returns the verdict's change, if any.
     pub fn handle_answer(&mut self, probe: &Probe, answer: Answer, now: Instant) -> Option<Change> {
         self.busy.remove(&probe.server);
-        if matches!(answer, Answer::Refused) {
+        // A server that refused us, or whose request failed (a reset stream, a timeout),
+        // rests for the cooldown: asking it again at once would spin on a server that
+        // always fails.
+        if matches!(answer, Answer::Refused | Answer::Failed) {
             if self.cooling.len() >= MAX_COOLING {
                 self.cooling.retain(|_, until| *until > now);
             }
@@ -542,6 +546,20 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].to, Verdict::Unknown);
         assert_eq!(c.overall(), Verdict::Unknown);
+    }
+
+    #[test]
+    fn a_server_whose_requests_fail_is_not_asked_again_at_once() {
+        let t0 = Instant::now();
+        let cfg = Config::default();
+        let mut c = Client::new(cfg.clone());
+        c.set_candidates(&[m("/ip4/11.1.1.1/tcp/1")], t0);
+        let servers = vec![server(1, Version::V2)];
+        let p = c.poll_probe(&servers, t0).unwrap();
+        c.handle_answer(&p, Answer::Failed, t0);
+        assert_eq!(c.poll_probe(&servers, t0), None, "cooling down");
+        let later = t0 + cfg.cooldown;
+        assert!(c.poll_probe(&servers, later).is_some());
     }
 
     #[test]

@@ -174,6 +174,7 @@ impl Autonat {
             if probes.is_empty() && *in_flight == 0 {
                 state.back_off(now);
             }
+            count_addrs(self.host.metrics(), &state.verdicts());
             state.next_due()
         };
         self.publish(&changes);
@@ -528,6 +529,22 @@ impl Extension for Autonat {
             self.wake.notify_one();
         }
     }
+}
+
+/// Our tested addresses by verdict, IP version and transport (`libp2p_host_addrs_*`).
+fn count_addrs(metrics: &crate::metrics::Metrics, verdicts: &[(Multiaddr, Verdict)]) {
+    let of = |v: Verdict| -> Vec<Multiaddr> {
+        verdicts
+            .iter()
+            .filter(|(_, x)| *x == v)
+            .map(|(a, _)| a.clone())
+            .collect()
+    };
+    metrics.host_addrs.set(
+        &of(Verdict::Public),
+        &of(Verdict::Private),
+        &of(Verdict::Unknown),
+    );
 }
 
 fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {

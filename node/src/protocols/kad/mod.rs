@@ -951,6 +951,23 @@ impl Kad {
     /// is [`lookup::Lookup`]; this drives it: sends the requests it asks for, feeds the
     /// answers back, and keeps the routing table up to date with what it learns.
     pub async fn lookup(&self, key: Vec<u8>, kind: MessageType, enough: Option<usize>) -> Outcome {
+        // The whole lookup as one trace span (its requests are `connection.outbound` and
+        // the remote's `stream.inbound` spans of their own).
+        let span = tracing::info_span!(
+            "kad.lookup",
+            kind = ?kind,
+            key = %hex_prefix(&key),
+            key_len = key.len(),
+        );
+        tracing::Instrument::instrument(self.lookup_traced(key, kind, enough), span).await
+    }
+
+    async fn lookup_traced(
+        &self,
+        key: Vec<u8>,
+        kind: MessageType,
+        enough: Option<usize>,
+    ) -> Outcome {
         let k = self.config.table.k;
         let target = Key::new(&key);
         let seeds: Vec<Found> = lock(&self.table)
@@ -1193,6 +1210,11 @@ impl host::Extension for Server {
     fn handle_stream(self: Arc<Self>, stream: Stream) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(async move { self.0.serve(stream).await })
     }
+}
+
+/// The first 16 bytes of a key in hex, for spans (keys can be long).
+fn hex_prefix(key: &[u8]) -> String {
+    key.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use super::proto::{self, HopMessage, Limit, ReadError, Status, StopMessage};
 use super::{HOP, STOP};
 use crate::host::{DialError, Extension, Host, Stream, StreamError, Transport};
 use crate::identity::PeerId;
+use crate::metrics::ReservationRequestLabels;
 use crate::transport::RawStream;
 
 /// The `transport` label of relayed connections.
@@ -94,6 +95,24 @@ pub enum ReserveError {
     Timeout,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ReserveError {
+    /// The `outcome` of `libp2p_autorelay_reservation_requests_outcome_total`, in
+    /// go-libp2p's words for the relay's refusals.
+    fn outcome_label(&self) -> &'static str {
+        match self {
+            ReserveError::Refused(code) => match Status::from_code(i32::from(*code)) {
+                Some(Status::ReservationRefused) => "reservation refused",
+                Some(Status::ResourceLimitExceeded) => "resource limit exceeded",
+                Some(Status::PermissionDenied) => "permission denied",
+                Some(Status::ConnectionFailed) => "connection failed",
+                Some(Status::MalformedMessage) => "malformed message",
+                _ => "err other",
+            },
+            _ => "err other",
+        }
+    }
 }
 
 struct Held {
@@ -186,14 +205,42 @@ impl Client {
         let host = self.inner.host.clone();
         let shutdown = host.shutdown_token();
         let circuit_addr = relay_addr.clone().with(Protocol::P2pCircuit);
+        let metrics = host.metrics().clone();
+        metrics.autorelay.status.set(1);
+        metrics.autorelay.desired_reservations.inc();
         host.clone()
             .spawn_supervised("relay_reservation", async move {
+                let m = &metrics.autorelay;
                 let mut retry = RETRY_FIRST;
+                // Whether we hold the reservation (and the circuit address) now.
+                let mut held = false;
+                let lost = |held: &mut bool| {
+                    if std::mem::take(held) {
+                        m.reservations_closed.inc();
+                        m.relay_addresses.dec();
+                        m.relay_addresses_updated.inc();
+                    }
+                };
                 loop {
-                    let wait = match client.reserve(&relay_addr).await {
+                    let result = client.reserve(&relay_addr).await;
+                    m.reservation_requests
+                        .get_or_create(&ReservationRequestLabels {
+                            request_type: if held { "refresh" } else { "new" },
+                            outcome: match &result {
+                                Ok(_) => "success",
+                                Err(e) => e.outcome_label(),
+                            },
+                        })
+                        .inc();
+                    let wait = match result {
                         Ok(r) => {
                             retry = RETRY_FIRST;
                             host.add_listen_addr(circuit_addr.clone());
+                            if !std::mem::replace(&mut held, true) {
+                                m.reservations_opened.inc();
+                                m.relay_addresses.inc();
+                                m.relay_addresses_updated.inc();
+                            }
                             let life = r.expires.saturating_duration_since(Instant::now());
                             let conn = host.connection(&r.relay);
                             tokio::select! {
@@ -208,6 +255,7 @@ impl Client {
                                 } => {
                                     host.remove_listen_addr(&circuit_addr);
                                     lock(&client.inner.reservations).remove(&r.relay);
+                                    lost(&mut held);
                                 }
                             }
                             continue;
@@ -215,6 +263,7 @@ impl Client {
                         Err(e) => {
                             tracing::debug!(%relay_addr, "relay reservation failed: {e}");
                             host.remove_listen_addr(&circuit_addr);
+                            lost(&mut held);
                             let wait = retry;
                             retry = (retry * 2).min(RETRY_MAX);
                             wait
