@@ -570,7 +570,7 @@ async fn serve(
                 &config.metrics_http,
                 registry,
                 http_metrics,
-                readiness(&node),
+                readiness(&node, &config.roles),
             )
             .await?,
         ),
@@ -665,28 +665,61 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Ready when the storage is healthy, no core task has failed and the node is not
-/// draining; otherwise the reason.
-fn readiness(node: &pylon_node::node::Node) -> metrics_server::Readiness {
+/// Ready when every condition holds; otherwise every reason that fails, one a line: no
+/// core task failed, not draining, storage healthy, a listener bound, and — for the roles
+/// that need them — a non-empty DHT routing table (bootstrap) and a known reachability
+/// (relay, bootstrap: AutoNAT servers have decided, public or private; a relay or
+/// bootstrap peer that cannot tell whether anyone can reach it is not ready to serve).
+fn readiness(
+    node: &pylon_node::node::Node,
+    roles: &[pylon_roles::Configured],
+) -> metrics_server::Readiness {
+    use pylon_node::protocols::autonat::Verdict;
     let storage = node.storage().map(|s| s.watch_health());
     let failure = node.host.watch_failure();
-    let host = node.host.clone();
+    let node = node.clone();
+    let has = |name: &str| roles.iter().any(|r| r.name() == name);
+    let needs_table = has("bootstrap");
+    let needs_reachability = has("relay") || has("bootstrap");
     std::sync::Arc::new(move || {
+        let mut why = Vec::new();
         if let Some(what) = failure.borrow().as_ref() {
-            return Err(format!("a core task failed: {what}"));
+            why.push(format!("a core task failed: {what}"));
         }
-        if host.is_draining() {
-            return Err("draining (POST /api/v1/drain): the node is about to stop".into());
+        if node.host.is_draining() {
+            why.push("draining (POST /api/v1/drain): the node is about to stop".into());
         }
         match storage.as_ref().map(|h| h.borrow().clone()) {
-            None | Some(Health::Ok) => Ok(()),
-            Some(Health::Stalled { since }) => Err(format!(
+            None | Some(Health::Ok) => {}
+            Some(Health::Stalled { since }) => why.push(format!(
                 "storage: a flush has been stuck for {:.0} s",
                 since.as_secs_f64()
             )),
             Some(Health::Failing { error }) => {
-                Err(format!("storage: the database is failing: {error}"))
+                why.push(format!("storage: the database is failing: {error}"))
             }
+        }
+        if node.host.listen_addrs().is_empty() {
+            why.push("no listener is bound".into());
+        }
+        if needs_table && node.kad.as_ref().is_none_or(|k| k.table_len() == 0) {
+            why.push(
+                "the DHT routing table is empty (the bootstrap role serves peers from it; \
+                 see kad.bootstrap)"
+                    .into(),
+            );
+        }
+        if needs_reachability && node.autonat.reachability() == Verdict::Unknown {
+            why.push(
+                "reachability unknown: no AutoNAT verdict yet (the relay and bootstrap roles \
+                 serve others only if they can be reached)"
+                    .into(),
+            );
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
         }
     })
 }

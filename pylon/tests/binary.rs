@@ -10,8 +10,8 @@ use tokio::process::Command;
 
 mod common;
 use common::{
-    bin, client, field_after, http_get, kad_node, peer_of, pylon_command, subcommand, wait_metric,
-    Running, LOCAL_TCP, T,
+    bin, client, field_after, http_get, kad_node, peer_of, pylon_command, subcommand, wait_http,
+    wait_metric, Running, LOCAL_TCP, T,
 };
 
 #[tokio::test]
@@ -373,4 +373,53 @@ async fn a_node_is_reachable_through_a_relay_from_the_config() {
         .await
         .expect("the circuit closes when the relay stops");
     node.stop("-TERM").await;
+}
+
+/// `/readyz` names what a role still lacks: a bootstrap node with an empty routing table
+/// and no reachability verdict is not ready, and says both; once it joined a DHT peer that
+/// is also an AutoNAT server (lab settings: loopback dialed, one confirmation enough) and
+/// that server reached it, it is ready.
+#[tokio::test]
+async fn readiness_names_what_a_role_still_lacks_until_it_has_it() {
+    use pylon_roles::autonat::AutoNat;
+    use pylon_roles::{Metrics as RoleMetrics, Role};
+
+    // The peer to join: a DHT server and an AutoNAT server, on loopback.
+    let peer = pylon_testkit::node::kad_node(true, Vec::new()).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let _autonat = AutoNat::start(
+        &peer,
+        pylon_roles::autonat::Config {
+            allow_loopback: true,
+            ..Default::default()
+        },
+        &mut RoleMetrics::of::<AutoNat>(&mut registry),
+    )
+    .unwrap();
+
+    // First alone: nothing to join, nobody to ask.
+    let lonely_dir = tempfile::tempdir().unwrap();
+    let mut lonely = Running::start(lonely_dir.path(), &["--role", "bootstrap"]);
+    let (_, lonely_metrics) = lonely.addresses().await;
+    let body = wait_http(&lonely_metrics, "/readyz", "503").await;
+    assert!(body.contains("routing table is empty"), "{body}");
+    assert!(body.contains("reachability unknown"), "{body}");
+    lonely.stop("-TERM").await;
+
+    // Then with the peer to join and to ask.
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = pylon_testkit::node::addr_of(&peer).to_string();
+    let mut pylon = Running::spawn(pylon_command(
+        dir.path(),
+        LOCAL_TCP,
+        &["--role", "bootstrap"],
+        &[
+            ("PYLON_KAD__BOOTSTRAP", bootstrap.as_str()),
+            ("PYLON_AUTONAT__ALLOW_LOOPBACK", "true"),
+            ("PYLON_AUTONAT__CONFIRMATIONS", "1"),
+        ],
+    ));
+    let (_, metrics) = pylon.addresses().await;
+    wait_http(&metrics, "/readyz", "200 OK").await;
+    pylon.stop("-TERM").await;
 }

@@ -147,12 +147,7 @@ fn traced_node(
         ("PYLON_ROLES__AUTONAT__ALLOW_LOOPBACK", "true"),
     ];
     env.extend_from_slice(extra_env);
-    Running::spawn(pylon_command(
-        dir,
-        "/ip4/127.0.0.1/tcp/0",
-        roles,
-        &env,
-    ))
+    Running::spawn(pylon_command(dir, "/ip4/127.0.0.1/tcp/0", roles, &env))
 }
 
 #[tokio::test]
