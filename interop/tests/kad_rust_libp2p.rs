@@ -335,6 +335,13 @@ async fn rust_libp2p_network_bootstraps_from_pylon_and_pylon_client_uses_it() {
     let mut all: HashSet<PeerId> = rusts.iter().map(|r| r.peer_id).collect();
     all.insert(server.peer_id());
     assert_eq!(found, all, "the Pylon client found every server");
+    // The lookup is in rust-libp2p's query families: its duration and its requests.
+    let labels = pylon_node::metrics::KadQueryLabels {
+        r#type: "GetClosestPeers",
+    };
+    let metrics = client.host.metrics();
+    assert!(metrics.kad_query_requests.get_or_create(&labels).count() >= 1);
+    assert!(metrics.kad_query_duration.get_or_create(&labels).count() >= 1);
     assert_eq!(ck.get_value(&key).await.unwrap(), Some(value.clone()));
     let providers = ck.providers(&content, 4).await.unwrap();
     assert!(

@@ -119,6 +119,13 @@ pub struct StreamLabels {
     pub protocol: String,
 }
 
+/// `pylon_stream_bytes_total`: which way the bytes went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    /// `received` (read from a stream) or `sent` (written to one).
+    pub direction: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub protocol: &'static str,
@@ -138,6 +145,13 @@ pub struct KadLabels {
     pub kind: &'static str,
     /// `ok`, or why the request failed.
     pub outcome: &'static str,
+}
+
+/// rust-libp2p's `libp2p_kad_query_result_*` families: the kind of lookup, in its words
+/// (`GetClosestPeers`, `GetRecord`, `GetProviders`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KadQueryLabels {
+    pub r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -198,6 +212,16 @@ pub struct TaskLabels {
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// rust-libp2p's buckets for lookup durations (0.1 s doubling) and request counts (1
+/// doubling).
+fn query_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.1, 2.0, 10))
+}
+
+fn query_count_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 10))
 }
 
 fn duration_histogram() -> Histogram {
@@ -512,6 +536,13 @@ pub struct Metrics {
     pub connections: Family<DirLabels, Gauge>,
     pub streams_opened: Family<StreamLabels, Counter>,
     pub streams: Family<DirLabels, Gauge>,
+    /// `pylon_stream_bytes_total{direction}`: protocol payload read from and written to
+    /// streams (after the muxer and the security layer, so without their framing).
+    pub stream_bytes: Family<BytesLabels, Counter>,
+    /// The `received` series of `stream_bytes`, held so a stream counts without a lookup.
+    pub stream_bytes_received: Counter,
+    /// The `sent` series of `stream_bytes`.
+    pub stream_bytes_sent: Counter,
     pub protocol_errors: Family<ErrorLabels, Counter>,
     pub signed_records: Family<RecordLabels, Counter>,
     pub ping_rtt: Histogram,
@@ -524,6 +555,12 @@ pub struct Metrics {
     pub kad_records: Gauge,
     pub kad_provider_records: Gauge,
     pub kad_network_size: Gauge,
+    /// One lookup: how long it took, how many requests it sent, how many were answered
+    /// and how many failed (rust-libp2p's `libp2p_kad_query_result_*`).
+    pub kad_query_duration: Family<KadQueryLabels, Histogram, fn() -> Histogram>,
+    pub kad_query_requests: Family<KadQueryLabels, Histogram, fn() -> Histogram>,
+    pub kad_query_success: Family<KadQueryLabels, Histogram, fn() -> Histogram>,
+    pub kad_query_failure: Family<KadQueryLabels, Histogram, fn() -> Histogram>,
     pub holepunch_outcomes: Family<HolepunchLabels, Counter>,
     pub holepunch_addresses: Family<HolepunchAddrLabels, Counter>,
     /// The node's reachability (AutoNAT client): go-libp2p's numbering, 0 unknown, 1
@@ -557,6 +594,12 @@ pub struct Metrics {
 impl Metrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &mut Registry) -> Arc<Self> {
+        let stream_bytes = Family::<BytesLabels, Counter>::default();
+        let stream_bytes_received = stream_bytes.get_or_create_owned(&BytesLabels {
+            direction: "received",
+        });
+        let stream_bytes_sent =
+            stream_bytes.get_or_create_owned(&BytesLabels { direction: "sent" });
         let m = Metrics {
             connections_opened: Family::default(),
             connections_closed: Family::default(),
@@ -568,6 +611,9 @@ impl Metrics {
             connections: Family::default(),
             streams_opened: Family::default(),
             streams: Family::default(),
+            stream_bytes,
+            stream_bytes_received,
+            stream_bytes_sent,
             protocol_errors: Family::default(),
             signed_records: Family::default(),
             ping_rtt: latency_histogram(),
@@ -580,6 +626,10 @@ impl Metrics {
             kad_records: Gauge::default(),
             kad_provider_records: Gauge::default(),
             kad_network_size: Gauge::default(),
+            kad_query_duration: Family::new_with_constructor(query_duration_histogram),
+            kad_query_requests: Family::new_with_constructor(query_count_histogram),
+            kad_query_success: Family::new_with_constructor(query_count_histogram),
+            kad_query_failure: Family::new_with_constructor(query_count_histogram),
             holepunch_outcomes: Family::default(),
             holepunch_addresses: Family::default(),
             autonat_reachability: Gauge::default(),
@@ -621,6 +671,12 @@ impl Metrics {
         m.identify.register(registry);
         m.host_addrs.register(registry);
         m.autorelay.register(registry);
+        registry.register(
+            "pylon_stream_bytes",
+            "Bytes read from (received) and written to (sent) streams: protocol payload, \
+             without the muxer's and the security layer's framing",
+            m.stream_bytes.clone(),
+        );
         registry.register(
             "pylon_task_failures",
             "Core tasks (listeners, periodic jobs) that ended or panicked before shutdown",
@@ -789,6 +845,27 @@ impl Metrics {
             "network_size_estimate",
             "Estimated number of DHT server peers, from lookup distances",
             m.kad_network_size.clone(),
+        );
+        kad.register_with_unit(
+            "query_result_duration",
+            "Duration of a Kademlia lookup",
+            prometheus_client::registry::Unit::Seconds,
+            m.kad_query_duration.clone(),
+        );
+        kad.register(
+            "query_result_num_requests",
+            "Requests a Kademlia lookup sent",
+            m.kad_query_requests.clone(),
+        );
+        kad.register(
+            "query_result_num_success",
+            "Requests of a Kademlia lookup that were answered",
+            m.kad_query_success.clone(),
+        );
+        kad.register(
+            "query_result_num_failure",
+            "Requests of a Kademlia lookup that failed or timed out",
+            m.kad_query_failure.clone(),
         );
         Arc::new(m)
     }

@@ -968,6 +968,7 @@ impl Kad {
         kind: MessageType,
         enough: Option<usize>,
     ) -> Outcome {
+        let started = std::time::Instant::now();
         let k = self.config.table.k;
         let target = Key::new(&key);
         let seeds: Vec<Found> = lock(&self.table)
@@ -1041,6 +1042,26 @@ impl Kad {
         }
         let out = core.finish();
         self.estimate_size(&target, &out.closest);
+        let labels = crate::metrics::KadQueryLabels {
+            r#type: match kind {
+                MessageType::GetValue => "GetRecord",
+                MessageType::GetProviders => "GetProviders",
+                _ => "GetClosestPeers",
+            },
+        };
+        let m = &self.metrics;
+        m.kad_query_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        m.kad_query_requests
+            .get_or_create(&labels)
+            .observe(out.queried as f64);
+        m.kad_query_success
+            .get_or_create(&labels)
+            .observe(out.queried.saturating_sub(out.failed) as f64);
+        m.kad_query_failure
+            .get_or_create(&labels)
+            .observe(out.failed as f64);
         out
     }
 
