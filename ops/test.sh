@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pylon's one test command: installs what the tests need on a fresh machine, checks
 # formatting and lints, then runs every test (unit, host, binary, interop with real
-# rust-libp2p and js-libp2p peers).
+# rust-libp2p and js-libp2p peers, the web dashboard in a headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +23,19 @@ if ! command -v nft >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
   echo "nft/ip missing: installing Debian's nftables and iproute2"
   apt-get update -qq && apt-get install -y -qq nftables iproute2
 fi
+# The web dashboard's browser test (pylon/tests/dashboard_ui.rs) drives Debian's headless
+# Chromium through playwright-core.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "chromium missing: installing Debian's chromium"
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
 echo "node $(node --version), npm $(npm --version), $(cargo --version)"
 
 step "js-libp2p peer (npm ci --prefix interop/js)"
 npm ci --prefix interop/js --no-audit --no-fund --loglevel=error
+
+step "playwright-core for the dashboard's browser test (npm ci --prefix dashboard/e2e)"
+npm ci --prefix dashboard/e2e --no-audit --no-fund --loglevel=error
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

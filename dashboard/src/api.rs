@@ -32,7 +32,7 @@ fn audit(action: &str, target: &str, result: &str) {
     tracing::info!(target: AUDIT, action, "target" = target, result, "admin action");
 }
 
-fn now_unix_ms() -> u64 {
+pub(crate) fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -389,6 +389,26 @@ pub(crate) async fn resources(State(a): State<Arc<Admin>>, RawQuery(q): RawQuery
         "fds": { "open": fds, "limit": fd_limit() },
         "memory": { "resident_bytes": proc_status(&status, "VmRSS").map(|kb| kb * 1024) },
         "threads": proc_status(&status, "Threads"),
+    }))
+}
+
+pub(crate) async fn history(State(a): State<Arc<Admin>>, RawQuery(q): RawQuery) -> Answer {
+    let params = Params::parse(q.as_deref(), &["since"])?;
+    let since = params
+        .get("since")
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "query parameter since={v:?}: expected Unix milliseconds"
+                ))
+            })
+        })
+        .transpose()?;
+    ok(json!({
+        "interval_secs": crate::history::INTERVAL.as_secs(),
+        "capacity": a.history.capacity(),
+        "roles": a.roles.iter().map(|r| r.name()).collect::<Vec<_>>(),
+        "samples": a.history.samples(since),
     }))
 }
 

@@ -36,7 +36,7 @@ pub(crate) fn check(admin: &Admin, header: Option<&[u8]>) -> Result<(), ApiError
     Ok(())
 }
 
-/// The middleware: `/api` paths need the token; others (the web UI, later) pass.
+/// The middleware: `/api` paths need the token; others (the web UI's files) pass.
 pub(crate) async fn require_token(
     State(admin): State<Arc<Admin>>,
     req: Request,

@@ -10,6 +10,11 @@
 //! records, resource use. Actions: disconnect a peer, ban a peer or a CIDR (for a
 //! duration), lift a ban, drain, reload the configuration.
 //!
+//! The web dashboard (`ui.rs`, files in `dashboard/assets/`) is served by the same router
+//! at `/` and `/ui/…` without the token; it reads everything through the API with the
+//! token the operator types in. Its charts come from [`history`]: the node read every
+//! 5 s, the last hour kept in memory (`GET /history`).
+//!
 //! Not here: the HTTP listener and its bounds (the binary's `http.rs` serves this
 //! router), what reload and drain do to the process (the binary implements [`Control`]),
 //! and the bans themselves (`pylon_node::host::Host::ban`).
@@ -17,8 +22,10 @@
 mod api;
 mod auth;
 mod error;
+pub mod history;
 mod paging;
 pub mod token;
+mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +36,7 @@ use pylon_node::node::Node;
 use serde::Serialize;
 
 pub use error::ApiError;
+pub use history::{sample, History};
 pub use paging::{DEFAULT_LIMIT, MAX_LIMIT};
 pub use token::Token;
 
@@ -49,6 +57,8 @@ pub struct Admin {
     pub token: Token,
     pub control: Arc<dyn Control>,
     pub info: Info,
+    /// The recent history the dashboard charts, fed by [`sample`].
+    pub history: History,
 }
 
 /// Facts about the process the node itself does not hold.
@@ -112,8 +122,9 @@ pub struct Reload {
     pub notes: Vec<String>,
 }
 
-/// The API's router: `/api/v1/...`, JSON 404 and 405 for anything else, the token checked
-/// before any `/api` handler runs.
+/// The API's router: `/api/v1/...` and the web dashboard (`/`, `/ui/…`), JSON 404 and 405
+/// for anything else, the token checked before any `/api` handler runs, the security
+/// headers on every answer.
 pub fn router(admin: Arc<Admin>) -> axum::Router {
     let api = axum::Router::new()
         .route("/identity", get(api::identity))
@@ -125,6 +136,7 @@ pub fn router(admin: Arc<Admin>) -> axum::Router {
         .route("/kad/buckets", get(api::kad_buckets))
         .route("/kad/records", get(api::kad_records))
         .route("/resources", get(api::resources))
+        .route("/history", get(api::history))
         .route("/bans", get(api::bans).post(api::ban))
         .route("/bans/{id}", delete(api::unban))
         .route("/drain", post(api::drain))
@@ -132,6 +144,8 @@ pub fn router(admin: Arc<Admin>) -> axum::Router {
         .route("/openapi.json", get(api::openapi));
     axum::Router::new()
         .nest("/api/v1", api)
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -139,6 +153,7 @@ pub fn router(admin: Arc<Admin>) -> axum::Router {
             admin.clone(),
             auth::require_token,
         ))
+        .layer(axum::middleware::from_fn(ui::security_headers))
         .with_state(admin)
 }
 

@@ -47,6 +47,7 @@ struct Fixture {
     router: axum::Router,
     control: Arc<TestControl>,
     node: Node,
+    admin: Arc<Admin>,
 }
 
 async fn fixture() -> Fixture {
@@ -68,11 +69,13 @@ async fn fixture() -> Fixture {
             started_unix_ms: 0,
             limits: Limits::default(),
         },
+        history: History::default(),
     });
     Fixture {
-        router: router(admin),
+        router: router(admin.clone()),
         control,
         node,
+        admin,
     }
 }
 
@@ -111,6 +114,29 @@ impl Fixture {
         }
     }
 
+    /// `GET path` with `headers`, the body as it came.
+    async fn raw(&self, path: &str, headers: &[(header::HeaderName, &str)]) -> Raw {
+        let mut req = Request::builder().method("GET").uri(path);
+        for (name, value) in headers {
+            req = req.header(name, *value);
+        }
+        let mut router = self.router.clone();
+        let response = tower_service::Service::call(&mut router, req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec();
+        Raw {
+            status,
+            headers,
+            body,
+        }
+    }
+
     async fn get(&self, path: &str) -> Answer {
         self.send("GET", path, Some(&format!("Bearer {SECRET}")), "")
             .await
@@ -120,6 +146,12 @@ impl Fixture {
         self.send("POST", path, Some(&format!("Bearer {SECRET}")), body)
             .await
     }
+}
+
+struct Raw {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
 }
 
 fn error_of(a: &Answer) -> &str {
@@ -410,6 +442,7 @@ fn the_openapi_document_lists_every_route() {
         "GET /kad/buckets",
         "GET /kad/records",
         "GET /resources",
+        "GET /history",
         "GET /bans",
         "POST /bans",
         "DELETE /bans/{id}",
@@ -438,4 +471,151 @@ fn the_openapi_document_lists_every_route() {
         let pointer = r.strip_prefix('#').unwrap();
         assert!(doc.pointer(pointer).is_some(), "dangling {r}");
     }
+}
+
+/// The page and its files need no token, come with their type, the security headers and
+/// an ETag that a revalidation answers with 304; the page holds no token and no inline
+/// script or style; every file it names is served.
+#[tokio::test]
+async fn the_dashboard_is_served_without_the_token_and_locked_down() {
+    let f = fixture().await;
+    let page = f.raw("/", &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let h = &page.headers;
+    assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+    assert_eq!(h[header::CACHE_CONTROL], "no-cache");
+    let html = String::from_utf8(page.body.clone()).unwrap();
+    assert!(!html.contains(SECRET));
+    // No inline code: scripts and styles come from files, no handler attributes.
+    assert!(!html.contains("<style"), "inline style element");
+    assert!(!html.contains("style="), "inline style attribute");
+    for part in html.split(" on").skip(1) {
+        let name: String = part.chars().take_while(char::is_ascii_lowercase).collect();
+        assert!(
+            !part[name.len()..].starts_with('='),
+            "inline event handler on{name}"
+        );
+    }
+    let mut named = Vec::new();
+    for part in html.split("<script").skip(1) {
+        let tag = &part[..part.find('>').unwrap()];
+        assert!(tag.contains("src=\"/ui/"), "inline script: <script{tag}>");
+        assert!(part[part.find('>').unwrap() + 1..].starts_with("</script>"));
+    }
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            let url = &part[..part.find('"').unwrap()];
+            if let Some(file) = url.strip_prefix("/ui/") {
+                named.push(file.to_string());
+            } else {
+                assert!(
+                    url.starts_with('#'),
+                    "{url} is neither a file of ours nor a page"
+                );
+            }
+        }
+    }
+    assert!(named.iter().any(|n| n == "app.js") && named.iter().any(|n| n == "style.css"));
+
+    // Every file is served with its type; the JavaScript modules import only files of
+    // ours, and nothing names another origin.
+    for asset in ui::ASSETS.iter().chain([&ui::INDEX]) {
+        // The SVG namespace is a name, not a place anything is fetched from.
+        let text = String::from_utf8_lossy(asset.body).replace("http://www.w3.org/2000/svg", "");
+        assert!(
+            !text.contains("http://") && !text.contains("https://") && !text.contains("//cdn"),
+            "{} names another origin",
+            asset.name
+        );
+        if asset.name.ends_with(".js") {
+            for line in text.lines().filter(|l| l.starts_with("import ")) {
+                assert!(line.contains("from './"), "{}: {line}", asset.name);
+                let file = line
+                    .split("from './")
+                    .nth(1)
+                    .unwrap()
+                    .trim_end_matches("';");
+                assert!(
+                    ui::ASSETS.iter().any(|a| a.name == file),
+                    "{}: {file}",
+                    asset.name
+                );
+            }
+        }
+    }
+    for file in ui::ASSETS
+        .iter()
+        .map(|a| a.name)
+        .chain(named.iter().map(String::as_str))
+    {
+        let a = f.raw(&format!("/ui/{file}"), &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "/ui/{file}");
+        let asset = ui::ASSETS.iter().find(|a| a.name == file).unwrap();
+        assert_eq!(a.headers[header::CONTENT_TYPE], asset.content_type);
+        assert_eq!(a.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(a.body, asset.body);
+        let etag = a.headers[header::ETAG].to_str().unwrap().to_string();
+        let again = f
+            .raw(&format!("/ui/{file}"), &[(header::IF_NONE_MATCH, &etag)])
+            .await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+        assert!(again.body.is_empty());
+    }
+    let js = f.raw("/ui/app.js", &[]).await;
+    assert_eq!(
+        js.headers[header::CONTENT_TYPE],
+        "text/javascript; charset=utf-8"
+    );
+    let missing = f.raw("/ui/nope.js", &[]).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers[header::CONTENT_TYPE], "application/json");
+
+    // The API's answers: the same headers, never cached; the data still needs the token.
+    let a = f.raw("/api/v1/identity", &[]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.headers[header::CACHE_CONTROL], "no-store");
+    assert!(a.headers.contains_key(header::CONTENT_SECURITY_POLICY));
+    let auth = format!("Bearer {SECRET}");
+    let a = f
+        .raw("/api/v1/identity", &[(header::AUTHORIZATION, &auth)])
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers[header::CACHE_CONTROL], "no-store");
+}
+
+/// `GET /history`: the samples the sampler took, `since` filtering them, and a bad
+/// `since` refused.
+#[tokio::test]
+async fn history_answers_the_samples_kept() {
+    let f = fixture().await;
+    let a = f.get("/api/v1/history").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json["interval_secs"], 5);
+    assert_eq!(a.json["capacity"], 720);
+    assert_eq!(a.json["samples"], json!([]));
+    let admin = f.admin.clone();
+    let now = Instant::now();
+    admin
+        .history
+        .handle_reading(now, 1_000, history::read(&admin));
+    admin
+        .history
+        .handle_reading(now + history::INTERVAL, 6_000, history::read(&admin));
+    let a = f.get("/api/v1/history").await;
+    let samples = a.json["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2);
+    assert_eq!(samples[1]["span_ms"], 5_000);
+    assert_eq!(samples[1]["connections"], 0);
+    assert_eq!(samples[1]["requests"], json!({}));
+    let a = f.get("/api/v1/history?since=1000").await;
+    assert_eq!(a.json["samples"].as_array().unwrap().len(), 1);
+    let a = f.get("/api/v1/history?since=soon").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&a).contains("since"));
 }

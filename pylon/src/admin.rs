@@ -304,8 +304,9 @@ pub(crate) fn token(config: &Config) -> anyhow::Result<pylon_dashboard::Token> {
     Ok(token)
 }
 
-/// Starts the admin API on `addr`: the routes of `pylon-dashboard` with `token`, the
-/// bounds of `[admin]`. Returns the bound address and the server task.
+/// Starts the admin API and the web dashboard on `addr`: the routes of `pylon-dashboard`
+/// with `token`, the bounds of `[admin]`, and the dashboard's history sampler. Returns the
+/// bound address and the server task.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
     config: &Config,
@@ -343,12 +344,20 @@ pub(crate) async fn start(
                 max_peers: config.node.peerstore.max_peers,
             },
         },
+        history: pylon_dashboard::History::default(),
     });
     let listener = http::Listener::bind(addr, "admin", config.admin_http.clone(), http_metrics)
         .await
         .with_context(|| format!("cannot bind the admin listener {addr} (admin.listen)"))?;
     let bound = listener.local_addr()?;
-    let handle = tokio::spawn(listener.serve(pylon_dashboard::router(admin)));
+    let router = pylon_dashboard::router(admin.clone());
+    // The dashboard's history sampler lives and ends with the listener: one task.
+    let handle = tokio::spawn(async move {
+        tokio::select! {
+            () = listener.serve(router) => {}
+            () = pylon_dashboard::sample(admin) => {}
+        }
+    });
     Ok((bound, handle))
 }
 

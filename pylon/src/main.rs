@@ -585,6 +585,7 @@ async fn serve(
     }
     if let Some((addr, _)) = &admin_task {
         tracing::info!("admin API on http://{addr}/api/v1");
+        tracing::info!("web dashboard on http://{addr}/ (log in with the admin token)");
     }
     let mut failure = node.host.watch_failure();
     let failed = loop {

@@ -353,7 +353,7 @@ async fn the_api_refuses_without_the_token_and_explains_bad_requests() {
 async fn read_endpoints_match_the_document_and_show_real_peers() {
     let dir = tempfile::tempdir().unwrap();
     let mut pylon = start(dir.path(), "[kad]\nserver = true\n", &["--role", "relay"]);
-    let (listen, _) = pylon.addresses().await;
+    let (listen, metrics) = pylon.addresses().await;
     let api = Api::of(&mut pylon, dir.path()).await;
     let me = peer_of(&listen);
 
@@ -463,6 +463,43 @@ async fn read_endpoints_match_the_document_and_show_real_peers() {
     assert!(res["fds"]["open"].as_u64().unwrap() > 10);
     assert!(res["memory"]["resident_bytes"].as_u64().unwrap() > 1 << 20);
     assert!(res["threads"].as_u64().unwrap() >= 2);
+
+    // The dashboard's history: a sample is taken at start, then every 5 s.
+    poll(&api, "/history", "the first sample", |v| {
+        v["samples"].as_array().is_some_and(|s| !s.is_empty())
+    })
+    .await;
+    let history = api.get("/history").await.json;
+    assert_eq!(history["interval_secs"], 5);
+    assert_eq!(history["capacity"], 720);
+    assert_eq!(history["roles"], json!(["relay"]));
+    assert!(
+        history["samples"][0]["requests"]["relay"].is_u64(),
+        "{history}"
+    );
+    let last = history["samples"].as_array().unwrap().last().unwrap()["unix_ms"]
+        .as_u64()
+        .unwrap();
+    // Only what came after (a sample may have been taken in between).
+    let newer = api.get(&format!("/history?since={last}")).await.json;
+    assert!(
+        newer["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["unix_ms"].as_u64() > Some(last)),
+        "{newer}"
+    );
+    // What its bandwidth chart reads: stream payload, counted both ways.
+    let mut exposition = String::new();
+    wait::until_async("stream bytes counted", T, async || {
+        exposition = http_get(&metrics, "/metrics").await;
+        ["received", "sent"].iter().all(|d| {
+            let name = format!("pylon_stream_bytes_total{{direction=\"{d}\"}}");
+            common::http::sample::<f64>(&exposition, &name).is_some_and(|v| v > 0.0)
+        })
+    })
+    .await;
     pylon.stop("-TERM").await;
 }
 

@@ -146,6 +146,15 @@ impl Role for Bootstrap {
             reachability: self.node.autonat.reachability().label(),
         }
     }
+
+    /// What a bootstrap node serves: the DHT (the role makes it a server).
+    fn protocols(&self) -> Vec<String> {
+        self.node
+            .kad
+            .iter()
+            .map(|k| k.config().protocol.clone())
+            .collect()
+    }
 }
 
 /// The running role.

@@ -83,6 +83,13 @@ pub trait Role: Send + Sync + Sized + 'static {
 
     /// What the running role is doing.
     fn status(&self) -> Self::Status;
+
+    /// The protocols whose inbound streams are this role's requests (what the web
+    /// dashboard charts as the role's requests, from `libp2p_swarm_streams_opened_total`);
+    /// none by default.
+    fn protocols(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The role's own metrics registry under `registry`: prefix `pylon_NAME`.
@@ -205,6 +212,11 @@ impl Running {
     pub fn status(&self) -> serde_json::Value {
         self.role.status()
     }
+
+    /// [`Role::protocols`].
+    pub fn protocols(&self) -> Vec<String> {
+        self.role.protocols()
+    }
 }
 
 impl fmt::Debug for Running {
@@ -300,12 +312,17 @@ impl<R: Role> DynConfigured for Checked<R> {
 
 trait DynRunning: Send + Sync {
     fn status(&self) -> serde_json::Value;
+    fn protocols(&self) -> Vec<String>;
 }
 
 impl<R: Role> DynRunning for R {
     fn status(&self) -> serde_json::Value {
         // A status is a struct of plain values: serializing it cannot fail.
         serde_json::to_value(Role::status(self)).unwrap_or_default()
+    }
+
+    fn protocols(&self) -> Vec<String> {
+        Role::protocols(self)
     }
 }
 

@@ -302,7 +302,8 @@ impl Connection {
     }
 }
 
-/// A negotiated stream. Reads and writes go straight to the yamux or QUIC stream.
+/// A negotiated stream. Reads and writes go straight to the yamux or QUIC stream, their
+/// bytes counted (`pylon_stream_bytes_total`).
 pub struct Stream {
     pub(super) io: Negotiated<Substream>,
     pub(super) protocol: String,
@@ -375,7 +376,14 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut me.io).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            me.metrics.stream_bytes_received.inc_by(n as u64);
+        }
+        read
     }
 }
 
@@ -385,7 +393,12 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let me = self.get_mut();
+        let written = Pin::new(&mut me.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            me.metrics.stream_bytes_sent.inc_by(n as u64);
+        }
+        written
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)

@@ -329,6 +329,10 @@ impl Role for AutoNat {
     fn status(&self) -> Status {
         self.server.status()
     }
+
+    fn protocols(&self) -> Vec<String> {
+        self.server.protocols()
+    }
 }
 
 #[cfg(test)]

@@ -284,6 +284,13 @@ impl Server {
         self.dial_backs.load(Ordering::Relaxed)
     }
 
+    /// The protocols served: the versions enabled.
+    pub(super) fn protocols(&self) -> Vec<String> {
+        let v1 = self.config.v1.then_some(V1_PROTOCOL);
+        let v2 = self.config.v2.then_some(V2_DIAL_REQUEST);
+        v1.into_iter().chain(v2).map(str::to_string).collect()
+    }
+
     pub(super) fn status(&self) -> Status {
         let (running, in_window) = {
             let mut b = lock(&self.budget);

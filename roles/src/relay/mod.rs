@@ -299,4 +299,8 @@ impl Role for Relay {
     fn status(&self) -> Status {
         self.service.status()
     }
+
+    fn protocols(&self) -> Vec<String> {
+        vec![pylon_node::protocols::relay::HOP.to_string()]
+    }
 }
