@@ -8,8 +8,8 @@
 //! Not here: the comparison with what a client presents ([`Token::matches`] is, but the
 //! HTTP side is `auth.rs`).
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// File name of the token inside the data directory (the default of `admin.token_file`).
@@ -114,37 +114,26 @@ pub fn load_or_create(path: &Path) -> Result<(Token, bool), Error> {
 }
 
 fn read(path: &Path) -> Result<Option<Token>, Error> {
+    use pylon_node::private_file::{self, Refusal};
     let shown = path.display().to_string();
-    let io = |source| Error::Io {
-        path: shown.clone(),
-        source,
+    let bytes = match private_file::read(path, MAX_TOKEN_FILE_LEN) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(Refusal::Io(source)) => {
+            return Err(Error::Io {
+                path: shown,
+                source,
+            })
+        }
+        Err(Refusal::NotRegular) => return Err(Error::NotRegular { path: shown }),
+        Err(Refusal::Mode(mode)) => return Err(Error::Mode { path: shown, mode }),
+        Err(Refusal::TooLarge) => {
+            return Err(Error::Bad {
+                path: shown,
+                reason: format!("larger than {MAX_TOKEN_FILE_LEN} bytes; not a token"),
+            })
+        }
     };
-    // Checked before opening too: opening a FIFO would block until a writer shows up.
-    match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => return Err(Error::NotRegular { path: shown }),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    }
-    let file = std::fs::File::open(path).map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(Error::NotRegular { path: shown });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(Error::Mode { path: shown, mode });
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_TOKEN_FILE_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_TOKEN_FILE_LEN {
-        return Err(Error::Bad {
-            path: shown,
-            reason: format!("larger than {MAX_TOKEN_FILE_LEN} bytes; not a token"),
-        });
-    }
     let text = String::from_utf8(bytes).map_err(|_| Error::Bad {
         path: shown.clone(),
         reason: "not text".into(),
@@ -185,6 +174,7 @@ fn write_new(path: &Path, token: &Token) -> std::io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_new_token_file_is_private_and_never_overwritten() {

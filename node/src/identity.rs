@@ -85,37 +85,21 @@ pub fn load(dir: &Path) -> Result<Option<Keypair>, Error> {
 /// file that is not a regular file (a symlink to `/dev/zero` would be read forever), one
 /// readable by group or others, one larger than [`MAX_KEY_FILE_LEN`], an empty one.
 fn read_key_file(path: &Path) -> Result<Option<Keypair>, Error> {
-    use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
+    use crate::private_file::{self, Refusal};
     let shown = path.display().to_string();
-    let io = |source| Error::Io {
-        path: shown.clone(),
-        source,
+    let bytes = match private_file::read(path, MAX_KEY_FILE_LEN) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(Refusal::Io(source)) => {
+            return Err(Error::Io {
+                path: shown,
+                source,
+            })
+        }
+        Err(Refusal::NotRegular) => return Err(Error::NotRegular { path: shown }),
+        Err(Refusal::Mode(mode)) => return Err(Error::KeyFileMode { path: shown, mode }),
+        Err(Refusal::TooLarge) => return Err(Error::KeyFileTooLarge { path: shown }),
     };
-    // Checked before opening too: opening a FIFO would block until a writer shows up.
-    match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => return Err(Error::NotRegular { path: shown }),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    }
-    let file = std::fs::File::open(path).map_err(io)?;
-    // The opened file is what counts (the path may have changed since the check above).
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(Error::NotRegular { path: shown });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(Error::KeyFileMode { path: shown, mode });
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_KEY_FILE_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_KEY_FILE_LEN {
-        return Err(Error::KeyFileTooLarge { path: shown });
-    }
     if bytes.is_empty() {
         return Err(Error::EmptyKeyFile { path: shown });
     }

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod peerstore;
+pub mod private_file;
 pub mod process_metrics;
 pub mod proto;
 pub mod protocols;
