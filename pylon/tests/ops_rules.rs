@@ -417,18 +417,16 @@ async fn every_alert_names_only_exported_metrics() {
     write_frame(&mut bad, &wrong_first).await.unwrap();
     let _ = tokio::time::timeout(T, read_frame(&mut bad, 4096)).await;
     drop(bad);
+    // The process under test reports nothing to this one: its metrics are polled, bounded.
     let mut exposition = String::new();
-    for _ in 0..50 {
+    pylon_testkit::wait::until_async("the families the traffic creates", T, async || {
         exposition = http_get(&metrics, "/metrics").await;
-        if exposition.contains("# TYPE libp2p_swarm_connections_opened counter")
+        exposition.contains("# TYPE libp2p_swarm_connections_opened counter")
             && exposition.contains("# TYPE libp2p_relaysvc_connection_rejections counter")
             && exposition.contains("# TYPE pylon_autonat_refused counter")
             && exposition.contains("# TYPE libp2p_kad_routing_table_peers ")
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let exported: BTreeSet<&str> = exposition
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
