@@ -192,6 +192,11 @@ async fn start_peer(name: &str, host: &netns::Host) -> Peer {
     NsSwarm::start(name, host, client, listen, Seen::of, T).await
 }
 
+/// A bed with LAN 0 behind `a` and LAN 1 behind `b`.
+fn two_lans(a: Nat, b: Nat) -> Bed {
+    Bed::builder().lan(a).lan(b).build().unwrap()
+}
+
 /// The Pylon relay on the public host of a bed.
 type PublicRelay = NsPylon<Relay>;
 
@@ -224,7 +229,7 @@ struct Met {
 /// circuit. DCUtR may already be at work meanwhile: the caller judges it from the
 /// peers' histories.
 async fn meet_through_relay(over: Over, nat_a: Nat, nat_b: Nat) -> Met {
-    let bed = Bed::builder().lan(nat_a).lan(nat_b).build().unwrap();
+    let bed = two_lans(nat_a, nat_b);
     let relay = start_relay(&bed).await;
     let relay_addr = relay_at(&relay, over);
     let mut a = start_peer("A", &bed.lan(0).host).await;
@@ -482,11 +487,7 @@ async fn circuit_to(
 #[tokio::test]
 async fn a_pylon_node_behind_nat_hole_punches_with_a_rust_libp2p_peer() {
     use pylon_node::metrics::HolepunchLabels;
-    let bed = Bed::builder()
-        .lan(Nat::EndpointIndependent)
-        .lan(Nat::EndpointIndependent)
-        .build()
-        .unwrap();
+    let bed = two_lans(Nat::EndpointIndependent, Nat::EndpointIndependent);
     let relay = start_relay(&bed).await;
     let relay_addr = relay_at(&relay, Over::Tcp);
 
@@ -579,11 +580,7 @@ async fn a_pylon_node_behind_nat_hole_punches_with_a_rust_libp2p_peer() {
 /// AutoNAT dial-back can do: `confirm_observed` stands in for that.
 #[tokio::test]
 async fn a_js_libp2p_peer_behind_nat_hole_punches_with_a_rust_libp2p_peer() {
-    let bed = Bed::builder()
-        .lan(Nat::EndpointIndependent)
-        .lan(Nat::EndpointIndependent)
-        .build()
-        .unwrap();
+    let bed = two_lans(Nat::EndpointIndependent, Nat::EndpointIndependent);
     let relay = start_relay(&bed).await;
     let relay_addr = relay_at(&relay, Over::Quic);
     let (js_router, rust_router) = (bed.lan(0).router.ip(), bed.lan(1).router.ip());
