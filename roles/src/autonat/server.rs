@@ -99,12 +99,12 @@ impl AutoNatMetrics {
         let v1 = metrics.standard("libp2p_autonat");
         v1.register(
             "outgoing_dial_response",
-            "Count of dial responses for server",
+            "AutoNAT v1 answers sent, by status",
             m.v1_responses.clone(),
         );
         v1.register(
             "outgoing_dial_refused",
-            "Count of dial requests refused by server",
+            "AutoNAT v1 requests refused without a dial, by reason",
             m.v1_refused.clone(),
         );
         let v2 = metrics.standard("libp2p_autonatv2");
