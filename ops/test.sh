@@ -29,6 +29,11 @@ if ! command -v chromium >/dev/null 2>&1; then
   echo "chromium missing: installing Debian's chromium"
   apt-get update -qq && apt-get install -y -qq chromium
 fi
+# The systemd unit's check (pylon/tests/examples.rs) runs systemd-analyze verify.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "systemd-analyze missing: installing Debian's systemd"
+  apt-get update -qq && apt-get install -y -qq systemd
+fi
 echo "node $(node --version), npm $(npm --version), $(cargo --version)"
 
 step "js-libp2p peer (npm ci --prefix interop/js)"
@@ -36,6 +41,11 @@ npm ci --prefix interop/js --no-audit --no-fund --loglevel=error
 
 step "playwright-core for the dashboard's browser test (npm ci --prefix dashboard/e2e)"
 npm ci --prefix dashboard/e2e --no-audit --no-fund --loglevel=error
+
+step "container engine: podman, runc and the base image, offline (ops/container/setup.sh)"
+# The image test (pylon/tests/container.rs) builds the Dockerfile and runs it with podman;
+# no registry is reachable, so the base image is debootstrapped from Debian's mirror once.
+bash ops/container/setup.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -70,6 +80,61 @@ fi
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "Grafana dashboards (ops/grafana) match their generator"
+python3 ops/grafana/build.py --check
+
+step "Terraform: fmt, then validate and test the provider-free values module"
+if ! command -v terraform >/dev/null 2>&1; then
+  echo "terraform missing: this machine kind ships it in /usr/local/bin" >&2
+  exit 1
+fi
+# Offline: no provider can be downloaded, so the root module (helm_release) is only
+# formatted; its logic lives in terraform/modules/values, which needs no provider.
+export TF_IN_AUTOMATION=1 TF_CLI_CONFIG_FILE=/dev/null
+terraform fmt -check -recursive terraform
+(
+  cd terraform/modules/values
+  terraform init -backend=false -input=false -no-color >/dev/null
+  terraform validate -no-color
+  terraform test -no-color
+)
+
+step "Helm chart: lint, render, kubernetes-validate --strict, values schema, each rendered config read by the binary"
+# The tests' build, which `cargo test` below reuses, makes the pylon binary the check feeds.
+cargo test --workspace --locked --no-run --quiet
+# Debian's python3 needs python3-venv for `python3 -m venv`.
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  echo "python3-venv missing: installing Debian's python3-venv"
+  apt-get update -qq && apt-get install -y -qq python3-venv
+fi
+helm_venv="${CARGO_TARGET_DIR:-target}/helm-venv"
+if ! cmp -s helm/tests/requirements.txt "$helm_venv/requirements.txt"; then
+  rm -rf "$helm_venv"
+  python3 -m venv "$helm_venv"
+  "$helm_venv/bin/pip" install --quiet --disable-pip-version-check -r helm/tests/requirements.txt
+  cp helm/tests/requirements.txt "$helm_venv/requirements.txt"
+fi
+"$helm_venv/bin/python" helm/tests/chart.py --pylon "${CARGO_TARGET_DIR:-target}/debug/pylon"
+
+step "Terraform's computed values are accepted by the chart (apply of the provider-free module, then render)"
+tf_state=$(mktemp -d)
+tf_sets=(
+  ""
+  "-var=replicas=2 -var=service_type=NodePort -var=node_ports=[30001,30002] -var=roles=[\"relay\",\"bootstrap\"] -var=role_settings={relay={max_circuits=256}}"
+  "-var=exposure=hostNetwork -var=profile=minimal -var=roles=[] -var=monitoring={service_monitor=true,prometheus_rule=true,dashboards=true}"
+  "-var=replicas=3 -var=load_balancer_ips=[\"203.0.113.1\",\"203.0.113.2\",\"203.0.113.3\"] -var=roles=[\"autonat\"]"
+)
+for set in "${tf_sets[@]}"; do
+  # shellcheck disable=SC2086 # each set is several -var arguments
+  terraform -chdir=terraform/modules/values apply -auto-approve -input=false -no-color \
+    -state="$tf_state/values.tfstate" $set >/dev/null
+  terraform -chdir=terraform/modules/values output -state="$tf_state/values.tfstate" -raw values_yaml \
+    >"$tf_state/values.yaml"
+  "$helm_venv/bin/python" helm/tests/chart.py render --values "$tf_state/values.yaml" >/dev/null
+  echo "terraform ${set:-(defaults)}: the chart renders its values"
+done
+rm -rf "$tf_state"
 
 step "cargo test"
 log=$(mktemp)

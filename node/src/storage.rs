@@ -135,6 +135,8 @@ pub struct Metrics {
     pub lost_flushes: Counter,
     pub dropped_on_load: Family<TreeLabels, Counter>,
     pub size_bytes: Gauge,
+    pub volume_available_bytes: Gauge,
+    pub volume_size_bytes: Gauge,
 }
 
 impl Metrics {
@@ -150,6 +152,8 @@ impl Metrics {
             lost_flushes: Counter::default(),
             dropped_on_load: Family::default(),
             size_bytes: Gauge::default(),
+            volume_available_bytes: Gauge::default(),
+            volume_size_bytes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("pylon_storage");
         r.register(
@@ -201,6 +205,16 @@ impl Metrics {
             "size_bytes",
             "Size of the database on disk",
             m.size_bytes.clone(),
+        );
+        r.register(
+            "volume_available_bytes",
+            "Bytes free for the node on the database's file system",
+            m.volume_available_bytes.clone(),
+        );
+        r.register(
+            "volume_size_bytes",
+            "Size of the database's file system",
+            m.volume_size_bytes.clone(),
         );
         Arc::new(m)
     }
@@ -305,6 +319,24 @@ fn read_epoch_file(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Sets the database's size and its file system's size and free space (for the
+/// storage-near-full alert); a file system that cannot be read leaves those as they were.
+fn measure(metrics: &Metrics, path: &Path) {
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    metrics.size_bytes.set(gauge(dir_size(path)));
+    if let Ok(fs) = nix::sys::statvfs::statvfs(path) {
+        // The field types vary by platform (u32 or u64); none is wider than u64.
+        #[allow(clippy::useless_conversion)]
+        let block = u64::from(fs.fragment_size());
+        #[allow(clippy::useless_conversion)]
+        let blocks = |n| block.saturating_mul(u64::from(n));
+        metrics
+            .volume_available_bytes
+            .set(gauge(blocks(fs.blocks_available())));
+        metrics.volume_size_bytes.set(gauge(blocks(fs.blocks())));
+    }
+}
+
 fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
@@ -355,7 +387,7 @@ impl Storage {
         let (health, _) = watch::channel(Health::Ok);
         let (closed, _) = watch::channel(false);
         metrics.healthy.set(1);
-        metrics.size_bytes.set(dir_size(path) as i64);
+        measure(&metrics, path);
         let now = Instant::now();
         let inner = Arc::new(Inner {
             path: path.to_path_buf(),
@@ -697,7 +729,7 @@ impl Inner {
                         *h = Health::Ok;
                         changed
                     });
-                    self.metrics.size_bytes.set(dir_size(&self.path) as i64);
+                    measure(&self.metrics, &self.path);
                     Ok(())
                 }
                 // A write failed while the flush ran: what it covered is not all there.
@@ -705,6 +737,7 @@ impl Inner {
                 Err(e) => {
                     drop(s);
                     self.metrics.flush_errors.inc();
+                    measure(&self.metrics, &self.path);
                     self.fail(e.clone());
                     Err(Error::Failed(e))
                 }

@@ -4,10 +4,13 @@
 //! directory. Each error says what to check (is the node running? is this its data
 //! directory?) and makes the command exit non-zero.
 //!
+//! `pylon health` is the one client of the metrics listener: `GET /healthz`, for a
+//! container's HEALTHCHECK (the image has no curl).
+//!
 //! Not here: the API itself (`pylon-dashboard`). The HTTP client is hyper's, one request
 //! per connection, every step under a timeout.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,7 +36,7 @@ pub(crate) struct Client {
 impl Client {
     /// From the configuration: `admin.listen` and `admin.token_file`.
     pub(crate) fn new(config: &crate::config::Config) -> anyhow::Result<Client> {
-        let addr = config.admin.ok_or_else(|| {
+        let addr = config.admin.map(local).ok_or_else(|| {
             anyhow::anyhow!(
                 "the admin API is off in this configuration (admin.listen = \"off\"); \
                  give its address with --admin HOST:PORT"
@@ -126,6 +129,113 @@ impl Client {
             .context("reading the admin API's answer")?;
         driver.abort();
         Ok((status, bytes))
+    }
+}
+
+/// Where to connect to reach a listener bound to `addr`: the address itself, or loopback
+/// for a listener on every interface (`0.0.0.0`, `::`), as in a container image.
+fn local(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+/// What `pylon health` asks: `GET path` from `authority` (`host:port`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Probe {
+    authority: String,
+    path: String,
+}
+
+/// The most of an answer's body shown in an error.
+const MAX_SHOWN: usize = 512;
+
+impl Probe {
+    /// `/healthz` on the metrics listener bound to `addr`.
+    pub(crate) fn healthz(addr: SocketAddr) -> Probe {
+        Probe {
+            authority: local(addr).to_string(),
+            path: "/healthz".into(),
+        }
+    }
+
+    /// `http://HOST:PORT[/PATH]`; no path means `/healthz`.
+    pub(crate) fn parse(url: &str) -> anyhow::Result<Probe> {
+        let bad = |why: &str| anyhow::anyhow!("--url {url:?}: {why}");
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| bad("expected http://HOST:PORT[/PATH]"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/healthz"),
+        };
+        let port = authority
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.is_empty())
+            .map(|(_, port)| port);
+        if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+            return Err(bad("expected HOST:PORT after http:// (the port is needed)"));
+        }
+        Ok(Probe {
+            authority: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}{}", self.authority, self.path)
+    }
+}
+
+/// `GET` the probe's URL within `timeout` (connecting included): the line to print if it
+/// answered 200, an error naming what it did instead otherwise.
+pub(crate) fn health(probe: &Probe, timeout: Duration) -> anyhow::Result<String> {
+    let url = probe.url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let ask = async {
+        let stream = tokio::net::TcpStream::connect(&probe.authority)
+            .await
+            .with_context(|| format!("cannot connect to {}", probe.authority))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake")?;
+        let driver = tokio::spawn(conn);
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(&probe.path)
+            .header(header::HOST, &probe.authority)
+            .body(axum::body::Body::empty())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the connection closed without an answer")?;
+        let status = response.status();
+        let body = axum::body::Body::new(response.into_body());
+        // A body larger than this is not a health answer; its status still counts.
+        let body = axum::body::to_bytes(body, 64 * 1024)
+            .await
+            .unwrap_or_default();
+        driver.abort();
+        anyhow::Ok((status, body))
+    };
+    // The timer is the runtime's: made inside it.
+    let answer = runtime.block_on(async { tokio::time::timeout(timeout, ask).await });
+    let (status, body) = match answer {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => return Err(e.context(url)),
+        Err(_) => anyhow::bail!("{url}: no answer within {timeout:?}"),
+    };
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_SHOWN)]);
+    let text = text.trim();
+    if status == StatusCode::OK {
+        Ok(format!("{url}: {status} {text}"))
+    } else {
+        anyhow::bail!("{url} answered {status}: {text}")
     }
 }
 
@@ -415,6 +525,39 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn health_urls() {
+        let p = Probe::parse("http://127.0.0.1:9464").unwrap();
+        assert_eq!(p.url(), "http://127.0.0.1:9464/healthz");
+        let p = Probe::parse("http://[::1]:9464/readyz").unwrap();
+        assert_eq!(p.url(), "http://[::1]:9464/readyz");
+        let p = Probe::parse("http://pylon.local:1/").unwrap();
+        assert_eq!(
+            (p.authority.as_str(), p.path.as_str()),
+            ("pylon.local:1", "/")
+        );
+        for bad in [
+            "https://127.0.0.1:9464/healthz",
+            "127.0.0.1:9464",
+            "http://127.0.0.1/healthz",
+            "http://127.0.0.1:port/healthz",
+            "http://127.0.0.1:99999",
+            "http://:9464",
+            "",
+        ] {
+            let e = Probe::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--url") && e.contains(bad), "{bad}: {e}");
+        }
+        // A listener on every interface is asked on loopback.
+        for (bound, asked) in [
+            ("0.0.0.0:9464", "http://127.0.0.1:9464/healthz"),
+            ("[::]:9464", "http://[::1]:9464/healthz"),
+            ("10.0.0.7:9464", "http://10.0.0.7:9464/healthz"),
+        ] {
+            assert_eq!(Probe::healthz(bound.parse().unwrap()).url(), asked);
+        }
+    }
 
     #[test]
     fn durations_read_like_a_person_would_write_them() {

@@ -18,11 +18,19 @@ use toml::{Table, Value};
 
 pub(crate) const DEFAULT_TOML: &str = include_str!("default.toml");
 
+/// What the `public` profile adds to a config that names no role (profile.rs).
+const PUBLIC_PROFILE_TOML: &str = include_str!("profile_public.toml");
+
+/// The profiles `profile` may name.
+const PROFILES: [&str; 2] = ["public", "minimal"];
+
 // ---- The raw (file) form: strings as written, checked later -------------------------
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
+    /// Applied while merging ([`apply_profile`]); kept to be reported.
+    profile: String,
     data_dir: String,
     listen: Vec<String>,
     log: String,
@@ -343,6 +351,8 @@ pub(crate) struct Config {
     pub node: pylon_node::node::Config,
     /// The roles whose `[roles.NAME]` is present, in `pylon_roles::all()` order.
     pub roles: Vec<pylon_roles::Configured>,
+    /// `profile` ("public" or "minimal"), already applied to `roles` and `node.kad`.
+    pub profile: String,
 }
 
 /// Overrides from the command line, applied last.
@@ -353,6 +363,7 @@ pub(crate) struct Flags {
     pub metrics: Option<String>,
     pub admin: Option<String>,
     pub roles: Vec<String>,
+    pub profile: Option<String>,
 }
 
 /// Where the configuration comes from, all inputs explicit (no hidden environment reads).
@@ -413,6 +424,9 @@ pub(crate) fn merge_sources(src: &Sources<'_>) -> Result<Table, Error> {
             }
         }
     }
+    if let Some(p) = &f.profile {
+        tree.insert("profile".into(), Value::String(p.clone()));
+    }
     for role in &f.roles {
         let roles = tree
             .entry("roles")
@@ -422,7 +436,43 @@ pub(crate) fn merge_sources(src: &Sources<'_>) -> Result<Table, Error> {
                 .or_insert_with(|| Value::Table(Table::new()));
         }
     }
+    apply_profile(&mut tree)?;
     Ok(tree)
+}
+
+/// `profile`: what a node that names no role runs. `"public"` (the embedded default)
+/// adds profile_public.toml — a DHT server once AutoNAT finds us reachable, the AutoNAT
+/// server and a relay with go-libp2p's conservative limits — to a config whose
+/// `[roles]` is empty, keeping a `[kad]` the config has; `"minimal"` adds nothing. A
+/// config that names any role (a `[roles.NAME]` section, `--role`) gets exactly those.
+fn apply_profile(tree: &mut Table) -> Result<(), Error> {
+    let profile = match tree.get("profile") {
+        Some(Value::String(p)) => p.clone(),
+        Some(other) => return Err(bad("profile", &other.to_string(), "must be a string")),
+        None => return Ok(()),
+    };
+    if !PROFILES.contains(&profile.as_str()) {
+        return Err(bad(
+            "profile",
+            &profile,
+            &format!("must be one of {}", PROFILES.join(", ")),
+        ));
+    }
+    let roles_named = match tree.get("roles") {
+        Some(Value::Table(t)) => !t.is_empty(),
+        _ => false,
+    };
+    if profile != "public" || roles_named {
+        return Ok(());
+    }
+    // Checked by a unit test; it always parses.
+    let mut public: Table = toml::from_str(PUBLIC_PROFILE_TOML)
+        .unwrap_or_else(|e| unreachable!("profile_public.toml: {e}"));
+    if tree.contains_key("kad") {
+        public.remove("kad");
+    }
+    merge(tree, public);
+    Ok(())
 }
 
 fn default_tree() -> Table {
@@ -734,6 +784,7 @@ fn check(tree: Table, src: &Sources<'_>) -> Result<Config, Error> {
         shutdown_grace: duration("connections.shutdown_grace", &c.shutdown_grace)?,
         node,
         roles,
+        profile: raw.profile,
     })
 }
 
@@ -1047,6 +1098,64 @@ mod tests {
         assert!(c.node.host.max_pending_incoming_per_ip > 0);
     }
 
+    /// The embedded default serves what a public node is for; naming a role, or the
+    /// minimal profile, runs exactly what was asked.
+    #[test]
+    fn profiles() {
+        let names = |c: &Config| c.roles.iter().map(|r| r.name()).collect::<Vec<_>>();
+        let public = load(sources(None, &[], Flags::default())).unwrap();
+        assert_eq!(public.profile, "public");
+        assert_eq!(names(&public), ["relay", "autonat"]);
+        let kad = public.node.kad.as_ref().expect("the DHT");
+        assert!(kad.auto_server);
+        let tree = merge_sources(&sources(None, &[], Flags::default())).unwrap();
+        let relay = &tree["roles"]["relay"];
+        assert_eq!(relay["max_reservations"].as_integer(), Some(128));
+        assert_eq!(relay["circuit_data"].as_integer(), Some(131072));
+
+        let minimal = load(sources(
+            Some("profile = \"minimal\""),
+            &[],
+            Flags::default(),
+        ))
+        .unwrap();
+        assert!(minimal.roles.is_empty() && minimal.node.kad.is_none());
+        let minimal = load(sources(
+            None,
+            &[("PYLON_PROFILE", "minimal")],
+            Flags::default(),
+        ))
+        .unwrap();
+        assert!(minimal.roles.is_empty());
+        let flags = Flags {
+            profile: Some("minimal".into()),
+            ..Default::default()
+        };
+        assert!(load(sources(None, &[], flags)).unwrap().roles.is_empty());
+
+        // A named role: only it, and no DHT added.
+        let flags = Flags {
+            roles: vec!["autonat".into()],
+            ..Default::default()
+        };
+        let one = load(sources(None, &[], flags)).unwrap();
+        assert_eq!(names(&one), ["autonat"]);
+        assert!(one.node.kad.is_none());
+        let one = load_file("[roles.relay]\nmax_circuits = 99");
+        assert_eq!(names(&one), ["relay"]);
+        // The operator's own [kad] is kept under the public profile.
+        let own = load_file("[kad]\nserver = false");
+        assert_eq!(names(&own), ["relay", "autonat"]);
+        let kad = own.node.kad.as_ref().expect("the DHT");
+        assert!(!kad.server && !kad.auto_server);
+
+        assert_eq!(
+            file_err("profile = \"everything\""),
+            "config key `profile` has invalid value \"everything\": must be one of public, minimal"
+        );
+        assert!(file_err("profile = 3").contains("`profile`"));
+    }
+
     #[test]
     fn pending_handshake_budgets() {
         let file = "[connections]\nmax_pending_incoming_per_ip = 3\n\
@@ -1089,6 +1198,7 @@ mod tests {
             metrics: Some("127.0.0.1:1".into()),
             admin: None,
             roles: vec![],
+            profile: None,
         };
         let c = load(sources(Some(file), &env, flags)).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
@@ -1214,8 +1324,15 @@ mod tests {
 
     #[test]
     fn kad_and_the_bootstrap_role() {
-        let c = load(sources(None, &[], Flags::default())).unwrap();
-        assert!(c.node.kad.is_none() && c.roles.is_empty(), "off by default");
+        let minimal = Flags {
+            profile: Some("minimal".into()),
+            ..Default::default()
+        };
+        let c = load(sources(None, &[], minimal)).unwrap();
+        assert!(
+            c.node.kad.is_none() && c.roles.is_empty(),
+            "off in the minimal profile"
+        );
         let c = load_file("[kad]\nprotocol = \"/myapp/kad/1.0.0\"\nrefresh_interval = \"off\"\n");
         let kad = c.node.kad.unwrap();
         assert_eq!(kad.protocol, "/myapp/kad/1.0.0");

@@ -1,7 +1,7 @@
 //! `pylon`: the Pylon node binary. `run` starts the node in the foreground, `id` prints
 //! its PeerId, `init` prepares a data directory and a config file, `config` prints the
 //! effective configuration; `status`, `peers`, `bans`, `ban`, `unban`, `drain` and
-//! `reload` steer a running node through its admin API.
+//! `reload` steer a running node through its admin API; `health` asks its `/healthz`.
 
 mod admin;
 mod cli;
@@ -83,6 +83,22 @@ enum Command {
     Drain(ClientArgs),
     /// Re-read the config file and environment; name what needs a restart (also SIGHUP).
     Reload(ClientArgs),
+    /// Exit 0 if a running node's /healthz answers 200, else 1 (a container HEALTHCHECK).
+    Health(HealthArgs),
+}
+
+/// `pylon health`: where the node's metrics listener is (its config), or the URL outright.
+#[derive(Args, Clone)]
+struct HealthArgs {
+    /// TOML config file of the running node (also PYLON_CONFIG), for metrics.listen.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// The URL to ask instead, http://HOST:PORT[/PATH] (default path /healthz).
+    #[arg(long)]
+    url: Option<String>,
+    /// Connecting and the answer together, e.g. 3s, 500ms.
+    #[arg(long, default_value = "5s")]
+    timeout: String,
 }
 
 /// How the admin commands find the running node: its config and data directory (for
@@ -110,6 +126,7 @@ impl ClientArgs {
             data_dir: self.data_dir.clone(),
             listen: Vec::new(),
             roles: Vec::new(),
+            profile: None,
             metrics: None,
             admin: self.admin.clone(),
         }
@@ -145,9 +162,13 @@ struct Common {
     /// Listen multiaddr, repeatable; replaces the configured list.
     #[arg(long = "listen", short = 'l')]
     listen: Vec<String>,
-    /// Turn a role on with its defaults, repeatable.
+    /// Turn a role on with its defaults, repeatable (then only the roles named run).
     #[arg(long = "role")]
     roles: Vec<String>,
+    /// What runs when no role is named: public (DHT server, AutoNAT server, a relay with
+    /// conservative limits; the default) or minimal (the node core only).
+    #[arg(long)]
+    profile: Option<String>,
     /// Metrics listener address (host:port), or "off".
     #[arg(long)]
     metrics: Option<String>,
@@ -186,6 +207,7 @@ fn load_with_tree(common: &Common) -> anyhow::Result<(toml::Table, config::Confi
             metrics: common.metrics.clone(),
             admin: common.admin.clone(),
             roles: common.roles.clone(),
+            profile: common.profile.clone(),
         },
         xdg_data_home: std::env::var("XDG_DATA_HOME").ok(),
         home: std::env::var("HOME").ok(),
@@ -273,6 +295,19 @@ fn init_logging(filter: &str, traces: Option<telemetry::Layer>) -> anyhow::Resul
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        // Health checkers read 1 as unhealthy (Docker reserves 2): every failure is 1.
+        Command::Health(args) => {
+            return match health(&args) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pylon health: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(common) => run(common),
         Command::Id(common) => id(&common),
         Command::Init { common, output } => init(&common, output),
@@ -302,6 +337,34 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `GET /healthz` on the metrics listener of the configuration (or `--url`): the line to
+/// print when it answered 200, else an error saying what it did instead.
+fn health(args: &HealthArgs) -> anyhow::Result<String> {
+    let timeout = config::duration("--timeout", &args.timeout)?;
+    let probe = match &args.url {
+        Some(url) => cli::Probe::parse(url)?,
+        None => {
+            let config = load_config(&Common {
+                config: args.config.clone(),
+                data_dir: None,
+                listen: Vec::new(),
+                roles: Vec::new(),
+                profile: None,
+                metrics: None,
+                admin: None,
+            })?;
+            let addr = config.metrics.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the metrics listener, which serves /healthz, is off in this \
+                     configuration (metrics.listen = \"off\"); give --url"
+                )
+            })?;
+            cli::Probe::healthz(addr)
+        }
+    };
+    cli::health(&probe, timeout)
 }
 
 fn admin_command(args: &ClientArgs, command: cli::Command) -> anyhow::Result<()> {
@@ -533,6 +596,11 @@ async fn serve(
         pylon_node::node::Node::start_in(&config.data_dir, config.node.clone(), metrics).await?;
     // Every configured role, generically; the handles are what the admin API will list.
     let mut roles = Vec::with_capacity(config.roles.len());
+    if config.roles.is_empty() {
+        tracing::info!(profile = %config.profile, "no role runs");
+    } else {
+        tracing::info!(profile = %config.profile, "roles: {}", role_names(&config.roles));
+    }
     for role in &config.roles {
         roles.push(role.start(&node, &mut registry)?);
         tracing::info!("role: {}", role.name());
@@ -657,6 +725,14 @@ async fn serve(
             std::process::exit(EXIT_SHUTDOWN_TIMEOUT);
         }
     }
+}
+
+fn role_names(roles: &[pylon_roles::Configured]) -> String {
+    roles
+        .iter()
+        .map(|r| r.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn unix_ms() -> u64 {

@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 use prost::Message;
 use pylon_node::host::{handler, Stream};
 use pylon_node::node::{self, Node};
-use pylon_node::protocols::autonat::proto::{V1Message, V2Message, V1_PROTOCOL, V2_DIAL_REQUEST};
+use pylon_node::protocols::autonat::proto::{V2Message, V2_DIAL_REQUEST};
 use pylon_node::protocols::autonat::Config as ClientConfig;
 use pylon_node::protocols::{identify, kad, ping};
 use pylon_node::varint::{read_frame, write_frame};
@@ -36,7 +36,9 @@ use pylon_testkit::node as kit;
 use tokio::io::AsyncWriteExt;
 
 mod common;
-use common::{http_get, kad_node, peer_of, pylon_command, wait_http, Running, LOCAL_TCP, T};
+use common::{
+    ask_v1, http_get, kad_node, peer_of, pylon_command, wait_http, Running, LOCAL_TCP, T,
+};
 
 /// The panels that show data against Pylon (`dashboard / row / title`, the row left out
 /// when the panel has none). A regression that empties one fails the test.
@@ -883,22 +885,6 @@ async fn wait_sample(metrics: &str, prefix: &str, at_least: f64) {
             lines.join("\n")
         );
     }
-}
-
-/// One AutoNAT v1 exchange with the server on `conn`'s peer.
-async fn ask_v1(from: &Node, server: PeerId, addrs: &[Multiaddr]) -> V1Message {
-    let mut s = from
-        .host
-        .open_stream(&server, &[V1_PROTOCOL])
-        .await
-        .unwrap();
-    let msg = V1Message::dial(from.peer_id(), addrs);
-    write_frame(&mut s, &msg.encode_to_vec()).await.unwrap();
-    let bytes = tokio::time::timeout(T, read_frame(&mut s, 4096))
-        .await
-        .unwrap()
-        .unwrap();
-    V1Message::decode(bytes.as_slice()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,9 @@
-//! The Prometheus alert rules in `ops/alerts/pylon.rules.yml` against a live Pylon: every
-//! metric family an alert's `expr` names must be exported by `pylon run` with the relay,
-//! AutoNAT and bootstrap roles (a `# TYPE` line in its exposition), every alert must carry
-//! `for`, a severity, a summary, a description and a runbook that exists in
-//! `ops/runbooks/`, and every runbook there must be linked by an alert.
+//! The Prometheus alert rules in `ops/alerts/pylon.rules.yml` and the Grafana dashboards
+//! in `ops/grafana/` against a live Pylon: every metric family an alert's `expr` or a
+//! dashboard query names must be exported by `pylon run` with the relay, AutoNAT and
+//! bootstrap roles (a `# TYPE` line in its exposition); every alert must carry `for`, a
+//! severity, a summary, a description and a runbook that exists in `ops/runbooks/`, and
+//! every runbook there must be linked by an alert; every dashboard is well formed.
 //!
 //! No YAML parser is in the workspace, so the rules file keeps to a subset a line reader
 //! checks: one `- alert:` per rule, its `expr:` on one line, plain `key: value` lines.
@@ -24,13 +25,28 @@ use pylon_node::varint::{read_frame, write_frame};
 use pylon_testkit::node as kit;
 
 mod common;
-use common::{http_get, peer_of, Running, LOCAL_TCP, T};
+use common::{ask_v1, http_get, kad_node, peer_of, Running, LOCAL_TCP, T};
+use pylon_node::protocols::kad;
 
 /// Where every `runbook_url` points: this prefix, then a path in the repository.
 const RUNBOOK_BASE: &str = "https://github.com/pylon/pylon/blob/main/";
 
-/// Families whose series appear only on an event this test does not provoke.
+/// Families whose series appear only on an event this test does not provoke (or not
+/// always within its bound: a dial-back, a reservation, Pylon's own DHT request, an
+/// AutoNAT verdict). `cargo test -p pylon --test dashboards` provokes most of them.
 const LAZY: &[&str] = &[
+    "libp2p_kad_outbound_requests",
+    "libp2p_relaysvc_reservations",
+    "libp2p_swarm_handshake_errors",
+    "pylon_autonat_dial_backs",
+    "pylon_reachability_addresses",
+    "pylon_relay_bad_requests",
+    "pylon_relay_circuits_ended",
+    // The AutoNAT client's answers: it asks public servers only, none here.
+    "libp2p_autonat_received_dial_response",
+    "libp2p_autonatv2_client_requests",
+    "libp2p_kad_routing_table_refusals",
+    "libp2p_rcmgr_blocked_resources",
     "libp2p_relaysvc_reservation_rejections",
     "libp2p_swarm_dial_errors",
     "pylon_storage_write_errors",
@@ -105,6 +121,7 @@ const KEYWORDS: &[&str] = &[
     "present_over_time",
     "inf",
     "nan",
+    "label_values",
 ];
 
 /// Keywords followed by a parenthesised list of label names.
@@ -273,6 +290,79 @@ fn documented(section: &str, name: &str) -> bool {
         && (section.contains(&format!("`{rest}")) || section.contains(&format!("…_{rest}")))
 }
 
+/// Every query of the dashboards in `ops/grafana/`, as (where, expression): panel
+/// targets (rows' nested panels too) and the `label_values(metric, label)` variables
+/// (their metric). Checks, on the way, that each dashboard is well formed: a unique uid,
+/// the `pylon` tag, the `datasource` variable on every query panel, unique refIds, panels
+/// inside the 24-column grid.
+fn dashboard_queries(root: &Path) -> Vec<(String, String)> {
+    let mut queries = Vec::new();
+    let mut uids = BTreeSet::new();
+    let dir = root.join("ops/grafana");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "an overview and one per role: {files:?}");
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let uid = d["uid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no uid"));
+        assert!(uids.insert(uid.to_string()), "{name}: uid {uid} twice");
+        assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "{name}");
+        assert!(
+            d["tags"].as_array().unwrap().iter().any(|t| t == "pylon"),
+            "{name}: the pylon tag links the dashboards together"
+        );
+        for var in d["templating"]["list"].as_array().unwrap() {
+            if let Some(q) = var["definition"].as_str() {
+                let inner = q
+                    .strip_prefix("label_values(")
+                    .and_then(|r| r.split(',').next())
+                    .unwrap_or_else(|| panic!("{name}: variable query {q}"));
+                queries.push((
+                    format!("{name} variable {}", var["name"]),
+                    inner.to_string(),
+                ));
+            }
+        }
+        let mut panels: Vec<&serde_json::Value> = d["panels"].as_array().unwrap().iter().collect();
+        let mut count = 0;
+        while let Some(p) = panels.pop() {
+            if let Some(nested) = p["panels"].as_array() {
+                panels.extend(nested);
+            }
+            let title = p["title"].as_str().unwrap_or("");
+            let grid = &p["gridPos"];
+            let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+            assert!(x + w <= 24, "{name} / {title}: outside the grid");
+            if p["type"] == "row" {
+                continue;
+            }
+            count += 1;
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{name} / {title}");
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{name} / {title}: no query");
+            let refs: BTreeSet<&str> = targets
+                .iter()
+                .map(|t| t["refId"].as_str().unwrap())
+                .collect();
+            assert_eq!(refs.len(), targets.len(), "{name} / {title}: refIds repeat");
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap();
+                queries.push((format!("{name} / {title}"), expr.to_string()));
+            }
+        }
+        assert!(count >= 8, "{name}: {count} panels");
+    }
+    queries
+}
+
 #[test]
 fn extracts_metric_names() {
     let got = metric_names(
@@ -362,7 +452,7 @@ fn every_alert_is_complete_and_has_a_runbook() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_alert_names_only_exported_metrics() {
+async fn every_alert_and_dashboard_query_names_only_exported_metrics() {
     let root = workspace();
     let text = std::fs::read_to_string(root.join("ops/alerts/pylon.rules.yml")).unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
@@ -417,39 +507,70 @@ async fn every_alert_names_only_exported_metrics() {
     write_frame(&mut bad, &wrong_first).await.unwrap();
     let _ = tokio::time::timeout(T, read_frame(&mut bad, 4096)).await;
     drop(bad);
-    // The process under test reports nothing to this one: its metrics are polled, bounded.
-    let mut exposition = String::new();
-    pylon_testkit::wait::until_async("the families the traffic creates", T, async || {
-        exposition = http_get(&metrics, "/metrics").await;
-        exposition.contains("# TYPE libp2p_swarm_connections_opened counter")
-            && exposition.contains("# TYPE libp2p_relaysvc_connection_rejections counter")
-            && exposition.contains("# TYPE pylon_autonat_refused counter")
-            && exposition.contains("# TYPE libp2p_kad_routing_table_peers ")
-    })
-    .await;
-    let exported: BTreeSet<&str> = exposition
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    // An AutoNAT v1 request to dial an address the peer is not on: refused
+    // (`libp2p_autonat_outgoing_dial_response_total{response_status="E_DIAL_REFUSED"}`).
+    let elsewhere: multiaddr::Multiaddr = "/ip4/127.0.0.9/tcp/9".parse().unwrap();
+    ask_v1(&peer, peer_of(&tcp), &[elsewhere]).await;
+    // The DHT: a server joins through Pylon and asks it a FIND_NODE
+    // (`libp2p_kad_inbound_requests_total`); Pylon's bootstrap role asks it back
+    // (`libp2p_kad_outbound_requests_total`).
+    let k = kad_node(true, vec![tcp.clone()]).await;
+    let find = kad::proto::Message::new(kad::MessageType::FindNode, k.peer_id().to_bytes());
+    tokio::time::timeout(
+        T,
+        k.kad
+            .as_ref()
+            .unwrap()
+            .query(peer_of(&tcp), std::slice::from_ref(&tcp), &find),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Every name the alerts and the dashboards select, where each is used.
+    let alerts = read_rules(&text)
+        .into_iter()
+        .map(|a| (a.name.clone(), a.fields.get("expr").unwrap().clone()));
+    let mut uses: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (place, expr) in alerts.chain(dashboard_queries(&root)) {
+        let names = metric_names(&expr);
+        assert!(!names.is_empty(), "{place}: no metric in {expr}");
+        for name in names {
+            uses.entry(name).or_default().push(place.clone());
+        }
+    }
+    let lazy = |name: &str| families(name).iter().any(|f| LAZY.contains(f));
+    // The process under test reports nothing to this one: its metrics are polled until
+    // every family the traffic creates is there, bounded; what is still missing then is
+    // reported below.
+    let mut exported: BTreeSet<String>;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let exposition = http_get(&metrics, "/metrics").await;
+        exported = exposition
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect();
+        let missing = uses
+            .keys()
+            .any(|name| !lazy(name) && !families(name).iter().any(|f| exported.contains(*f)));
+        if !missing || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     let mut offenders = Vec::new();
     let mut lazy_absent = BTreeSet::new();
-    for a in read_rules(&text) {
-        let expr = a.fields.get("expr").unwrap();
-        let names = metric_names(expr);
-        assert!(!names.is_empty(), "{}: no metric in {expr}", a.name);
-        for name in names {
-            let fams = families(&name);
-            if fams.iter().any(|f| exported.contains(f)) {
-                continue;
-            }
-            match fams.iter().find(|f| LAZY.contains(f)) {
-                Some(_) if documented(&metrics_section, &name) => {
-                    lazy_absent.insert(format!("{name} ({})", a.name));
-                }
-                _ => offenders.push(format!("{}: {name}", a.name)),
-            }
+    for (name, places) in &uses {
+        if families(name).iter().any(|f| exported.contains(*f)) {
+            continue;
+        }
+        if lazy(name) && documented(&metrics_section, name) {
+            lazy_absent.insert(name.clone());
+        } else {
+            offenders.extend(places.iter().map(|p| format!("{p}: {name}")));
         }
     }
     println!(
@@ -457,9 +578,9 @@ async fn every_alert_names_only_exported_metrics() {
     );
     assert!(
         offenders.is_empty(),
-        "alert expressions name metrics Pylon does not export:\n{}",
+        "alert expressions and dashboard queries name metrics Pylon does not export:\n{}",
         offenders.join("\n")
     );
-    drop((peer, nobody));
+    drop((peer, nobody, k));
     pylon.stop("-TERM").await;
 }

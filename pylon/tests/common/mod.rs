@@ -12,6 +12,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use pylon_node::node::Node;
+use pylon_node::protocols::autonat::proto::{V1Message, V1_PROTOCOL};
 use pylon_node::{Multiaddr, PeerId};
 use pylon_testkit::node as kit;
 // Re-exported for the tests (not every test binary uses both).
@@ -38,7 +39,9 @@ pub(crate) fn subcommand(name: &str, data_dir: &Path) -> Command {
 }
 
 /// `pylon run` on `data_dir`, listening on `listen`, with its metrics and its admin API on
-/// loopback ports chosen by the kernel; `extra` arguments and `env` variables added.
+/// loopback ports chosen by the kernel, in the minimal profile (no role unless the test
+/// names one; `--profile public` in `extra` restores the default); `extra` arguments and
+/// `env` variables added.
 pub(crate) fn pylon_command(
     data_dir: &Path,
     listen: &str,
@@ -54,6 +57,7 @@ pub(crate) fn pylon_command(
         "--admin",
         "127.0.0.1:0",
     ])
+    .env("PYLON_PROFILE", "minimal")
     .args(extra)
     .envs(env.iter().copied());
     cmd
@@ -228,4 +232,22 @@ pub(crate) async fn wait_metric(hostport: &str, line: &str) {
 /// stored. (A DHT node: [`kad_node`].)
 pub(crate) async fn client() -> Node {
     kit::start(&[LOCAL_TCP]).await
+}
+
+/// One AutoNAT v1 exchange with `server`, asking it to dial `addrs`.
+pub(crate) async fn ask_v1(from: &Node, server: PeerId, addrs: &[Multiaddr]) -> V1Message {
+    use prost::Message;
+    use pylon_node::varint::{read_frame, write_frame};
+    let mut s = from
+        .host
+        .open_stream(&server, &[V1_PROTOCOL])
+        .await
+        .unwrap();
+    let msg = V1Message::dial(from.peer_id(), addrs);
+    write_frame(&mut s, &msg.encode_to_vec()).await.unwrap();
+    let bytes = tokio::time::timeout(T, read_frame(&mut s, 4096))
+        .await
+        .unwrap()
+        .unwrap();
+    V1Message::decode(bytes.as_slice()).unwrap()
 }

@@ -69,6 +69,8 @@ struct RelayMetrics {
     data: Counter,
     held: Gauge,
     open: Gauge,
+    max_reservations: Gauge,
+    max_circuits: Gauge,
     circuits_ended: Family<OutcomeLabels, Counter>,
     bad_requests: Family<StatusLabels, Counter>,
 }
@@ -89,6 +91,8 @@ impl RelayMetrics {
             data: Counter::default(),
             held: Gauge::default(),
             open: Gauge::default(),
+            max_reservations: Gauge::default(),
+            max_circuits: Gauge::default(),
             circuits_ended: Family::default(),
             bad_requests: Family::default(),
         };
@@ -137,6 +141,16 @@ impl RelayMetrics {
         let own = metrics.own();
         own.register("reservations", "Reservations held now", m.held.clone());
         own.register("circuits", "Circuits open now", m.open.clone());
+        own.register(
+            "max_reservations",
+            "Configured limit on reservations held (roles.relay.max_reservations)",
+            m.max_reservations.clone(),
+        );
+        own.register(
+            "max_circuits",
+            "Configured limit on circuits open (roles.relay.max_circuits)",
+            m.max_circuits.clone(),
+        );
         own.register(
             "circuits_ended",
             "Circuits ended, by how (closed, data_limit, duration_limit, failed, shutdown)",
@@ -201,6 +215,9 @@ impl Service {
     pub(super) fn start(node: &Node, config: Config, metrics: &mut Metrics<'_>) -> Arc<Service> {
         let metrics = RelayMetrics::register(metrics);
         metrics.status.set(1);
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics.max_reservations.set(gauge(config.max_reservations));
+        metrics.max_circuits.set(gauge(config.max_circuits));
         let service = Arc::new(Service {
             node: node.clone(),
             table: Mutex::new(Table::new(config.limits(), config.policy())),
