@@ -6,7 +6,7 @@
 //! cargo run --release -p pylon-interop --example bench -- [--quick] [--repeat N] [--size MiB] [--only SECTIONS]
 //! ```
 //! Sections (comma-separated for `--only`): `limits`, `throughput`, `concurrency`,
-//! `connect`, `memory`, `kad`, `relay`. Every figure is the median of `--repeat` runs with
+//! `connect`, `memory`, `kad`, `relay`, `booster`. Every figure is the median of `--repeat` runs with
 //! min–max.
 //! Throughput uses the perf protocol (`/perf/1.0.0`; rust-libp2p's side is the same
 //! protocol on `libp2p-stream`); connection setup is dial → first ping answered with
@@ -19,6 +19,10 @@
 //! and a rust-libp2p relay (each in its own process, `serve relay IMP`) between the same
 //! Pylon clients: perf throughput over a circuit and the relay process's CPU per GiB,
 //! the latency a circuit adds, and the relay's RSS per reservation and per open circuit.
+//! `booster` measures the RSS one booster head adds to a Pylon process (a DHT identity
+//! with its own ports and a table warm-started from the node's 200 peers) beside what
+//! one more rust-libp2p DHT server adds to a process (the alternative: a process of
+//! rust-libp2p nodes), each in a fresh process (`boostermem IMP N`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -1522,6 +1526,130 @@ async fn kad_rate(
 /// Pylon's memory per routing-table peer (k = 1024 so thousands fit) and per stored
 /// record and provider record on sled, as the RSS growth of a fresh process
 /// (`bench kadmem N`), in bytes per entry.
+/// Bytes of RSS one more DHT identity adds to this process: `n` booster heads on a Pylon
+/// node whose table holds 200 peers (`pylon`), or `n` more rust-libp2p DHT servers
+/// (`rust`), each listening on its own loopback port.
+async fn booster_memory_here(imp: &str, n: usize) -> anyhow::Result<f64> {
+    use pylon_node::protocols::kad;
+    use pylon_roles::booster::{self, Booster};
+    use pylon_roles::Role;
+    match imp {
+        "pylon" => {
+            let role = booster::Config {
+                heads: n as u32,
+                max_heads: n as u32,
+                listen: vec!["/ip4/127.0.0.1/tcp/{port}".into()],
+                port_base: 0,
+                autoscale: false,
+                crawl_delay: Duration::from_secs(3600),
+                ..Default::default()
+            };
+            let mut config = node::Config {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+                kad: Some(kad::Config {
+                    refresh_interval: None,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            Booster::require(&role, &mut config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let node = Node::start_volatile(config, Metrics::unregistered()).await?;
+            let k = node.kad.as_ref().context("kad on")?;
+            for (p, a) in synthetic_peers(200) {
+                k.add_peer(p, vec![a]);
+            }
+            let before = rss_kib(std::process::id())?;
+            let mut registry = prometheus_client::registry::Registry::default();
+            let b = Booster::start(
+                &node,
+                role,
+                &mut pylon_roles::Metrics::of::<Booster>(&mut registry),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while b.heads().len() < n {
+                anyhow::ensure!(Instant::now() < deadline, "heads did not start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let grown = rss_kib(std::process::id())?.saturating_sub(before);
+            Ok(grown as f64 * 1024.0 / n as f64)
+        }
+        "rust" => {
+            let before = rss_kib(std::process::id())?;
+            let mut swarms = Vec::new();
+            for _ in 0..n {
+                let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                    .with_tokio()
+                    .with_tcp(
+                        tcp::Config::default().nodelay(true),
+                        noise::Config::new,
+                        yamux::Config::default,
+                    )?
+                    .with_behaviour(|key| {
+                        let id = key.public().to_peer_id();
+                        let mut kad = libp2p::kad::Behaviour::new(
+                            id,
+                            libp2p::kad::store::MemoryStore::new(id),
+                        );
+                        kad.set_mode(Some(libp2p::kad::Mode::Server));
+                        for (p, a) in synthetic_peers(200) {
+                            kad.add_address(&p, a);
+                        }
+                        kad
+                    })?
+                    .build();
+                swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+                swarms.push(swarm);
+            }
+            // Each polled until it listens.
+            for swarm in &mut swarms {
+                loop {
+                    if let SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await {
+                        break;
+                    }
+                }
+            }
+            let grown = rss_kib(std::process::id())?.saturating_sub(before);
+            drop(swarms);
+            Ok(grown as f64 * 1024.0 / n as f64)
+        }
+        other => anyhow::bail!("boostermem: unknown implementation {other}"),
+    }
+}
+
+async fn booster_section(o: &Options) -> anyhow::Result<()> {
+    let n = if o.quick { 8 } else { 64 };
+    println!("| memory per DHT identity ({n} in one fresh process, 200 peers in each table) | Pylon booster head | rust-libp2p DHT server | Pylon / rust |");
+    println!("|---|---|---|---|");
+    let mut runs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..o.repeat {
+        for (i, imp) in ["pylon", "rust"].iter().enumerate() {
+            let out = tokio::process::Command::new(std::env::current_exe()?)
+                .args(["boostermem", imp, &n.to_string()])
+                .output()
+                .await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "boostermem {imp} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            runs[i].push(String::from_utf8(out.stdout)?.trim().parse()?);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (p, r) = (median(&mut runs[0]), median(&mut runs[1]));
+    println!(
+        "| KiB | {:.0} | {:.0} | {:.2} |",
+        p / 1024.0,
+        r / 1024.0,
+        p / r
+    );
+    Ok(())
+}
+
 async fn kad_memory(n: usize) -> anyhow::Result<(f64, usize, f64, f64)> {
     let out = tokio::process::Command::new(std::env::current_exe()?)
         .args(["kadmem", &n.to_string()])
@@ -1816,6 +1944,13 @@ fn main() -> anyhow::Result<()> {
         );
         return tokio::runtime::Runtime::new()?.block_on(serve(&imp, &kind));
     }
+    if std::env::args().nth(1).as_deref() == Some("boostermem") {
+        let imp = std::env::args().nth(2).unwrap_or_default();
+        let n: usize = std::env::args().nth(3).unwrap_or_default().parse()?;
+        let per = tokio::runtime::Runtime::new()?.block_on(booster_memory_here(&imp, n))?;
+        println!("{per}");
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("kadmem") {
         let n: usize = std::env::args().nth(2).unwrap_or_default().parse()?;
         let (a, b, c, d) = tokio::runtime::Runtime::new()?.block_on(kad_memory_here(n))?;
@@ -2073,6 +2208,9 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     }
     if o.wants("relay") {
         relay_section(&o).await?;
+    }
+    if o.wants("booster") {
+        booster_section(&o).await?;
     }
     Ok(())
 }

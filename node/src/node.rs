@@ -73,6 +73,8 @@ pub struct Node {
     /// Our reachability, as AutoNAT servers see it.
     pub autonat: Arc<autonat::Autonat>,
     storage: Option<Storage>,
+    /// What it was started with.
+    config: Arc<Config>,
 }
 
 /// The storage engines of a node's durable state.
@@ -157,6 +159,30 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Result<Node, Error> {
         let peerstore = Peerstore::open(stores.peers, config.peerstore.clone(), metrics.clone())?;
+        let kad_store = match &config.kad {
+            Some(kad_config) => Some(kad::KadStore::open(
+                stores.kad_records,
+                stores.kad_providers,
+                stores.kad_table,
+                kad_config.store.clone(),
+                now_ms(),
+            )?),
+            None => None,
+        };
+        Self::start_sharing(key, config, peerstore, kad_store, metrics).await
+    }
+
+    /// Starts a node with the given key on a peerstore and a DHT store it may share with
+    /// other nodes of this process ([`Peerstore`] clones, [`kad::KadStore::sharing`]): the
+    /// booster's heads, several identities answering from one store. `kad_store` is used
+    /// when `config.kad` is set.
+    pub async fn start_sharing(
+        key: Keypair,
+        config: Config,
+        peerstore: Peerstore,
+        kad_store: Option<kad::KadStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Node, Error> {
         let host = Host::new(key, config.host.clone(), metrics)?;
         ping::install(&host);
         if let Some(perf) = &config.perf {
@@ -172,24 +198,15 @@ impl Node {
             config.autonat.clone(),
         );
         dcutr::Dcutr::install(&host, identify.clone(), config.dcutr.clone());
-        let kad = match &config.kad {
-            Some(kad_config) => {
-                let store = kad::KadStore::open(
-                    stores.kad_records,
-                    stores.kad_providers,
-                    stores.kad_table,
-                    kad_config.store.clone(),
-                    now_ms(),
-                )?;
-                Some(kad::Kad::install(
-                    &host,
-                    peerstore.clone(),
-                    identify.clone(),
-                    store,
-                    kad_config.clone(),
-                ))
-            }
-            None => None,
+        let kad = match (&config.kad, kad_store) {
+            (Some(kad_config), Some(store)) => Some(kad::Kad::install(
+                &host,
+                peerstore.clone(),
+                identify.clone(),
+                store,
+                kad_config.clone(),
+            )),
+            _ => None,
         };
         // An address family this machine lacks (no IPv6 in a container, say) is skipped
         // with a warning as long as another address binds; every other failure is fatal.
@@ -243,11 +260,18 @@ impl Node {
             relay,
             autonat,
             storage: None,
+            config: Arc::new(config),
         })
     }
 
     pub fn peer_id(&self) -> PeerId {
         self.host.peer_id()
+    }
+
+    /// The configuration it was started with (roles that start nodes of their own, the
+    /// booster's heads, derive theirs from it).
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Full listen multiaddrs (interfaces expanded, `/p2p/` appended) for logs and users.

@@ -39,6 +39,8 @@ def row(title):
 sel_protocol = sel('scope="protocol"')
 sel_reachable = sel('verdict="reachable"')
 sel_inbound = sel('dir="inbound"')
+sel_found = sel('result=~"found|cached"')
+sel_cached = sel('result="cached"')
 
 REACHABILITY = [{"type": "value", "options": {
     "0": {"text": "unknown", "color": "gray"},
@@ -157,11 +159,44 @@ DHT = [
     ts("Inbound connections per transport", [(f"sum by (transport) (rate(libp2p_swarm_connections_opened_total{sel_inbound}[{RATE}]))", "{{transport}}")], unit="ops"),
 ]
 
+BOOSTER = [
+    row("Coverage and size"),
+    stat("Heads", f"sum(pylon_booster_heads{sel()})", width=6),
+    stat("Keyspace coverage", f"max(pylon_booster_coverage{sel()})", unit="percentunit", width=6,
+         desc="Share of the last crawl's peers whose 20 closest include a head."),
+    stat("Network size (crawl)", f"max(pylon_booster_network_size{sel()})", width=6),
+    stat("Churn per hour", f"max(pylon_booster_churn_per_hour{sel()})", unit="percentunit", width=6),
+    ts("Heads and coverage", [
+        (f"pylon_booster_heads{sel()}", "heads {{instance}}"),
+        (f"pylon_booster_coverage{sel()} * 100", "coverage % {{instance}}")]),
+    ts("Sizing decisions", [(f"sum by (outcome) (increase(pylon_booster_decisions_total{sel()}[1h]))", "{{outcome}}")],
+       desc="below_target, above_target, budget, low_value, hold: one per crawl."),
+    row("Value"),
+    ts("GET requests answered by the heads", [(f"sum by (kind, result) (rate(pylon_booster_gets_total{sel()}[{RATE}]))", "{{kind}} {{result}}")], unit="ops",
+       desc="found: from the shared store; cached: found, put there by the prefetch; missed: closer peers only."),
+    ts("Answered from the store", [
+        (f"sum(rate(pylon_booster_gets_total{sel_found}[{RATE}])) / sum(rate(pylon_booster_gets_total{sel()}[{RATE}]))", "found or cached"),
+        (f"sum(rate(pylon_booster_gets_total{sel_cached}[{RATE}])) / sum(rate(pylon_booster_gets_total{sel()}[{RATE}]))", "cache hits")], unit="percentunit"),
+    ts("Prefetch", [(f"sum by (outcome) (rate(pylon_booster_prefetch_total{sel()}[{RATE}]))", "{{outcome}}")], unit="ops",
+       desc="started, coalesced, recent, busy, over_budget: what a miss on a head close to the key did."),
+    ts("Prefetch results", [
+        (f"sum by (outcome) (rate(pylon_booster_prefetch_results_total{sel()}[{RATE}]))", "{{outcome}}"),
+        (f"sum(pylon_booster_prefetch_running{sel()})", "running")], unit="ops"),
+    row("Cost"),
+    ts("Memory per head", [(f"process_resident_memory_bytes{sel()} / clamp_min(pylon_booster_heads{sel()}, 1)", "{{instance}}")], unit="bytes", width=8,
+       desc="The process's resident memory over its heads: an upper bound of a head's cost."),
+    ts("CPU", [(f"rate(process_cpu_seconds_total{sel()}[{RATE}])", "{{instance}}")], unit="percentunit", width=8),
+    ts("Crawl requests and head failures", [
+        (f"rate(pylon_booster_crawl_requests_total{sel()}[{RATE}])", "crawl {{instance}}"),
+        (f"increase(pylon_booster_head_failures_total{sel()}[1h])", "head failures (1h) {{instance}}")], width=8),
+]
+
 DASHBOARDS = {
     "pylon-overview": ("Pylon / Overview", OVERVIEW),
     "pylon-relay": ("Pylon / Relay", RELAY),
     "pylon-autonat": ("Pylon / AutoNAT", AUTONAT),
     "pylon-dht": ("Pylon / DHT and bootstrap", DHT),
+    "pylon-booster": ("Pylon / DHT booster", BOOSTER),
 }
 
 

@@ -1,6 +1,6 @@
 //! The Prometheus alert rules in `ops/alerts/pylon.rules.yml` and the Grafana dashboards
 //! in `ops/grafana/` against a live Pylon: every metric family an alert's `expr` or a
-//! dashboard query names must be exported by `pylon run` with the relay, AutoNAT and
+//! dashboard query names must be exported by `pylon run` with the relay, AutoNAT, booster and
 //! bootstrap roles (a `# TYPE` line in its exposition); every alert must carry `for`, a
 //! severity, a summary, a description and a runbook that exists in `ops/runbooks/`, and
 //! every runbook there must be linked by an alert; every dashboard is well formed.
@@ -39,6 +39,11 @@ const LAZY: &[&str] = &[
     "libp2p_relaysvc_reservations",
     "libp2p_swarm_handshake_errors",
     "pylon_autonat_dial_backs",
+    // The booster's: a request to a head, a prefetch, a crawl's decision.
+    "pylon_booster_decisions",
+    "pylon_booster_gets",
+    "pylon_booster_prefetch",
+    "pylon_booster_prefetch_results",
     "pylon_reachability_addresses",
     "pylon_relay_bad_requests",
     "pylon_relay_circuits_ended",
@@ -466,9 +471,18 @@ async fn every_alert_and_dashboard_query_names_only_exported_metrics() {
         .to_string();
 
     let data = tempfile::tempdir().unwrap();
+    // The booster with one head on a loopback port the system picks.
+    let config = data.path().join("booster.toml");
+    std::fs::write(
+        &config,
+        "[roles.booster]\nheads = 1\nport_base = 0\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\n",
+    )
+    .unwrap();
     let mut pylon = Running::start(
         data.path(),
         &[
+            "--config",
+            config.to_str().unwrap(),
             "--role",
             "relay",
             "--role",

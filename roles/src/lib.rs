@@ -13,6 +13,7 @@
 //! mechanism the roles use (`pylon-node`).
 
 pub mod autonat;
+pub mod booster;
 pub mod bootstrap;
 pub mod config;
 pub mod relay;
@@ -33,6 +34,7 @@ static ALL: &[&dyn DynRole] = &[
     &Registered::<bootstrap::Bootstrap>::ROLE,
     &Registered::<relay::Relay>::ROLE,
     &Registered::<autonat::AutoNat>::ROLE,
+    &Registered::<booster::Booster>::ROLE,
 ];
 
 /// Every role the binary knows, in the order they are configured and started.

@@ -16,6 +16,13 @@
 //!   lookup, lookups of random PeerIds in non-empty buckets (farthest first), then
 //!   liveness checks of peers not seen for `liveness_interval`.
 //!
+//! A booster (optional, [`Booster`]) adds heads: DHT identities of one host that answer
+//! from one shared store ([`KadStore::sharing`]: a provider record stored at any head is
+//! answered by every head), keep each other out of their tables (a head never refers a
+//! lookup to a sibling), never churn, and — on one host — share one IP address, so the
+//! tables' IP-diversity limits count them as one group. [`Sim`] runs a network step by
+//! step, for a controller that adds and removes heads as it goes.
+//!
 //! Simplifications: a request is one round trip (no dial or handshake time), a gone node
 //! either refuses at once or drops everything, a node never comes back under the same
 //! PeerId, and every node is a server with one public address.
@@ -71,6 +78,26 @@ pub struct Config {
     /// `/pk/` records put by random nodes after the measured lookups, then looked up
     /// (GET_VALUE) by other random nodes a minute later.
     pub records: usize,
+    /// Provider records: after the records, this many random nodes each provide a random
+    /// key (FIND_NODE, then ADD_PROVIDER to the k closest); a minute later other random
+    /// nodes look each up with GET_PROVIDERS, stopping at the first provider.
+    pub providers: usize,
+    /// Heads of a booster, or none.
+    pub booster: Option<Booster>,
+}
+
+/// A booster's heads in the simulation.
+#[derive(Debug, Clone)]
+pub struct Booster {
+    /// The heads' identities by index (`identities[i]` is head i); a head can only be
+    /// added while its identity is listed.
+    pub identities: Vec<PeerId>,
+    /// Heads 0..`heads` run from the start, with warm tables like the other nodes.
+    pub heads: usize,
+    /// All heads on one IP address (one host), as a booster runs: the tables' diversity
+    /// limits (per IPv4 /16: 2 per bucket, 8 per table) count them as one group. `false`
+    /// gives each head an address of its own (an upper bound on what heads can do).
+    pub one_host: bool,
 }
 
 impl Config {
@@ -102,6 +129,8 @@ impl Config {
             measured_lookups: 300,
             measure_every: Duration::from_secs(1),
             records: 20,
+            providers: 0,
+            booster: None,
         }
     }
 }
@@ -129,6 +158,23 @@ pub struct Report {
     pub records_put: usize,
     pub record_acks: usize,
     pub records_found: usize,
+    /// Hops of the measured lookups: how many answers away from the seeds (a seed is 1
+    /// hop) the lookup learned the last of the k closest it returned; mean.
+    pub mean_hops: f64,
+    /// Provider records put (with `providers`), copies stored, and GET_PROVIDERS lookups
+    /// that found the provider; for those lookups, the mean peers asked, hops to the
+    /// first answer with a provider (found ones only), and virtual time.
+    pub providers_put: usize,
+    pub provider_copies: usize,
+    pub providers_found: usize,
+    pub mean_provider_queried: f64,
+    pub mean_provider_hops: f64,
+    pub mean_provider_time: Duration,
+    /// Heads running at the end, requests they answered, and answers with records or
+    /// providers from the shared store.
+    pub heads: usize,
+    pub head_requests: u64,
+    pub head_answers_from_store: u64,
     pub joined: usize,
     pub left: usize,
     pub live_at_end: usize,
@@ -200,9 +246,28 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "records: {} put, {} copies acknowledged, {} found by GET_VALUE",
-            self.records_put, self.record_acks, self.records_found
+            "records: {} put, {} copies acknowledged, {} found by GET_VALUE; {:.2} hops per lookup",
+            self.records_put, self.record_acks, self.records_found, self.mean_hops
         )?;
+        if self.providers_put > 0 {
+            writeln!(
+                f,
+                "providers: {} put, {} copies, {} found by GET_PROVIDERS; {:.1} asked, {:.2} hops, {:?} per lookup",
+                self.providers_put,
+                self.provider_copies,
+                self.providers_found,
+                self.mean_provider_queried,
+                self.mean_provider_hops,
+                self.mean_provider_time
+            )?;
+        }
+        if self.heads > 0 || self.head_requests > 0 {
+            writeln!(
+                f,
+                "booster: {} heads, {} requests answered, {} from the shared store",
+                self.heads, self.head_requests, self.head_answers_from_store
+            )?;
+        }
         writeln!(
             f,
             "churn: {} joined, {} left, {} live at the end; tables: {:.1} peers, {:.1} % gone",
@@ -234,6 +299,111 @@ pub fn run(config: Config) -> Report {
     net.report()
 }
 
+/// A network run step by step, on the schedule [`run`] follows (warm start, churn, the
+/// measured lookups, records and providers of the config), for a driver that looks at
+/// the live nodes and adds and removes booster heads between steps.
+pub struct Sim {
+    net: Network,
+}
+
+impl Sim {
+    /// The network at time zero, warm, with the booster's first heads.
+    pub fn new(config: Config) -> Sim {
+        let mut net = Network::new(config);
+        net.start();
+        Sim { net }
+    }
+
+    /// Runs the network to the end of its schedule (see [`Config`]).
+    pub fn run_to_end(&mut self) {
+        let end = self.net.end;
+        while let Some(event) = self.net.sched.next_until(end) {
+            self.net.handle(event);
+        }
+    }
+
+    /// Runs the network for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.net.sched.clock().elapsed() + d;
+        while let Some(event) = self.net.sched.next_until(until) {
+            self.net.handle(event);
+        }
+    }
+
+    /// Virtual time since the start.
+    pub fn now(&self) -> Duration {
+        self.net.sched.clock().elapsed()
+    }
+
+    /// The keys of the live nodes other than heads: what a perfect crawl finds.
+    pub fn live_keys(&self) -> Vec<Key> {
+        self.net
+            .nodes
+            .iter()
+            .filter(|n| n.live.is_some() && n.head.is_none())
+            .map(|n| n.key)
+            .collect()
+    }
+
+    /// The running heads: index, key and figures, by index.
+    pub fn heads(&self) -> Vec<(u32, Key, HeadStats)> {
+        self.net
+            .heads
+            .iter()
+            .filter(|(_, &i)| self.net.is_live(i))
+            .map(|(&h, &i)| {
+                let stats = self.net.head_stats.get(&h).copied().unwrap_or_default();
+                (h, self.net.nodes[i].key, stats)
+            })
+            .collect()
+    }
+
+    /// Starts head `index`: it joins through a random node and runs its first refresh
+    /// (the self lookup that makes it known). `false` when it runs already or has no
+    /// identity in the config.
+    pub fn add_head(&mut self, index: u32) -> bool {
+        let Some(node) = self.net.add_head_node(index) else {
+            return false;
+        };
+        match self.net.pick_live(true, Some(node)) {
+            Some(b) => {
+                self.net.connect(node, b);
+                self.net.start_refresh(node);
+            }
+            None => {
+                if let Some(l) = self.net.live_mut(node) {
+                    l.ready = true;
+                }
+            }
+        }
+        true
+    }
+
+    /// Stops head `index` (its port refuses connections from now on).
+    pub fn remove_head(&mut self, index: u32) -> bool {
+        let Some(node) = self.net.heads.remove(&index) else {
+            return false;
+        };
+        let n = &mut self.net.nodes[node];
+        n.live = None;
+        n.refuses = true;
+        self.net.lookups.retain(|_, a| a.node != node);
+        true
+    }
+
+    /// Nodes (not heads) leave at random until `live` remain: the network shrinks.
+    pub fn shrink_to(&mut self, live: usize) {
+        let mut now_live = self.live_keys().len();
+        while now_live > live && self.net.leave() {
+            now_live -= 1;
+        }
+    }
+
+    pub fn report(&self) -> Report {
+        self.net.report()
+    }
+}
+
 // ---- the model ---------------------------------------------------------------------
 
 enum Event {
@@ -245,6 +415,8 @@ enum Event {
     Measure,
     PutRecords,
     GetRecords,
+    PutProviders,
+    GetProviders,
 }
 
 enum Msg {
@@ -297,6 +469,13 @@ enum Purpose {
     Get {
         record: usize,
     },
+    Provide {
+        provider: usize,
+    },
+    GetProviders {
+        provider: usize,
+        started: Duration,
+    },
 }
 
 struct Active {
@@ -306,6 +485,10 @@ struct Active {
     core: lookup::Lookup,
     purpose: Purpose,
     wake: Option<Instant>,
+    /// For measured lookups: how many answers away from the seeds each peer was learned
+    /// (seeds: 1), and the hops of the first answer that held a provider.
+    depths: Option<HashMap<PeerId, u32>>,
+    provider_hops: Option<u32>,
 }
 
 /// A refresh in progress.
@@ -336,6 +519,31 @@ struct SimNode {
     live: Option<Box<Live>>,
     /// Once gone: does its address refuse connections (else it drops them)?
     refuses: bool,
+    /// The booster head index, for a head.
+    head: Option<u32>,
+}
+
+struct SimProvider {
+    key: Vec<u8>,
+    provider: usize,
+    found: bool,
+}
+
+struct ProviderMeasured {
+    found: bool,
+    queried: usize,
+    hops: Option<u32>,
+    took: Duration,
+}
+
+/// What a head did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeadStats {
+    pub index: u32,
+    /// Requests it answered, and of those the ones with records or providers from the
+    /// shared store.
+    pub requests: u64,
+    pub from_store: u64,
 }
 
 struct SimRecord {
@@ -348,6 +556,7 @@ struct SimRecord {
 
 struct Measured {
     overlap: usize,
+    hops: u32,
     closest: Vec<PeerId>,
     queried: usize,
     failed: usize,
@@ -408,6 +617,15 @@ struct Network {
     stats: Stats,
     measured: Vec<Measured>,
     records: Vec<SimRecord>,
+    providers: Vec<SimProvider>,
+    provider_measured: Vec<ProviderMeasured>,
+    provider_copies: usize,
+    /// The booster's store, which every head's store shares, once a head ran.
+    booster_store: Option<KadStore>,
+    /// The booster host's address (one host), and each head's node and figures.
+    head_ip: Option<std::net::Ipv4Addr>,
+    heads: BTreeMap<u32, usize>,
+    head_stats: BTreeMap<u32, HeadStats>,
 }
 
 impl Network {
@@ -425,6 +643,13 @@ impl Network {
             stats: Stats::default(),
             measured: Vec::new(),
             records: Vec::new(),
+            providers: Vec::new(),
+            provider_measured: Vec::new(),
+            provider_copies: 0,
+            booster_store: None,
+            head_ip: None,
+            heads: BTreeMap::new(),
+            head_stats: BTreeMap::new(),
             config,
         }
     }
@@ -443,26 +668,45 @@ impl Network {
     }
 
     fn run(&mut self) {
+        self.start();
+        while let Some(event) = self.sched.next_until(self.end) {
+            self.handle(event);
+        }
+    }
+
+    /// The warm start and the run's schedule: churn, measured lookups (none when
+    /// `measured_lookups` is 0), records, providers; sets the end.
+    fn start(&mut self) {
         let c = &self.config;
         let measure_from = c.churn_before;
         let measured = measure_from + c.measure_every * c.measured_lookups as u32;
         let put_at = measured + Duration::from_secs(30);
         let get_at = put_at + Duration::from_secs(60);
+        let provide_at = get_at + Duration::from_secs(30);
+        let providers = c.providers > 0;
+        let measures = c.measured_lookups > 0;
         self.end = get_at + Duration::from_secs(60);
+        if providers {
+            self.end = provide_at + Duration::from_secs(120);
+        }
         self.sched.after(c.churn_every, Event::Churn);
-        self.sched.after(measure_from, Event::Measure);
+        if measures {
+            self.sched.after(measure_from, Event::Measure);
+        }
         self.warm_start();
         self.sched.after(put_at, Event::PutRecords);
         self.sched.after(get_at, Event::GetRecords);
-        while let Some(event) = self.sched.next_until(self.end) {
-            self.handle(event);
+        if providers {
+            self.sched.after(provide_at, Event::PutProviders);
+            self.sched
+                .after(provide_at + Duration::from_secs(60), Event::GetProviders);
         }
     }
 
     fn handle(&mut self, event: Event) {
         match event {
             Event::Churn => {
-                self.leave();
+                let _ = self.leave();
                 self.join();
                 self.sched.after(self.config.churn_every, Event::Churn);
             }
@@ -501,6 +745,16 @@ impl Network {
                     self.get_record(r);
                 }
             }
+            Event::PutProviders => {
+                for _ in 0..self.config.providers {
+                    self.put_provider();
+                }
+            }
+            Event::GetProviders => {
+                for p in 0..self.providers.len() {
+                    self.get_providers(p);
+                }
+            }
         }
     }
 
@@ -516,7 +770,7 @@ impl Network {
     /// `not`.
     fn pick_live(&mut self, ready: bool, not: Option<usize>) -> Option<usize> {
         let candidates: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| Some(i) != not)
+            .filter(|&i| Some(i) != not && self.nodes[i].head.is_none())
             .filter(|&i| {
                 self.nodes[i]
                     .live
@@ -535,25 +789,49 @@ impl Network {
     /// A new live node, with an empty table; returns its index.
     fn add_node(&mut self) -> usize {
         let peer = random_peer(&mut self.rng);
-        let addr = loop {
+        let ip = self.random_public_ip();
+        self.push_node(peer, ip, 4001, None)
+    }
+
+    /// A random public IPv4 address.
+    fn random_public_ip(&mut self) -> std::net::Ipv4Addr {
+        loop {
             let ip = std::net::Ipv4Addr::from(self.rng.random::<u32>());
             let a: Multiaddr = format!("/ip4/{ip}/tcp/4001")
                 .parse()
                 .unwrap_or_else(|_| Multiaddr::empty());
             if pylon_node::addresses::is_public(&a) {
-                break a;
+                break ip;
             }
-        };
+        }
+    }
+
+    fn push_node(
+        &mut self,
+        peer: PeerId,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        head: Option<u32>,
+    ) -> usize {
+        let addr: Multiaddr = format!("/ip4/{ip}/tcp/{port}")
+            .parse()
+            .unwrap_or_else(|_| Multiaddr::empty());
         let index = self.links.add_node(&mut self.rng);
         let mem = || -> Arc<dyn Store> { Arc::new(MemoryStore::default()) };
-        let store = KadStore::open(
-            mem(),
-            mem(),
-            mem(),
-            self.config.kad.store.clone(),
-            self.now_ms(),
-        )
-        .unwrap_or_else(|e| panic!("a memory store opens: {e}"));
+        let store = match (head, &self.booster_store) {
+            (Some(_), Some(shared)) => shared.sharing(mem()),
+            _ => KadStore::open(
+                mem(),
+                mem(),
+                mem(),
+                self.config.kad.store.clone(),
+                self.now_ms(),
+            )
+            .unwrap_or_else(|e| panic!("a memory store opens: {e}")),
+        };
+        if head.is_some() && self.booster_store.is_none() {
+            self.booster_store = Some(store.sharing(mem()));
+        }
         self.nodes.push(SimNode {
             peer,
             key: Key::from_peer(&peer),
@@ -568,9 +846,46 @@ impl Network {
                 ready: false,
             })),
             refuses: false,
+            head,
         });
         self.by_peer.insert(peer, index);
+        if let Some(h) = head {
+            self.heads.insert(h, index);
+            self.head_stats.entry(h).or_insert(HeadStats {
+                index: h,
+                ..HeadStats::default()
+            });
+        }
         index
+    }
+
+    /// Head `index` as a new live node (not yet known to anyone); `None` when it runs
+    /// already or has no identity.
+    fn add_head_node(&mut self, index: u32) -> Option<usize> {
+        if self.heads.contains_key(&index) {
+            return None;
+        }
+        let booster = self.config.booster.as_ref()?;
+        let peer = *booster.identities.get(index as usize)?;
+        let one_host = booster.one_host;
+        let (ip, port) = if one_host {
+            let ip = match self.head_ip {
+                Some(ip) => ip,
+                None => {
+                    let ip = self.random_public_ip();
+                    self.head_ip = Some(ip);
+                    ip
+                }
+            };
+            (ip, 4001u16.saturating_add(index as u16))
+        } else {
+            (self.random_public_ip(), 4001)
+        };
+        Some(self.push_node(peer, ip, port, Some(index)))
+    }
+
+    fn is_head(&self, node: usize) -> bool {
+        self.nodes[node].head.is_some()
     }
 
     /// The first nodes, with the tables of a network that has run for a while: each
@@ -580,14 +895,22 @@ impl Network {
     fn warm_start(&mut self) {
         let n = self.config.nodes;
         let k = self.k();
-        let nodes: Vec<usize> = (0..n).map(|_| self.add_node()).collect();
+        let mut nodes: Vec<usize> = (0..n).map(|_| self.add_node()).collect();
+        let first_heads = self.config.booster.as_ref().map_or(0, |b| b.heads);
+        for h in 0..first_heads {
+            nodes.extend(self.add_head_node(h as u32));
+        }
         let window = self.config.kad.liveness_interval.as_millis() as u64;
         let now_ms = self.now_ms();
         let every = self.refresh_interval();
         for &i in &nodes {
             let local = self.nodes[i].key;
             let mut by_bucket: Vec<Vec<usize>> = vec![Vec::new(); 256];
+            let head = self.is_head(i);
             for &j in &nodes {
+                if head && self.is_head(j) {
+                    continue; // heads keep their siblings out of their tables
+                }
                 if let Some(b) = local.distance(&self.nodes[j].key).bucket() {
                     by_bucket[b].push(j);
                 }
@@ -633,7 +956,8 @@ impl Network {
         }
     }
 
-    fn leave(&mut self) {
+    /// One node (not a head) leaves; `false` when none could.
+    fn leave(&mut self) -> bool {
         // Not a node in the middle of a measured lookup: its result would be lost.
         let busy: HashSet<usize> = self
             .lookups
@@ -642,10 +966,10 @@ impl Network {
             .map(|a| a.node)
             .collect();
         let live: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.is_live(i) && !busy.contains(&i))
+            .filter(|&i| self.is_live(i) && !busy.contains(&i) && self.nodes[i].head.is_none())
             .collect();
         if live.len() <= 1 {
-            return;
+            return false;
         }
         let gone = live[self.rng.random_range(0..live.len())];
         let refuses = self.rng.random_bool(self.config.refuse_when_gone);
@@ -654,6 +978,7 @@ impl Network {
         node.refuses = refuses;
         self.lookups.retain(|_, a| a.node != gone);
         self.stats.left += 1;
+        true
     }
 
     fn refresh_interval(&self) -> Duration {
@@ -678,6 +1003,14 @@ impl Network {
     /// Kad::consider: offers a peer that serves the protocol to `node`'s table.
     fn consider(&mut self, node: usize, peer: PeerId, addrs: Vec<Multiaddr>) {
         let now_ms = self.now_ms();
+        if self.is_head(node)
+            && self
+                .by_peer
+                .get(&peer)
+                .is_some_and(|&other| self.is_head(other))
+        {
+            return; // Kad::exclude: a head's table never takes a sibling
+        }
         let Some(l) = self.live_mut(node) else { return };
         if let table::Insert::Full { oldest } = l.table.insert(peer, addrs.clone(), now_ms) {
             if l.checking.len() >= MAX_CHECKS || !l.checking.insert(oldest) {
@@ -794,10 +1127,13 @@ impl Network {
                 }
                 Ok(server::Answer::Provide { key, addrs, .. }) => {
                     if let Some(addrs) = addrs {
-                        let _ = l
+                        let stored = l
                             .store
                             .add_provider(&key, from_peer, &addrs, now_ms)
                             .now_or_never();
+                        if matches!(stored, Some(Ok(_))) {
+                            self.provider_copies += 1;
+                        }
                     }
                     return;
                 }
@@ -812,6 +1148,16 @@ impl Network {
             },
             None => Msg::Reset { rid },
         };
+        if let Some(h) = self.nodes[node].head {
+            if let Some(stats) = self.head_stats.get_mut(&h) {
+                stats.requests += 1;
+                if let Msg::Reply { body, .. } = &msg {
+                    if body.record.is_some() || !body.provider_peers.is_empty() {
+                        stats.from_store += 1;
+                    }
+                }
+            }
+        }
         self.send(node, from, msg);
     }
 
@@ -833,6 +1179,15 @@ impl Network {
                 let response = lookup::Response::from_message(body, key, |v| {
                     validators.validate(key, v, now_ms).is_ok()
                 });
+                if let Some(depths) = a.depths.as_mut() {
+                    let d = depths.get(&peer).copied().unwrap_or(1);
+                    for f in &response.closer {
+                        depths.entry(f.peer).or_insert(d + 1);
+                    }
+                    if !response.providers.is_empty() && a.provider_hops.is_none() {
+                        a.provider_hops = Some(d);
+                    }
+                }
                 a.core.handle_success(now, &peer, response);
                 self.drive(lookup);
             }
@@ -927,6 +1282,7 @@ impl Network {
             query_timeout: self.config.kad.query_timeout,
             max_candidates: k * 8,
         };
+        let seeds_peers: Vec<PeerId> = seeds.iter().map(|f| f.peer).collect();
         let core = lookup::Lookup::new(
             now,
             target,
@@ -935,6 +1291,11 @@ impl Network {
             lookup::Enough::of(kind, enough),
             config,
         );
+        let measured = matches!(
+            purpose,
+            Purpose::Measure { .. } | Purpose::GetProviders { .. }
+        );
+        let depths = measured.then(|| seeds_peers.into_iter().map(|p| (p, 1)).collect());
         let id = self.id();
         self.stats.lookups += 1;
         self.lookups.insert(
@@ -946,6 +1307,8 @@ impl Network {
                 core,
                 purpose,
                 wake: None,
+                depths,
+                provider_hops: None,
             },
         );
         self.drive(id);
@@ -981,7 +1344,7 @@ impl Network {
                 lookup::Poll::Done => {
                     if let Some(a) = self.lookups.remove(&id) {
                         let outcome = a.core.finish();
-                        self.finished(a.node, a.purpose, outcome);
+                        self.finished(a.node, a.purpose, outcome, a.depths, a.provider_hops);
                     }
                     return;
                 }
@@ -989,14 +1352,29 @@ impl Network {
         }
     }
 
-    fn finished(&mut self, node: usize, purpose: Purpose, outcome: lookup::Outcome) {
+    fn finished(
+        &mut self,
+        node: usize,
+        purpose: Purpose,
+        outcome: lookup::Outcome,
+        depths: Option<HashMap<PeerId, u32>>,
+        provider_hops: Option<u32>,
+    ) {
         match purpose {
             Purpose::Refresh => self.next_walk(node),
             Purpose::Measure { truth, started } => {
                 let closest: Vec<PeerId> = outcome.closest.iter().map(|f| f.peer).collect();
                 let overlap = closest.iter().filter(|p| truth.contains(p)).count();
+                let hops = depths.as_ref().map_or(0, |d| {
+                    closest
+                        .iter()
+                        .filter_map(|p| d.get(p).copied())
+                        .max()
+                        .unwrap_or(0)
+                });
                 self.measured.push(Measured {
                     overlap,
+                    hops,
                     closest,
                     queried: outcome.queried,
                     failed: outcome.failed,
@@ -1019,6 +1397,43 @@ impl Network {
             Purpose::Get { record } => {
                 let value = &self.records[record].value;
                 self.records[record].found = outcome.records.iter().any(|(_, v)| v == value);
+            }
+            Purpose::Provide { provider } => {
+                // Kad::provide: ADD_PROVIDER to each of the k closest, no answer expected.
+                let p = &self.providers[provider];
+                let me = &self.nodes[p.provider];
+                let mut body = proto::Message::new(MessageType::AddProvider, p.key.clone());
+                body.provider_peers = vec![proto::Peer {
+                    id: me.peer.to_bytes(),
+                    addrs: vec![me.addr.to_vec()],
+                    ..Default::default()
+                }];
+                for f in outcome.closest {
+                    if let Some(&to) = self.by_peer.get(&f.peer) {
+                        let rid = self.id();
+                        self.stats.requests += 1;
+                        self.send(
+                            node,
+                            to,
+                            Msg::Request {
+                                from: node,
+                                rid,
+                                body: body.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            Purpose::GetProviders { provider, started } => {
+                let want = self.nodes[self.providers[provider].provider].peer;
+                let found = outcome.providers.iter().any(|f| f.peer == want);
+                self.providers[provider].found = found;
+                self.provider_measured.push(ProviderMeasured {
+                    found,
+                    queried: outcome.queried,
+                    hops: provider_hops,
+                    took: self.sched.clock().elapsed() - started,
+                });
             }
         }
     }
@@ -1208,6 +1623,47 @@ impl Network {
         );
     }
 
+    fn put_provider(&mut self) {
+        let Some(provider) = self.pick_live(true, None) else {
+            return;
+        };
+        // A CID's multihash: SHA-256 of random content.
+        let mut key = vec![0x12, 0x20];
+        key.extend_from_slice(&self.rng.random::<[u8; 32]>());
+        let index = self.providers.len();
+        self.providers.push(SimProvider {
+            key: key.clone(),
+            provider,
+            found: false,
+        });
+        self.start_lookup(
+            provider,
+            MessageType::FindNode,
+            key,
+            None,
+            Purpose::Provide { provider: index },
+        );
+    }
+
+    fn get_providers(&mut self, index: usize) {
+        let provider = self.providers[index].provider;
+        let Some(node) = self.pick_live(true, Some(provider)) else {
+            return;
+        };
+        let key = self.providers[index].key.clone();
+        let started = self.sched.clock().elapsed();
+        self.start_lookup(
+            node,
+            MessageType::GetProviders,
+            key,
+            Some(1),
+            Purpose::GetProviders {
+                provider: index,
+                started,
+            },
+        );
+    }
+
     fn report(&self) -> Report {
         let k = self.k();
         let mut overlap = vec![0; k + 1];
@@ -1249,6 +1705,23 @@ impl Network {
             records_put: self.records.len(),
             record_acks: self.records.iter().map(|r| r.acks).sum(),
             records_found: self.records.iter().filter(|r| r.found).count(),
+            mean_hops: self.measured.iter().map(|m| f64::from(m.hops)).sum::<f64>() / n,
+            providers_put: self.providers.len(),
+            provider_copies: self.provider_copies,
+            providers_found: self.provider_measured.iter().filter(|m| m.found).count(),
+            mean_provider_queried: mean(self.provider_measured.iter().map(|m| m.queried as f64)),
+            mean_provider_hops: mean(
+                self.provider_measured
+                    .iter()
+                    .filter(|m| m.found)
+                    .filter_map(|m| m.hops.map(f64::from)),
+            ),
+            mean_provider_time: Duration::from_secs_f64(mean(
+                self.provider_measured.iter().map(|m| m.took.as_secs_f64()),
+            )),
+            heads: self.heads.values().filter(|&&i| self.is_live(i)).count(),
+            head_requests: self.head_stats.values().map(|h| h.requests).sum(),
+            head_answers_from_store: self.head_stats.values().map(|h| h.from_store).sum(),
             joined: self.stats.joined,
             left: self.stats.left,
             live_at_end: live.len(),
@@ -1266,6 +1739,16 @@ impl Network {
         format!("{report:?}").hash(&mut hasher);
         report.digest = hasher.finish();
         report
+    }
+}
+
+/// The mean of some values (0 for none).
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
     }
 }
 

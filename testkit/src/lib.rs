@@ -4,7 +4,8 @@
 //! - [`sim`]: virtual clock, event queue, seeded random numbers;
 //! - [`links`]: in-memory links with latency, jitter and loss;
 //! - [`kad`]: a Kademlia network of simulated nodes made of the real routing table,
-//!   lookup core, answer function and record store, under churn;
+//!   lookup core, answer function and record store, under churn, optionally with the
+//!   heads of a DHT booster sharing one store ([`kad::Booster`], [`kad::Sim`]);
 //! - [`node`]: real in-process nodes for tests: start one, the address to dial it by,
 //!   waiting on its host's events;
 //! - [`wait`]: the one polling loop, for conditions nothing reports;

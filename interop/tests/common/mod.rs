@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub const T: Duration = Duration::from_secs(20);
 pub mod ns_pylon;
 pub mod ns_swarm;
+pub mod rust_kad;
 
 pub const RUST_AGENT: &str = "rust-libp2p-interop";
 

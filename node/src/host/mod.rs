@@ -329,6 +329,20 @@ impl Host {
         });
     }
 
+    /// Runs `fut` once shutdown begins, as a part of it: [`Host::shutdown`] waits for it
+    /// (within its grace) before it returns. For what must stop with the host and takes
+    /// time to (nodes of this process that depend on this one).
+    pub fn spawn_at_shutdown<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let token = self.inner.shutdown.clone();
+        self.inner.tasks.spawn(async move {
+            token.cancelled().await;
+            fut.await;
+        });
+    }
+
     /// Spawns a task that must run until shutdown (an accept loop, a periodic job). If it
     /// ends before — returns or panics — that is logged, counted
     /// (`pylon_task_failures_total{task,how}`) and reported through

@@ -276,7 +276,28 @@ pub struct Kad {
     network_size: Mutex<Option<f64>>,
     /// Server mode now ([`Kad::set_server`]).
     serving: std::sync::atomic::AtomicBool,
+    /// Peers never taken into the routing table ([`Kad::exclude`]).
+    excluded: Mutex<Option<PeerFilter>>,
+    /// Told of every GET_PROVIDERS and GET_VALUE answered ([`Kad::on_get`]).
+    get_hook: Mutex<Option<GetHook>>,
     metrics: Arc<Metrics>,
+}
+
+/// Which peers to keep out of the routing table.
+pub type PeerFilter = Arc<dyn Fn(&PeerId) -> bool + Send + Sync>;
+/// What hears of the GET requests answered.
+pub type GetHook = Arc<dyn Fn(Get) + Send + Sync>;
+
+/// A GET_PROVIDERS or GET_VALUE request answered.
+#[derive(Debug, Clone)]
+pub struct Get {
+    pub kind: MessageType,
+    pub key: Vec<u8>,
+    /// Who asked.
+    pub from: PeerId,
+    /// The store had what it asked for (providers, a record); otherwise the answer held
+    /// closer peers only: a miss.
+    pub found: bool,
 }
 
 /// Releases a peer's share of the per-peer stream limit.
@@ -368,6 +389,8 @@ impl Kad {
             checking: Mutex::new(HashSet::new()),
             network_size: Mutex::new(None),
             serving: std::sync::atomic::AtomicBool::new(false),
+            excluded: Mutex::new(None),
+            get_hook: Mutex::new(None),
             store,
             config,
             metrics,
@@ -400,6 +423,43 @@ impl Kad {
             kad.set_server(true);
         }
         kad
+    }
+
+    /// Keeps the peers `filter` names out of the routing table (and so out of every
+    /// answer and refresh): this process's other DHT identities, which must not refer
+    /// lookups to each other in place of the network's peers. Applies to later inserts;
+    /// a peer already in the table is removed.
+    pub fn exclude(&self, filter: PeerFilter) {
+        let present: Vec<PeerId> = lock(&self.table).iter().map(|e| e.peer).collect();
+        for peer in present.into_iter().filter(|p| filter(p)) {
+            self.forget(&peer);
+        }
+        *lock(&self.excluded) = Some(filter);
+    }
+
+    fn is_excluded(&self, peer: &PeerId) -> bool {
+        let filter = lock(&self.excluded).clone();
+        filter.is_some_and(|f| f(peer))
+    }
+
+    /// Calls `hook` (synchronously, after the answer is built and before it is sent: it
+    /// must not block) for every GET_PROVIDERS and GET_VALUE answered, found or missed.
+    pub fn on_get(&self, hook: GetHook) {
+        *lock(&self.get_hook) = Some(hook);
+    }
+
+    /// Whether we are among the `k` peers closest to `key` that we know of: fewer than
+    /// `k` peers of our table are closer to it than we are.
+    pub fn is_close_to(&self, key: &[u8], k: usize) -> bool {
+        let target = Key::new(key);
+        let table = lock(&self.table);
+        let own = table.local_key().distance(&target);
+        table
+            .closest(&target, k)
+            .iter()
+            .filter(|e| Key::from_peer(&e.peer).distance(&target) < own)
+            .count()
+            < k
     }
 
     /// Whether we serve the DHT now.
@@ -591,6 +651,9 @@ impl Kad {
 
     /// Offers a peer known to serve the protocol to the table.
     pub fn consider(self: &Arc<Self>, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+        if self.is_excluded(&peer) {
+            return;
+        }
         addrs.truncate(MAX_PEER_ADDRS);
         let outcome = lock(&self.table).insert(peer, addrs.clone(), now_ms());
         match outcome {
@@ -614,6 +677,9 @@ impl Kad {
     /// Adds a peer the caller vouches for (serves the protocol at `addrs`) without a
     /// liveness check of a full bucket's oldest peer: static peers, tests, benchmarks.
     pub fn add_peer(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> table::Insert {
+        if self.is_excluded(&peer) {
+            return table::Insert::Refused(table::Refusal::Excluded);
+        }
         let outcome = lock(&self.table).insert(peer, addrs, now_ms());
         if outcome == table::Insert::Added {
             self.metrics.kad_table_peers.set(self.table_len() as i64);
@@ -852,7 +918,10 @@ impl Kad {
     ) -> Result<Option<proto::Message>, server::Refusal> {
         let now = now_ms();
         match self.answer(from, msg, now)? {
-            Answer::Reply(reply) => Ok(Some(reply)),
+            Answer::Reply(reply) => {
+                self.notice_get(from, &reply);
+                Ok(Some(reply))
+            }
             Answer::Store(accepted) => {
                 self.store
                     .put(accepted.key(), accepted.value(), now)
@@ -876,6 +945,24 @@ impl Kad {
                 }
                 Ok(None)
             }
+        }
+    }
+
+    /// Tells the GET hook of a GET_PROVIDERS or GET_VALUE answered.
+    fn notice_get(&self, from: &Requester<'_>, reply: &proto::Message) {
+        let found = match reply.kind() {
+            Some(MessageType::GetProviders) => !reply.provider_peers.is_empty(),
+            Some(MessageType::GetValue) => reply.record.is_some(),
+            _ => return,
+        };
+        let hook = lock(&self.get_hook).clone();
+        if let (Some(hook), Some(kind)) = (hook, reply.kind()) {
+            hook(Get {
+                kind,
+                key: reply.key.clone(),
+                from: from.peer,
+                found,
+            });
         }
     }
 

@@ -148,9 +148,10 @@ pub struct KadStore {
     providers: Arc<dyn Store>,
     table: Arc<dyn Store>,
     config: Config,
-    counts: Mutex<Counts>,
+    /// Shared with the stores [`KadStore::sharing`] made (one count, one index).
+    counts: Arc<Mutex<Counts>>,
     /// Provider records by key, mirroring the `providers` tree.
-    index: Mutex<HashMap<Vec<u8>, Vec<Held>>>,
+    index: Arc<Mutex<HashMap<Vec<u8>, Vec<Held>>>>,
     /// What the sweep at open removed.
     opened: Swept,
 }
@@ -208,12 +209,28 @@ impl KadStore {
             providers,
             table,
             config,
-            counts: Mutex::new(Counts::default()),
-            index: Mutex::new(HashMap::new()),
+            counts: Arc::new(Mutex::new(Counts::default())),
+            index: Arc::new(Mutex::new(HashMap::new())),
             opened: Swept::default(),
         };
         store.opened = store.sweep(now_ms)?;
         Ok(store)
+    }
+
+    /// A store sharing this one's records and providers (trees, counts and provider
+    /// index: what one writes the other reads) with a routing table of its own, kept in
+    /// `table`: several DHT identities of one process answering from one store (the
+    /// booster's heads).
+    pub fn sharing(&self, table: Arc<dyn Store>) -> KadStore {
+        KadStore {
+            records: self.records.clone(),
+            providers: self.providers.clone(),
+            table,
+            config: self.config.clone(),
+            counts: self.counts.clone(),
+            index: self.index.clone(),
+            opened: Swept::default(),
+        }
     }
 
     /// What opening removed (expired and undecodable entries).
@@ -368,7 +385,8 @@ impl KadStore {
         Ok(())
     }
 
-    /// Adds or refreshes `peer` as a provider of `key`, durably.
+    /// Adds or refreshes `peer` as a provider of `key`, durably, for the configured
+    /// `provider_ttl`.
     pub async fn add_provider(
         &self,
         key: &[u8],
@@ -376,22 +394,42 @@ impl KadStore {
         addrs: &[Multiaddr],
         now_ms: u64,
     ) -> Result<(), Error> {
+        self.add_provider_for(key, peer, addrs, now_ms, self.config.provider_ttl)
+            .await
+    }
+
+    /// [`KadStore::add_provider`] for `ttl` (at most `provider_ttl`): a provider record
+    /// learned from others rather than announced to us (the booster's prefetch cache). A
+    /// record held already keeps the later of the two expiries.
+    pub async fn add_provider_for(
+        &self,
+        key: &[u8],
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<(), Error> {
         self.check_key(key)?;
         let mut full_key = provider_prefix(key);
         full_key.extend_from_slice(&peer.to_bytes());
-        let held = Held {
+        let ttl = ttl.min(self.config.provider_ttl);
+        let mut held = Held {
             peer,
             addrs: addrs.iter().take(MAX_PROVIDER_ADDRS).cloned().collect(),
-            expires_ms: now_ms.saturating_add(self.config.provider_ttl.as_millis() as u64),
+            expires_ms: now_ms.saturating_add(ttl.as_millis() as u64),
             addrs_expire_ms: now_ms
-                .saturating_add(self.config.provider_addr_ttl.as_millis() as u64),
+                .saturating_add(self.config.provider_addr_ttl.min(ttl).as_millis() as u64),
         };
         // Decide and reserve under the index lock, so concurrent adds cannot overshoot.
         let previous = {
             let mut index = self.index();
             let list = index.entry(key.to_vec()).or_default();
             match list.iter().position(|h| h.peer == peer) {
-                Some(i) => Some(std::mem::replace(&mut list[i], held.clone())),
+                Some(i) => {
+                    held.expires_ms = held.expires_ms.max(list[i].expires_ms);
+                    held.addrs_expire_ms = held.addrs_expire_ms.max(list[i].addrs_expire_ms);
+                    Some(std::mem::replace(&mut list[i], held.clone()))
+                }
                 None => {
                     if list.len() >= self.config.max_providers_per_key {
                         return Err(Error::KeyFull);
@@ -415,9 +453,8 @@ impl KadStore {
                 .take(MAX_PROVIDER_ADDRS)
                 .map(|a| a.to_vec())
                 .collect(),
-            expires_ms: now_ms.saturating_add(self.config.provider_ttl.as_millis() as u64),
-            addrs_expire_ms: now_ms
-                .saturating_add(self.config.provider_addr_ttl.as_millis() as u64),
+            expires_ms: held.expires_ms,
+            addrs_expire_ms: held.addrs_expire_ms,
         };
         if let Err(e) = self.providers.put(&full_key, &stored.encode_to_vec()) {
             // Undo the reservation: back to what sled holds.

@@ -103,6 +103,8 @@ pub enum Refusal {
     BucketDiversity,
     /// Too many peers of the same IP group in the table.
     TableDiversity,
+    /// Kept out by the owner ([`super::Kad::exclude`]): another identity of this process.
+    Excluded,
 }
 
 impl Refusal {
@@ -112,6 +114,7 @@ impl Refusal {
             Refusal::NoAddress => "no_address",
             Refusal::BucketDiversity => "bucket_diversity",
             Refusal::TableDiversity => "table_diversity",
+            Refusal::Excluded => "excluded",
         }
     }
 }
