@@ -136,6 +136,9 @@ for set in "${tf_sets[@]}"; do
 done
 rm -rf "$tf_state"
 
+step "the booster simulation at full size: up to 5,000 DHT nodes (release; cargo test runs it smaller)"
+cargo test --release --locked -p pylon-testkit --test booster_sim -- --nocapture
+
 step "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -3,7 +3,8 @@
 //! - rust-libp2p lookups for random keys reach the heads, and find them among the closest;
 //! - a GET_PROVIDERS that misses on the head closest to a key is prefetched from the
 //!   rust-libp2p network, and the next request is answered from the shared store (a cache
-//!   hit); a js-libp2p client that knows only that head finds the provider through it;
+//!   hit); a GET_VALUE miss likewise; a js-libp2p client that knows only that head finds
+//!   the provider through it;
 //! - a flood of GET_PROVIDERS for random keys starts no more lookups than the budget;
 //! - after a restart on the same data directory the heads have the same identities and
 //!   the shared store its provider records.
@@ -173,6 +174,34 @@ fn key_near_a_head(heads: &[PeerId], others: &[PeerId]) -> (Vec<u8>, PeerId) {
     unreachable!()
 }
 
+/// A `/pk/` record (key, value) whose key is next to one of `heads` (as
+/// [`key_near_a_head`]).
+fn pk_record_near_a_head(heads: &[PeerId], others: &[PeerId]) -> (Vec<u8>, Vec<u8>, PeerId) {
+    loop {
+        let owner = Keypair::generate_ed25519();
+        let key = pk_key(&owner.public().to_peer_id());
+        let target = Key::new(&key);
+        let dist = |p: &PeerId| Key::from_peer(p).distance(&target);
+        let head = *heads.iter().min_by_key(|h| dist(h)).unwrap();
+        if others.iter().filter(|o| dist(o) < dist(&head)).count() <= 2 {
+            return (key, owner.public().encode_protobuf(), head);
+        }
+    }
+}
+
+/// A GET_VALUE for `key` sent by `client` straight to `head`: the record's value.
+async fn ask_value(client: &Node, head: &Node, key: &[u8]) -> Option<Vec<u8>> {
+    let msg = pkad::proto::Message::new(MessageType::GetValue, key.to_vec());
+    let reply = client
+        .kad
+        .as_ref()
+        .unwrap()
+        .query(head.peer_id(), &[kit::addr_of(head)], &msg)
+        .await
+        .unwrap();
+    reply.record.map(|r| r.value)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_libp2p_lookups_reach_the_heads() {
     let servers = rust_network().await;
@@ -246,10 +275,22 @@ async fn a_provider_miss_is_prefetched_and_the_next_request_is_a_cache_hit() {
         .collect();
     let (content, near) = key_near_a_head(&heads, &rust_ids);
 
-    // A rust-libp2p server provides it before Pylon joins: only the rust network holds it.
+    let (record_key, record_value, record_head) = pk_record_near_a_head(&heads, &rust_ids);
+
+    // A rust-libp2p server provides it (and another puts the record) before Pylon joins:
+    // only the rust network holds them.
     let provider: PeerId = servers[5].peer_id.to_string().parse().unwrap();
     servers[5]
         .ask(|r| Cmd::Provide(RecordKey::new(&content), r))
+        .await
+        .unwrap();
+    servers[7]
+        .ask(|r| {
+            Cmd::Put(
+                libp2p::kad::Record::new(record_key.clone(), record_value.clone()),
+                r,
+            )
+        })
         .await
         .unwrap();
 
@@ -300,6 +341,31 @@ async fn a_provider_miss_is_prefetched_and_the_next_request_is_a_cache_hit() {
     assert!(ask_providers(&client, &other, &content)
         .await
         .contains(&provider));
+
+    // A record miss is prefetched the same way.
+    let record_head = run
+        .booster
+        .heads()
+        .into_iter()
+        .map(|(_, h)| h)
+        .find(|h| h.peer_id() == record_head)
+        .unwrap();
+    assert_eq!(ask_value(&client, &record_head, &record_key).await, None);
+    eventually("the prefetch stored the record", || {
+        record_head
+            .kad
+            .as_ref()
+            .unwrap()
+            .store()
+            .get(&record_key, 0)
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert_eq!(
+        ask_value(&client, &record_head, &record_key).await,
+        Some(record_value)
+    );
 
     // A js-libp2p client that knows only that head finds the provider through it.
     let mut js = JsPeer::listen_kad(JsKadMode::Client).await.unwrap();

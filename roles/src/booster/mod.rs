@@ -10,10 +10,11 @@
 //!   keeps the node's other identities out of its routing table ([`kad::Kad::exclude`]):
 //!   heads never refer lookups to each other in place of the network's peers.
 //! - **Shared answers and prefetch**: a record or provider record stored through any head
-//!   is answered by every head. A GET_PROVIDERS that misses on a head close to the key
-//!   starts one DHT lookup for its providers (concurrent misses coalesce; bounded in
-//!   concurrency and per minute: [`prefetch`]); what it finds is cached in the shared
-//!   store for `cache_ttl`, so the next request is answered from it.
+//!   is answered by every head. A GET_PROVIDERS (or GET_VALUE) that misses on a head
+//!   close to the key starts one DHT lookup for its providers (or record; concurrent
+//!   misses coalesce; bounded in concurrency and per minute: [`prefetch`]); what it finds
+//!   is kept in the shared store (providers for `cache_ttl`, a valid record as records
+//!   are), so the next request is answered from it.
 //! - **Visibility**: `pylon_booster_*` metrics (heads, requests answered per head from
 //!   the shared store, cache hits, prefetch outcomes) and [`Status`] for the admin API.
 //!
@@ -70,7 +71,8 @@ pub struct Config {
     /// (`port_base = 0`: every head takes ports the system picks).
     pub listen: Vec<String>,
     pub port_base: u16,
-    /// Prefetch providers on a GET_PROVIDERS miss on a head close to the key.
+    /// Prefetch providers (records) on a GET_PROVIDERS (GET_VALUE) miss on a head close
+    /// to the key.
     pub prefetch: bool,
     /// Prefetch lookups running at once.
     pub prefetch_concurrency: usize,
@@ -196,6 +198,8 @@ pub struct HeadStatus {
     pub cache_hits: u64,
     /// Prefetch lookups this head's misses started.
     pub prefetches: u64,
+    /// Stream payload bytes it sent (its answers, mostly).
+    pub bytes_sent: u64,
 }
 
 /// What the last crawl measured.
@@ -292,7 +296,7 @@ impl BoosterMetrics {
         );
         r.register(
             "prefetch_results",
-            "Prefetch lookups ended, by result (found, empty, failed, timeout)",
+            "Prefetch lookups ended, by result (found, empty, failed, timeout, invalid)",
             m.prefetch_results.clone(),
         );
         r.register(
@@ -458,7 +462,8 @@ impl Booster {
         let figures = lock(&self.heads).get(&index).map(|h| h.figures.clone());
         let now = Instant::now();
         let kind = get.kind.label();
-        let cached = get.found && lock(&self.prefetch).was_fetched(&get.key, now);
+        let cached =
+            get.found && lock(&self.prefetch).was_fetched(&prefetch_slot(get.kind, &get.key), now);
         let result = match (get.found, cached) {
             (true, true) => "cached",
             (true, false) => "found",
@@ -477,7 +482,7 @@ impl Booster {
                 f.cache_hits.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if get.found || get.kind != MessageType::GetProviders || !self.config.prefetch {
+        if get.found || !self.config.prefetch {
             return;
         }
         let Some(head_kad) = head_kad.upgrade() else {
@@ -486,7 +491,9 @@ impl Booster {
         if !head_kad.is_close_to(&get.key, head_kad.config().table.k) {
             return;
         }
-        let admit = lock(&self.prefetch).admit(&get.key, now);
+        // Providers and records of one key are fetched apart.
+        let slot = prefetch_slot(get.kind, &get.key);
+        let admit = lock(&self.prefetch).admit(&slot, now);
         self.metrics
             .prefetch
             .get_or_create(&OutcomeLabels {
@@ -502,8 +509,11 @@ impl Booster {
         self.metrics.prefetch_running.inc();
         let me = self.clone();
         self.node.host.spawn(async move {
-            let result = me.fetch_providers(&head_kad, &get.key).await;
-            lock(&me.prefetch).finish(&get.key, Instant::now());
+            let result = match get.kind {
+                MessageType::GetValue => me.fetch_value(&head_kad, &get.key).await,
+                _ => me.fetch_providers(&head_kad, &get.key).await,
+            };
+            lock(&me.prefetch).finish(&slot, Instant::now());
             me.metrics.prefetch_running.dec();
             me.metrics
                 .prefetch_results
@@ -553,6 +563,33 @@ impl Booster {
         }
     }
 
+    /// One prefetch of a record: the best valid value of `key` found through `kad`, kept
+    /// in the shared store (records carry their own validity: a `/pk/` key, an IPNS
+    /// record's EOL); the result's label.
+    async fn fetch_value(&self, kad: &kad::Kad, key: &[u8]) -> &'static str {
+        let value =
+            match tokio::time::timeout(self.config.prefetch_timeout, kad.get_value(key)).await {
+                Ok(Ok(Some(value))) => value,
+                Ok(Ok(None)) => return "empty",
+                Ok(Err(e)) => {
+                    tracing::debug!("booster prefetch: {e}");
+                    return "failed";
+                }
+                Err(_) => return "timeout",
+            };
+        let now = now_ms();
+        if kad.config().validators.validate(key, &value, now).is_err() {
+            return "invalid";
+        }
+        match kad.store().put(key, &value, now).await {
+            Ok(_) => "found",
+            Err(e) => {
+                tracing::debug!("booster prefetch: caching a record: {e}");
+                "failed"
+            }
+        }
+    }
+
     fn status_now(&self) -> Status {
         let heads = lock(&self.heads);
         let list: Vec<HeadStatus> = heads
@@ -573,6 +610,7 @@ impl Booster {
                 found: h.figures.found.load(Ordering::Relaxed),
                 cache_hits: h.figures.cache_hits.load(Ordering::Relaxed),
                 prefetches: h.figures.prefetches.load(Ordering::Relaxed),
+                bytes_sent: h.node.host.metrics().stream_bytes_sent.get(),
             })
             .collect();
         let gets: u64 = list.iter().map(|h| h.gets).sum();
@@ -600,6 +638,14 @@ impl Booster {
             prefetch_keys_remembered: prefetch.remembered(),
         }
     }
+}
+
+/// The prefetch's key for a request: its kind, then the key.
+fn prefetch_slot(kind: MessageType, key: &[u8]) -> Vec<u8> {
+    let mut slot = Vec::with_capacity(key.len() + 1);
+    slot.push(u8::from(kind == MessageType::GetValue));
+    slot.extend_from_slice(key);
+    slot
 }
 
 impl Role for Booster {

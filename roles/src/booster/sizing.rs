@@ -207,7 +207,9 @@ impl Booster {
                 requests: h.figures.gets.load(Ordering::Relaxed),
                 from_store: h.figures.found.load(Ordering::Relaxed),
                 cache_hits: h.figures.cache_hits.load(Ordering::Relaxed),
-                bytes_served: 0,
+                // Every stream payload the head sent (its answers, and its own lookups'
+                // requests, which are small).
+                bytes_served: h.node.host.metrics().stream_bytes_sent.get(),
                 marginal_coverage: measured
                     .and_then(|m| m.marginal.iter().find(|(i, _)| i == index))
                     .map_or(0.0, |(_, c)| *c),
