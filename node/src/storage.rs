@@ -295,12 +295,31 @@ pub struct Storage {
     inner: Arc<Inner>,
 }
 
+/// How long opening waits for another holder of the database's file lock to let go: a
+/// node of this process stopping (its last handles drop just after its close), or the
+/// previous process of a restart still exiting.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 fn open_db(path: &Path) -> Result<sled::Db, String> {
-    sled::Config::new()
-        .path(path)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| e.to_string())
+    // sled reports the lock held as an I/O error of its own wording (kind `Other`).
+    let held = |e: &sled::Error| e.to_string().contains("could not acquire lock");
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match sled::Config::new().path(path).flush_every_ms(None).open() {
+            Ok(db) => return Ok(db),
+            Err(e) if held(&e) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            Err(e) if held(&e) => {
+                return Err(format!(
+                    "{e} (another process holds the database; waited {LOCK_WAIT:?})"
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 fn read_epoch(meta: &sled::Tree) -> u64 {

@@ -262,3 +262,60 @@ async fn a_damaged_log_is_reported_at_open() {
         "{held} of 200 entries survived and no loss was reported"
     );
 }
+
+/// Opening waits (bounded) for the holder of the database's lock to let go — a node of
+/// this process stopping, or the previous process of a restart exiting — and past the
+/// wait says another process holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_waits_for_the_lock_then_names_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let first = Storage::open(
+        &path,
+        storage::Config::default(),
+        storage::Metrics::unregistered(),
+    )
+    .unwrap();
+    first.tree("peers").unwrap().put(b"k", b"v").unwrap();
+    let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
+    let second = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let s = Storage::open(
+                &path,
+                storage::Config::default(),
+                storage::Metrics::unregistered(),
+            );
+            let _ = opened_tx.send(());
+            s
+        })
+    };
+    assert!(
+        opened_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the second open waits while the first holds the database"
+    );
+    first.close(T).await.unwrap();
+    drop(first);
+    let second = tokio::task::spawn_blocking(move || second.join().unwrap())
+        .await
+        .unwrap()
+        .expect("opened once the first let go");
+    assert_eq!(
+        second.tree("peers").unwrap().get(b"k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+
+    // Held for good: refused after the wait, naming why.
+    let third = tokio::task::spawn_blocking(move || {
+        Storage::open(
+            &path,
+            storage::Config::default(),
+            storage::Metrics::unregistered(),
+        )
+    })
+    .await
+    .unwrap();
+    let err = third.err().expect("refused while held").to_string();
+    assert!(err.contains("another process holds the database"), "{err}");
+    drop(second);
+}
