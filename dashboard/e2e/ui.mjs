@@ -137,9 +137,15 @@ async function run() {
     await page.getByRole('link', { name: `Role: ${role}` }).click();
     await page.locator('#role-status table').first().waitFor();
     const status = (await apiNow('/roles')).json.roles.find((r) => r.name === role).status;
+    // The previous role's table may still be on screen for a moment after the click: wait
+    // (bounded) until this role's keys are, then check.
+    const words = Object.keys(status).map((k) => k.replaceAll('_', ' '));
+    await page
+      .waitForFunction((ws) => ws.every((w) => (document.querySelector('#role-status')?.innerText || '').includes(w)), words, { timeout: 10000 })
+      .catch(() => {});
     const text = await textOf('#role-status');
     // Every key of the role's status is shown, as words.
-    for (const key of Object.keys(status)) check(text.includes(key.replaceAll('_', ' ')), `${role}: ${key} shown`);
+    for (const key of Object.keys(status)) check(text.includes(key.replaceAll('_', ' ')), `${role}: ${key} shown in ${JSON.stringify(text)}`);
     await shoot(`role-${role}`);
     if (role === 'relay') {
       check(status.reservations.length === (await page.locator('#role-status table.sub').first().locator('tbody tr').count()), 'relay reservations rows');
