@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use multiaddr::Multiaddr;
+use pylon_node::addresses;
 use pylon_node::protocols::kad::Key;
 use pylon_node::PeerId;
 
@@ -158,7 +159,9 @@ impl Crawl {
         }
         if self.recent.len() >= self.limits.per_second as usize {
             let oldest = self.recent.front().copied().unwrap_or(now);
-            return Next::Wait(Duration::from_secs(1).saturating_sub(now - oldest));
+            return Next::Wait(
+                Duration::from_secs(1).saturating_sub(now.saturating_duration_since(oldest)),
+            );
         }
         let Some(peer) = self.queue.pop_front() else {
             return Next::Done;
@@ -183,10 +186,19 @@ impl Crawl {
         })
     }
 
-    /// `peer` answered, naming `found`.
+    /// `peer` answered, naming `found`. A peer we reached at a public address is not
+    /// followed to the private or loopback addresses it names: the crawl would otherwise
+    /// dial into this host's own networks wherever a remote peer points it.
     pub fn answered(&mut self, peer: &PeerId, found: Vec<(PeerId, Vec<Multiaddr>)>) {
         self.end(peer, true);
-        for (p, addrs) in found {
+        let from_public = self
+            .peers
+            .get(peer)
+            .is_some_and(|p| p.addrs.iter().any(addresses::is_public));
+        for (p, mut addrs) in found {
+            if from_public {
+                addrs.retain(addresses::is_public);
+            }
             self.learn(p, addrs);
         }
     }
@@ -277,7 +289,7 @@ mod tests {
     }
 
     fn addr() -> Vec<Multiaddr> {
-        vec!["/ip4/203.0.113.1/tcp/4001".parse().unwrap()]
+        vec!["/ip4/11.77.0.1/tcp/4001".parse().unwrap()]
     }
 
     #[test]
@@ -338,6 +350,38 @@ mod tests {
         assert!(snap.responsive.contains(&a));
         assert!(!snap.responsive.contains(&me));
         assert!(asked <= 6, "{asked}: at most 3 buckets for each of 2 peers");
+    }
+
+    #[test]
+    fn a_public_peer_does_not_send_the_crawl_into_private_networks() {
+        let t0 = Instant::now();
+        let mut c = Crawl::new(limits(), t0, HashSet::new());
+        let public = PeerId::random();
+        c.learn(public, addr());
+        let Next::Ask(_) = c.next(t0) else { panic!() };
+        let (inside, mixed) = (PeerId::random(), PeerId::random());
+        let private: Multiaddr = "/ip4/10.0.0.7/tcp/22".parse().unwrap();
+        let loopback: Multiaddr = "/ip4/127.0.0.1/tcp/5001".parse().unwrap();
+        c.answered(
+            &public,
+            vec![
+                (inside, vec![private.clone(), loopback]),
+                (mixed, vec![private.clone(), addr()[0].clone()]),
+            ],
+        );
+        assert!(
+            !c.peers.contains_key(&inside),
+            "only private addresses: dropped"
+        );
+        assert_eq!(c.peers[&mixed].addrs, addr(), "its public address kept");
+
+        // A peer reached in a private network may name its neighbours there.
+        let mut lab = Crawl::new(limits(), t0, HashSet::new());
+        let local = PeerId::random();
+        lab.learn(local, vec![private.clone()]);
+        let Next::Ask(_) = lab.next(t0) else { panic!() };
+        lab.answered(&local, vec![(inside, vec![private])]);
+        assert!(lab.peers.contains_key(&inside));
     }
 
     #[test]
