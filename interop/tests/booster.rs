@@ -94,6 +94,21 @@ struct Running {
     _registry: Registry,
 }
 
+impl Running {
+    /// The heads' nodes, by index.
+    fn head_nodes(&self) -> Vec<Node> {
+        self.booster.heads().into_iter().map(|(_, h)| h).collect()
+    }
+
+    /// The head whose PeerId is `id`.
+    fn head(&self, id: PeerId) -> Node {
+        self.head_nodes()
+            .into_iter()
+            .find(|h| h.peer_id() == id)
+            .expect("a head with that PeerId runs")
+    }
+}
+
 /// Starts the booster on `node` and waits for its heads, each with a routing table. (The
 /// test configs turn the periodic refresh off: the node and each head look themselves up
 /// here, as their first refresh would.)
@@ -208,7 +223,7 @@ async fn rust_libp2p_lookups_reach_the_heads() {
     let role = booster_config();
     let main = kit::start_with(main_config(rust_addrs(&servers, 3), &role)).await;
     let run = boost(main, role).await;
-    let heads: Vec<Node> = run.booster.heads().into_iter().map(|(_, h)| h).collect();
+    let heads: Vec<Node> = run.head_nodes();
     let head_ids: HashSet<PeerId> = heads.iter().map(|h| h.peer_id()).collect();
 
     // The heads are balanced: the expected ids, no two in the same eighth of the keyspace.
@@ -303,13 +318,7 @@ async fn a_provider_miss_is_prefetched_and_the_next_request_is_a_cache_hit() {
     .await
     .unwrap();
     let run = boost(main, role).await;
-    let head = run
-        .booster
-        .heads()
-        .into_iter()
-        .map(|(_, h)| h)
-        .find(|h| h.peer_id() == near)
-        .unwrap();
+    let head = run.head(near);
 
     // The first request misses and starts the prefetch; the second is answered from the
     // shared store.
@@ -332,10 +341,8 @@ async fn a_provider_miss_is_prefetched_and_the_next_request_is_a_cache_hit() {
     assert_eq!((h.gets, h.found, h.cache_hits), (2, 1, 1), "{h:?}");
     // Every head answers from the shared store.
     let other = run
-        .booster
-        .heads()
+        .head_nodes()
         .into_iter()
-        .map(|(_, h)| h)
         .find(|h| h.peer_id() != near)
         .unwrap();
     assert!(ask_providers(&client, &other, &content)
@@ -343,13 +350,7 @@ async fn a_provider_miss_is_prefetched_and_the_next_request_is_a_cache_hit() {
         .contains(&provider));
 
     // A record miss is prefetched the same way.
-    let record_head = run
-        .booster
-        .heads()
-        .into_iter()
-        .map(|(_, h)| h)
-        .find(|h| h.peer_id() == record_head)
-        .unwrap();
+    let record_head = run.head(record_head);
     assert_eq!(ask_value(&client, &record_head, &record_key).await, None);
     eventually("the prefetch stored the record", || {
         record_head
@@ -392,7 +393,7 @@ async fn a_flood_of_random_keys_is_not_a_lookup_amplifier() {
     };
     let main = kit::start_with(main_config(rust_addrs(&servers, 3), &role)).await;
     let run = boost(main, role).await;
-    let heads: Vec<Node> = run.booster.heads().into_iter().map(|(_, h)| h).collect();
+    let heads: Vec<Node> = run.head_nodes();
     let client = pylon_kad(false, Vec::new()).await;
     let mut asked = 0;
     for i in 0u32..200 {
