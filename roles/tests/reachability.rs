@@ -67,6 +67,24 @@ fn answers(client: &Node, reachability: &'static str) -> u64 {
         .get()
 }
 
+/// Waits (within `T`) for `client` to be public; says what it knows if it is not.
+async fn until_public(client: &Node, verdicts: &mut tokio::sync::watch::Receiver<Verdict>) {
+    if tokio::time::timeout(T, verdicts.wait_for(|v| *v == Verdict::Public))
+        .await
+        .is_err()
+    {
+        panic!(
+            "not public within {T:?}: verdicts {:?}, answers public {}, private {}, \
+             unknown {}, observed {:?}",
+            client.autonat.verdicts(),
+            answers(client, "public"),
+            answers(client, "private"),
+            answers(client, "unknown"),
+            client.identify.observed_addrs(),
+        );
+    }
+}
+
 /// Three servers on three IPs reach the client's listen address: it is public, the node
 /// is, the metrics say so, and a DHT in `auto` mode turns to server mode.
 #[tokio::test]
@@ -91,10 +109,7 @@ async fn three_servers_on_distinct_ips_make_a_node_public_and_its_dht_a_server()
     for (s, _) in &servers {
         client.host.dial(&kit::addr_of(s)).await.unwrap();
     }
-    tokio::time::timeout(T, verdicts.wait_for(|v| *v == Verdict::Public))
-        .await
-        .expect("public within the bound")
-        .unwrap();
+    until_public(&client, &mut verdicts).await;
     assert!(
         client
             .autonat
@@ -115,6 +130,36 @@ async fn three_servers_on_distinct_ips_make_a_node_public_and_its_dht_a_server()
         .host
         .protocols()
         .contains(&kad::DEFAULT_PROTOCOL.to_string()));
+}
+
+/// Dials that leave from ephemeral ports (port reuse off) make each server observe us at
+/// an address of its own. No two peers agree on one, so none is tested: the servers'
+/// per-peer budgets (two requests a minute) go to the listen address, which turns public.
+/// (Testing every observed address spent them on the ephemeral ones and refused the
+/// listen address its third confirmation.)
+#[tokio::test]
+async fn addresses_one_peer_alone_observed_do_not_starve_the_listen_address() {
+    let mut servers = Vec::new();
+    for ip in ["127.0.0.5", "127.0.0.6", "127.0.0.7"] {
+        servers.push(server(ip).await);
+    }
+    let mut config = client_config(3);
+    config.host.port_reuse = false;
+    let client = kit::start_with(config).await;
+    let listen = client.host.listen_addrs()[0].clone();
+    let mut verdicts = client.autonat.watch();
+    for (s, _) in &servers {
+        client.host.dial(&kit::addr_of(s)).await.unwrap();
+    }
+    // (A dial-back connection's identify may add the listen address itself.)
+    wait::until("each server to have said where it saw us", T, || {
+        let observed = client.identify.observed_addrs();
+        observed.iter().filter(|a| **a != listen).count() >= 3
+    })
+    .await;
+    until_public(&client, &mut verdicts).await;
+    assert_eq!(client.autonat.verdicts(), [(listen, Verdict::Public)]);
+    assert_eq!(answers(&client, "private") + answers(&client, "unknown"), 0);
 }
 
 /// Two servers are not three: with the default of three confirmations the verdict stays

@@ -2,7 +2,7 @@
 //! which server, and what the answers add up to. Time is an input; the driver owns the
 //! streams, the dial-back handler and the clock.
 //!
-//! Each candidate address (a public address we listen on, or one peers observed us at)
+//! Each candidate address (a public address we listen on, or one enough peers observed us at)
 //! is tested on its own, one server at a time, each server on a distinct IP within a
 //! round (one operator with many peer ids on one host counts once). An address is
 //! **public** once `confirmations` distinct servers reached it and more reached it than

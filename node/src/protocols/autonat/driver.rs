@@ -204,11 +204,15 @@ impl Autonat {
         next
     }
 
-    /// Our addresses worth testing: public listen addresses, then what peers observed us
-    /// at (the client keeps the testable ones).
+    /// Our addresses worth testing: public listen addresses, then the addresses enough
+    /// distinct peers agree they observed us at (`identify.observed_confirmations`; the
+    /// client keeps the testable ones). An address one peer alone reports (an ephemeral
+    /// source port, a symmetric NAT's per-peer mapping) is not tested: servers take only a
+    /// few requests per peer a minute, and each spent on such an address is one the
+    /// addresses we can be reached at do not get.
     fn candidates(&self) -> Vec<Multiaddr> {
         let mut out = self.host.interface_listen_addrs();
-        out.extend(self.identify.observed_addrs());
+        out.extend(self.identify.confirmed_observed_addrs());
         out
     }
 
