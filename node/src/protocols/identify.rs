@@ -147,6 +147,9 @@ pub struct Identify {
     observed: Mutex<addresses::Observed>,
     /// What AutoNAT found about our addresses.
     verified: Mutex<addresses::Verified>,
+    /// The addresses we announce instead of the rest (`addresses.announce`, or what
+    /// [`Identify::set_announce`] put since).
+    announce: Mutex<Vec<Multiaddr>>,
     events: broadcast::Sender<Event>,
     observers: RwLock<Vec<Observer>>,
     /// Push rate budget of each connected peer (entries leave with the peer).
@@ -170,6 +173,7 @@ impl Identify {
     /// connection).
     pub fn install(host: &Host, peerstore: Peerstore, config: Config) -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
+        let announce = config.addresses.announce.clone();
         let this = Arc::new_cyclic(|me| Identify {
             me: me.clone(),
             host: host.clone(),
@@ -178,6 +182,7 @@ impl Identify {
             own: Mutex::new(Vec::new()),
             observed: Mutex::new(addresses::Observed::default()),
             verified: Mutex::new(addresses::Verified::default()),
+            announce: Mutex::new(announce),
             push_limiter: Mutex::new(RateLimiter::new(
                 PUSH_BURST,
                 PUSHES_PER_SECOND,
@@ -229,14 +234,17 @@ impl Identify {
     }
 
     fn advertised_addrs_to(&self, public_peer: bool) -> Vec<Multiaddr> {
-        let cfg = &self.config.addresses;
+        let cfg = addresses::Config {
+            announce: lock(&self.announce).clone(),
+            ..self.config.addresses.clone()
+        };
         let confirmed = lock(&self.observed).confirmed(cfg.observed_confirmations);
         let verified = lock(&self.verified).clone();
         addresses::advertise(
             &self.host.interface_listen_addrs(),
             &confirmed,
             &verified,
-            cfg,
+            &cfg,
             public_peer,
         )
     }
@@ -244,8 +252,26 @@ impl Identify {
     /// Takes AutoNAT's verdicts on our addresses into what we advertise; when that changes
     /// what public peers hear, tells connected peers (identify push).
     pub fn set_verified(&self, verified: addresses::Verified) {
+        self.change_advertised(|| *lock(&self.verified) = verified);
+    }
+
+    /// What AutoNAT found about our addresses, as last set.
+    pub fn verified(&self) -> addresses::Verified {
+        lock(&self.verified).clone()
+    }
+
+    /// Announces `addrs` instead of the rest from now on, as `addresses.announce` does
+    /// from the start (empty: back to listen, observed and verified addresses); tells
+    /// connected peers when that changes what they hear.
+    pub fn set_announce(&self, addrs: Vec<Multiaddr>) {
+        self.change_advertised(|| *lock(&self.announce) = addrs);
+    }
+
+    /// Makes `change` and pushes our identify to connected peers if what public peers
+    /// hear of our addresses changed.
+    fn change_advertised(&self, change: impl FnOnce()) {
         let before = self.advertised_addrs_to(true);
-        *lock(&self.verified) = verified;
+        change();
         if self.advertised_addrs_to(true) != before {
             self.count_trigger(host::LocalChange::ListenAddrs);
             if let Some(me) = self.me.upgrade() {

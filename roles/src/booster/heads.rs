@@ -4,20 +4,26 @@
 //! the listen addresses of its index, the node's host limits, identify and DHT settings,
 //! a routing table saved in its own tree (`booster_table_INDEX`), and the main node's
 //! peerstore and DHT store. It does not run the AutoNAT client (the main node's verdict
-//! is the host's) nor hold relay reservations. It joins through the main node's table
+//! is the host's: the addresses it verified count for the heads on their own ports) nor
+//! hold relay reservations. It announces the node's announced addresses on its own
+//! ports, or `announce`. It joins through the main node's table
 //! (copied in at start) and the configured bootstrap peers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use pylon_node::addresses::Verified;
 use pylon_node::metrics::Metrics as NodeMetrics;
 use pylon_node::node::Node;
 use pylon_node::peerstore::MemoryStore;
+use pylon_node::protocols::autonat::Verdict;
 
 use super::{lock, Booster, Figures, Head};
 
 /// How long a stopped head's connections get to close.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How often a head looks again at the addresses the node's AutoNAT servers reached.
+const FOLLOW_EVERY: Duration = Duration::from_secs(60);
 
 impl Booster {
     /// Starts head `index` (nothing if it runs); a failure is logged and counted.
@@ -75,6 +81,16 @@ impl Booster {
 
         let mut config = self.node.config().clone();
         config.listen = self.config.listen_of(index)?;
+        // What it announces: the configured template, else the node's announced
+        // addresses on the head's ports (known ahead unless the system picks them;
+        // then set once it listens).
+        let explicit = self.config.announce_of(index)?;
+        let node_announce = std::mem::take(&mut config.identify.addresses.announce);
+        config.identify.addresses.announce = if explicit.is_empty() {
+            super::head_addrs(&node_announce, &config.listen)
+        } else {
+            explicit.clone()
+        };
         config.perf = None;
         config.autonat.enabled = false;
         config.relay_client.listen_via.clear();
@@ -106,6 +122,11 @@ impl Booster {
                 .remove(&peer);
             e.to_string()
         })?;
+        if explicit.is_empty() && !node_announce.is_empty() {
+            let announce = super::head_addrs(&node_announce, &node.host.listen_addrs());
+            node.identify.set_announce(announce);
+        }
+        self.follow_verified(&node);
         let kad = node.kad.clone().ok_or("no DHT")?;
         kad.exclude(self.sibling_filter());
         // Warm start: the main identity's table (its peers, not the siblings).
@@ -138,5 +159,35 @@ impl Booster {
             node,
             figures: Arc::new(Figures::default()),
         })
+    }
+
+    /// A head runs no AutoNAT client of its own: the addresses the node's servers reached
+    /// count for the head on its own ports (same host, same NAT or load balancer, which
+    /// publishes the heads' ports too), so peers beyond a NAT learn an address they can
+    /// dial. Followed while the head runs: at each change of the node's reachability,
+    /// and every [`FOLLOW_EVERY`] for changes of address under one verdict.
+    fn follow_verified(&self, head: &pylon_node::node::Node) {
+        let main = self.node.autonat.clone();
+        let identify = head.identify.clone();
+        let host = head.host.clone();
+        head.host.spawn(async move {
+            let mut changes = main.watch();
+            loop {
+                let reached: Vec<_> = main
+                    .verdicts()
+                    .into_iter()
+                    .filter(|(_, v)| *v == Verdict::Public)
+                    .map(|(a, _)| a)
+                    .collect();
+                identify.set_verified(Verified {
+                    reachable: super::head_addrs(&reached, &host.listen_addrs()),
+                    unreachable: Vec::new(),
+                });
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(FOLLOW_EVERY) => {}
+                }
+            }
+        });
     }
 }

@@ -71,6 +71,10 @@ pub struct Config {
     /// (`port_base = 0`: every head takes ports the system picks).
     pub listen: Vec<String>,
     pub port_base: u16,
+    /// The addresses each head announces, `{port}` as in `listen` (for a port mapping the
+    /// node cannot see). Empty: the node's `identify.announce` with each address's port
+    /// replaced by the head's own port of that transport.
+    pub announce: Vec<String>,
     /// Prefetch providers (records) on a GET_PROVIDERS (GET_VALUE) miss on a head close
     /// to the key.
     pub prefetch: bool,
@@ -118,6 +122,7 @@ impl Default for Config {
                 "/ip4/0.0.0.0/udp/{port}/quic-v1".into(),
             ],
             port_base: 4101,
+            announce: Vec::new(),
             prefetch: true,
             prefetch_concurrency: 8,
             prefetch_per_minute: 120,
@@ -141,21 +146,23 @@ impl Default for Config {
 pub const MAX_HEADS: u32 = 1024;
 
 impl Config {
-    /// Head `index`'s listen addresses.
-    pub fn listen_of(&self, index: u32) -> Result<Vec<Multiaddr>, String> {
-        let port = if self.port_base == 0 {
+    /// Head `index`'s port (0: the system picks).
+    fn port_of(&self, index: u32) -> u32 {
+        if self.port_base == 0 {
             0
         } else {
             u32::from(self.port_base) + index
-        };
-        self.listen
-            .iter()
-            .map(|t| {
-                t.replace("{port}", &port.to_string())
-                    .parse::<Multiaddr>()
-                    .map_err(|e| format!("{t}: {e}"))
-            })
-            .collect()
+        }
+    }
+
+    /// Head `index`'s listen addresses.
+    pub fn listen_of(&self, index: u32) -> Result<Vec<Multiaddr>, String> {
+        fill(&self.listen, self.port_of(index))
+    }
+
+    /// Head `index`'s explicit `announce` addresses (none when `announce` is empty).
+    pub fn announce_of(&self, index: u32) -> Result<Vec<Multiaddr>, String> {
+        fill(&self.announce, self.port_of(index))
     }
 
     fn controller(&self) -> controller::Config {
@@ -174,6 +181,81 @@ impl Config {
             max_remembered: self.max_cached_keys,
         }
     }
+}
+
+/// `templates` with `{port}` replaced by `port`, parsed.
+fn fill(templates: &[String], port: u32) -> Result<Vec<Multiaddr>, String> {
+    templates
+        .iter()
+        .map(|t| {
+            t.replace("{port}", &port.to_string())
+                .parse::<Multiaddr>()
+                .map_err(|e| format!("{t}: {e}"))
+        })
+        .collect()
+}
+
+/// The node's `addrs` as a head listening on `head_listen` is reached: each address with
+/// its TCP or UDP port replaced by the head's port of the same transport (the protocols
+/// after the port alike: `/tcp/P`, `/tcp/P/ws`, `/udp/P/quic-v1` …). An address whose
+/// transport the head does not listen on, or only on a port not yet known (0), is left
+/// out; so is one without a port (a relayed address).
+pub fn head_addrs(addrs: &[Multiaddr], head_listen: &[Multiaddr]) -> Vec<Multiaddr> {
+    use multiaddr::Protocol;
+    /// The port and what follows the host part: `(port, [tcp|udp, rest…])`.
+    fn transport(addr: &Multiaddr) -> Option<(u16, Vec<String>)> {
+        let mut port = None;
+        let mut shape = Vec::new();
+        for p in addr.iter() {
+            match p {
+                Protocol::Tcp(n) | Protocol::Udp(n) if port.is_none() => {
+                    port = Some(n);
+                    shape.push(p.tag().to_string());
+                }
+                Protocol::P2p(_) => {}
+                _ if port.is_some() => shape.push(p.tag().to_string()),
+                _ => {}
+            }
+        }
+        port.map(|n| (n, shape))
+    }
+    let mut out: Vec<Multiaddr> = Vec::new();
+    for addr in addrs {
+        let Some((_, shape)) = transport(addr) else {
+            continue;
+        };
+        if shape.iter().any(|t| t == "p2p-circuit") {
+            continue;
+        }
+        let Some(port) = head_listen
+            .iter()
+            .filter_map(transport)
+            .find(|(port, s)| *port != 0 && *s == shape)
+            .map(|(port, _)| port)
+        else {
+            continue;
+        };
+        let mut replaced = false;
+        let mapped: Multiaddr = addr
+            .iter()
+            .filter(|p| !matches!(p, Protocol::P2p(_)))
+            .map(|p| match p {
+                Protocol::Tcp(_) if !replaced => {
+                    replaced = true;
+                    Protocol::Tcp(port)
+                }
+                Protocol::Udp(_) if !replaced => {
+                    replaced = true;
+                    Protocol::Udp(port)
+                }
+                other => other,
+            })
+            .collect();
+        if !out.contains(&mapped) {
+            out.push(mapped);
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -687,6 +769,13 @@ impl Role for Booster {
         if let Err(e) = c.listen_of(0) {
             return Err(config::bad(&key("listen"), &format!("{:?}", c.listen), &e));
         }
+        if let Err(e) = c.announce_of(0) {
+            return Err(config::bad(
+                &key("announce"),
+                &format!("{:?}", c.announce),
+                &e,
+            ));
+        }
         if c.prefetch_concurrency == 0 || c.prefetch_concurrency > 256 {
             return Err(config::bad(
                 &key("prefetch_concurrency"),
@@ -769,5 +858,59 @@ impl Role for Booster {
             .as_ref()
             .map(|k| vec![k.config().protocol.clone()])
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn head_addrs_take_the_heads_port_of_each_transport() {
+        let listen = [
+            m("/ip4/0.0.0.0/tcp/4103"),
+            m("/ip4/0.0.0.0/udp/4103/quic-v1"),
+            m("/ip6/::/tcp/4203/ws"),
+        ];
+        let node = [
+            m("/ip4/203.0.113.7/tcp/4001"),
+            m("/dns4/boot.example.com/udp/4001/quic-v1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"),
+            m("/ip6/2001:db8::1/tcp/4001/ws"),
+            m("/ip6/2001:db8::1/tcp/4001/tls/ws"),
+            m("/ip4/203.0.113.7/udp/4001/webrtc-direct"),
+            m("/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"),
+        ];
+        assert_eq!(
+            head_addrs(&node, &listen),
+            [
+                m("/ip4/203.0.113.7/tcp/4103"),
+                m("/dns4/boot.example.com/udp/4103/quic-v1"),
+                m("/ip6/2001:db8::1/tcp/4203/ws"),
+            ],
+            "the node's PeerId dropped; transports the head lacks and relayed addresses left out"
+        );
+        // Ports not known yet: nothing.
+        assert!(head_addrs(&node, &[m("/ip4/0.0.0.0/tcp/0")]).is_empty());
+    }
+
+    #[test]
+    fn announce_templates_take_the_heads_port() {
+        let c = Config {
+            port_base: 4101,
+            announce: vec!["/ip4/198.51.100.9/tcp/{port}".into()],
+            ..Config::default()
+        };
+        assert_eq!(c.announce_of(3).unwrap(), [m("/ip4/198.51.100.9/tcp/4104")]);
+        assert!(Config::default().announce_of(3).unwrap().is_empty());
+        let bad = Config {
+            announce: vec!["/ip4/nonsense/tcp/{port}".into()],
+            ..Config::default()
+        };
+        let e = Booster::check(&bad).unwrap_err().to_string();
+        assert!(e.contains("roles.booster.announce"), "{e}");
     }
 }
