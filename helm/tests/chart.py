@@ -16,7 +16,9 @@ What is checked:
   - behaviour: the rendered pylon.toml holds exactly the values' `config` (one to one), and
     with --pylon the real binary reads it with the pod's PYLON_* environment
     (`pylon config`) and runs exactly the roles asked for (or, with none, the embedded
-    default's); the securityContext; one p2p Service per pod (or host ports); probes
+    default's); the securityContext; one p2p Service per pod (or host ports); with the
+    booster role, its heads' port range on the Services, host ports and NetworkPolicy,
+    and (with --pylon) that range is the one the binary's heads listen on; probes
     on the metrics port; the node-key Secret only in a read-only init container; no key
     material in any object; the alert rules and dashboards are the repository's own;
   - each file of helm/tests/bad-values/ is refused, with the error its `# expect:` names;
@@ -57,6 +59,14 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 # Keys of Pylon's config the chart sets itself (the schema refuses them under `config`).
 CHART_OWNED = {"data_dir", "metrics.listen", "admin.listen", "admin.token_file"}
 UID = 10001
+# Pylon's defaults of the booster keys that size the heads' port range (roles/src/booster/
+# mod.rs, Config::default), as the chart's pylon.booster assumes them: a key the values
+# leave out keeps Pylon's default. With --pylon, held to the binary's.
+BOOSTER_DEFAULTS = {
+    "port_base": 4101,
+    "max_heads": 64,
+    "listen": ["/ip4/0.0.0.0/tcp/{port}", "/ip4/0.0.0.0/udp/{port}/quic-v1"],
+}
 
 
 def same(a, b) -> bool:
@@ -121,6 +131,19 @@ def manifest_text(rendered: dict[str, str]) -> str:
             if doc.strip() and yaml.safe_load(doc):
                 parts.append(f"# Source: {name}\n{doc.strip()}\n")
     return "---\n" + "---\n".join(parts)
+
+
+def head_ports(booster: dict, defaults: dict) -> set[tuple[str, int]]:
+    """(protocol, port) of every head of a [roles.booster] section, its keys filled in
+    from `defaults`: head i on port_base + i, TCP if a listen template has /tcp/{port},
+    UDP if one has /udp/{port}."""
+    b = {**defaults, **{k: x for k, x in booster.items() if x is not None}}
+    protocols = [p for p, t in (("TCP", "/tcp/{port}"), ("UDP", "/udp/{port}")) if any(t in a for a in b["listen"])]
+    return {(p, b["port_base"] + i) for i in range(b["max_heads"]) for p in protocols}
+
+
+def head_port_name(protocol: str, port: int, base: int) -> str:
+    return f"h{port - base}-{'tcp' if protocol == 'TCP' else 'quic'}"
 
 
 def load_values(path: str | None) -> dict:
@@ -240,6 +263,7 @@ class Checks:
         self.passed = 0
         self.failures: list[str] = []
         self.chart = load_chart()
+        self._booster_defaults: dict | None = None
 
     def ok(self, cond: bool, what: str) -> bool:
         if cond:
@@ -394,8 +418,11 @@ class Checks:
             ok(pods == sorted(f"{fullname}-{i}" for i in range(replicas)), f"{label}: one Service per pod by name {pods}")
             for s in p2p_svcs:
                 sp = s["spec"]
-                protos = sorted((p["protocol"], p["port"]) for p in sp["ports"])
+                protos = sorted((p["protocol"], p["port"]) for p in sp["ports"] if p["name"].startswith("p2p-"))
                 ok(protos == [("TCP", port), ("UDP", port)], f"{label}: {s['metadata']['name']} ports {protos}")
+                allocate = v["p2p"]["service"].get("allocateLoadBalancerNodePorts") if sp["type"] == "LoadBalancer" else None
+                ok(sp.get("allocateLoadBalancerNodePorts") == allocate,
+                   f"{label}: {s['metadata']['name']} allocateLoadBalancerNodePorts {sp.get('allocateLoadBalancerNodePorts')}, values {allocate}")
                 ok(sp["type"] == v["p2p"]["service"]["type"], f"{label}: Service type")
                 ok(sp.get("externalTrafficPolicy") == v["p2p"]["service"]["externalTrafficPolicy"], f"{label}: externalTrafficPolicy")
                 ok(sp.get("publishNotReadyAddresses") is True, f"{label}: not-ready pods reachable (AutoNAT)")
@@ -404,6 +431,30 @@ class Checks:
             ok(not p2p_svcs, f"{label}: no p2p Services with {exposure}")
             ok(ports["p2p-tcp"].get("hostPort") == port and ports["p2p-quic"].get("hostPort") == port, f"{label}: hostPorts")
             ok(bool(pod.get("hostNetwork")) == (exposure == "hostNetwork"), f"{label}: hostNetwork")
+
+        # The booster's heads: their whole port range published the way p2p.port is (not
+        # with hostNetwork, where they listen on the node's addresses), named by head.
+        booster = (values.get("config", {}).get("roles") or {}).get("booster")
+        heads = head_ports(booster, BOOSTER_DEFAULTS) if isinstance(booster, dict) else set()
+        base = min((p for _, p in heads), default=0)
+        want_named = sorted((head_port_name(pr, p, base), pr, p) for pr, p in heads)
+        for s in p2p_svcs:
+            got = sorted((p["name"], p["protocol"], p["port"]) for p in s["spec"]["ports"] if not p["name"].startswith("p2p-"))
+            ok(got == want_named, f"{label}: {s['metadata']['name']}: head ports {got[:4]}…, want {want_named[:4]}… ({len(got)}, want {len(want_named)})")
+            ok(all(p["targetPort"] == p["port"] for p in s["spec"]["ports"] if not p["name"].startswith("p2p-")),
+               f"{label}: {s['metadata']['name']}: each head port's targetPort is its port")
+        head_cports = [p for p in main["ports"] if p["name"] not in ("p2p-tcp", "p2p-quic", "metrics", "admin")]
+        got = sorted((p["name"], p["protocol"], p["containerPort"]) for p in head_cports)
+        ok(got == (want_named if exposure == "hostPort" else []),
+           f"{label}: head containerPorts {got[:4]}… ({len(got)}), want {len(want_named) if exposure == 'hostPort' else 0}")
+        ok(all(p.get("hostPort") == p["containerPort"] for p in head_cports), f"{label}: each head containerPort bound as the same hostPort")
+        names = [p["name"] for p in main["ports"]]
+        ok(len(set(names)) == len(names) and all(len(n) <= 15 for n in names), f"{label}: container port names unique, at most 15 characters")
+        published = set()
+        if exposure == "service" and p2p_svcs:
+            published = {(p["protocol"], p["port"]) for p in p2p_svcs[0]["spec"]["ports"] if not p["name"].startswith("p2p-")}
+        elif exposure == "hostPort":
+            published = {(p["protocol"], p["hostPort"]) for p in head_cports}
 
         # Addresses announced.
         configmap = [c for c in by_kind["ConfigMap"] if c["metadata"]["name"] == fullname][0]
@@ -444,7 +495,7 @@ class Checks:
         )
         ok(same(doc, expected), f"{label}: pylon.toml is not the values' config one to one:\n{json.dumps(doc, indent=1)}\n!=\n{json.dumps(expected, indent=1)}")
         if self.pylon:
-            self.binary(label, configmap, main, fullname, values)
+            self.binary(label, configmap, main, fullname, values, published if exposure != "hostNetwork" else None)
 
         # Pod disruption budget, network policy, monitoring.
         ok(("PodDisruptionBudget" in by_kind) == v["podDisruptionBudget"]["enabled"], f"{label}: PDB")
@@ -455,12 +506,19 @@ class Checks:
         ok(("NetworkPolicy" in by_kind) == want_np, f"{label}: NetworkPolicy")
         for np_ in by_kind.get("NetworkPolicy", []):
             rules = np_["spec"]["ingress"]
-            p2p_rule = [r for r in rules if {p["port"] for p in r["ports"]} == {port}]
+            p2p_rule = [r for r in rules if {p["port"] for p in r["ports"]} == {port} and not any("endPort" in p for p in r["ports"])]
             ok(len(p2p_rule) == 1 and "from" not in p2p_rule[0], f"{label}: p2p open to everyone")
             ok(
                 sorted(p["protocol"] for p in p2p_rule[0]["ports"]) == ["TCP", "UDP"],
                 f"{label}: p2p rule TCP and UDP",
             )
+            head_rules = [r for r in rules if any("endPort" in p for p in r["ports"])]
+            want_rules = []
+            if heads:
+                protocols = sorted({pr for pr, _ in heads})
+                last = max(p for _, p in heads)
+                want_rules = [{"ports": [{"port": base, "endPort": last, "protocol": pr} for pr in protocols]}]
+            ok(head_rules == want_rules, f"{label}: NetworkPolicy head rule {head_rules}, want {want_rules}")
             for key, port_of, wanted in (("metricsFrom", v["metrics"]["port"], True), ("adminFrom", v["admin"]["port"], v["admin"]["expose"])):
                 rule = [r for r in rules if {p["port"] for p in r["ports"]} == {port_of}]
                 want = v["networkPolicy"][key] if wanted else []
@@ -496,8 +554,45 @@ class Checks:
         else:
             ok(not dashboards, f"{label}: no dashboards unless asked")
 
-    def binary(self, label, configmap, main, fullname, values) -> None:
-        """The real binary reads the rendered config with the pod's PYLON_* environment."""
+    def booster_defaults(self) -> dict | None:
+        """The binary's defaults of [roles.booster]: the commented-out block of the config
+        `pylon init` writes (its embedded default.toml, which pylon/src/config_docs.rs holds
+        to Config::default). `pylon config` prints only the role keys a config sets."""
+        if self._booster_defaults is None:
+            with tempfile.TemporaryDirectory() as d:
+                out = os.path.join(d, "pylon.toml")
+                run = subprocess.run(
+                    [self.pylon, "init", "--data-dir", os.path.join(d, "data"), "--output", out],
+                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": d},
+                    capture_output=True, text=True, timeout=60,
+                )
+                if not self.ok(run.returncode == 0, f"`pylon init` failed: {run.stderr.strip()}"):
+                    return None
+                with open(out) as f:
+                    lines = f.read().splitlines()
+            block = {}
+            if "# [roles.booster]" in lines:
+                for line in lines[lines.index("# [roles.booster]") + 1:]:
+                    try:
+                        doc = tomllib.loads(line.removeprefix("# ")) if line.startswith("# ") else {}
+                    except tomllib.TOMLDecodeError:
+                        doc = {}
+                    if len(doc) != 1:
+                        break
+                    block.update(doc)
+            missing = sorted(set(BOOSTER_DEFAULTS) - set(block))
+            if not self.ok(not missing, f"the config `pylon init` writes documents no default for roles.booster {missing}"):
+                return None
+            self._booster_defaults = block
+            self.ok({k: block[k] for k in BOOSTER_DEFAULTS} == BOOSTER_DEFAULTS,
+                    f"the chart's booster defaults {BOOSTER_DEFAULTS} (chart.py, and pylon.booster in _helpers.tpl) "
+                    f"are not the binary's {({k: block[k] for k in BOOSTER_DEFAULTS})}")
+        return self._booster_defaults
+
+    def binary(self, label, configmap, main, fullname, values, published) -> None:
+        """The real binary reads the rendered config with the pod's PYLON_* environment;
+        `published`: the booster's (protocol, port) the chart publishes (None: nothing to
+        publish, hostNetwork)."""
         fake = {"POD_NAME": f"{fullname}-0", "HOST_IP": "192.0.2.10", "POD_IP": "10.1.2.3"}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tempfile.gettempdir()}
         for e in main["env"]:
@@ -525,6 +620,13 @@ class Checks:
                 default_roles = set(tomllib.loads(base.stdout).get("roles", {})) if base.returncode == 0 else None
                 self.ok(roles == default_roles, f"{label}: no role named: the node runs the embedded default's {default_roles}, not {sorted(roles)}")
             self.ok(merged.get("data_dir") == "/var/lib/pylon", f"{label}: the binary's data_dir")
+            booster = merged.get("roles", {}).get("booster")
+            if booster is not None and published is not None and (defaults := self.booster_defaults()):
+                listens = head_ports(booster, defaults)
+                span = f"{min(p for _, p in listens)}-{max(p for _, p in listens)}" if listens else "none"
+                self.ok(published == listens,
+                        f"{label}: the chart publishes {len(published)} head ports, the binary's heads listen on "
+                        f"{len(listens)} ({span}, {sorted({pr for pr, _ in listens})})")
             self.ok(merged["metrics"]["listen"] == env["PYLON_METRICS__LISTEN"], f"{label}: the binary's metrics.listen")
 
     # ---- bad values --------------------------------------------------------------------

@@ -95,6 +95,56 @@ How the pod's address is announced (README.md of the chart, "Addresses"); one wa
 {{- end }}
 
 {{/*
+The booster role's heads as the chart publishes them (README.md of the chart, "The
+booster role"): head i listens on port_base + i, i < max_heads, on the transports its
+`listen` templates name. A key left out of config.roles.booster keeps Pylon's default,
+so the defaults here are Pylon's (roles/src/booster/mod.rs, Config::default); chart.py
+holds them to the binary's. Refuses what cannot be published. Input: the root context.
+Output: JSON, {} with the role off, else {"base", "last", "heads", "protocols"}
+(protocols: "TCP", "UDP"; base 0: ports the system picks).
+*/}}
+{{- define "pylon.booster" -}}
+{{- $b := dig "roles" "booster" nil .Values.config }}
+{{- if kindIs "map" $b }}
+{{- $base := 4101 }}
+{{- if not (kindIs "invalid" (index $b "port_base")) }}{{ $base = int (index $b "port_base") }}{{ end }}
+{{- $heads := 64 }}
+{{- if not (kindIs "invalid" (index $b "max_heads")) }}{{ $heads = int (index $b "max_heads") }}{{ end }}
+{{- $listen := list "/ip4/0.0.0.0/tcp/{port}" "/ip4/0.0.0.0/udp/{port}/quic-v1" }}
+{{- if not (kindIs "invalid" (index $b "listen")) }}{{ $listen = index $b "listen" }}{{ end }}
+{{- $tcp := false }}
+{{- $udp := false }}
+{{- range $listen }}
+{{- if contains "/tcp/{port}" . }}{{ $tcp = true }}{{ end }}
+{{- if contains "/udp/{port}" . }}{{ $udp = true }}{{ end }}
+{{- end }}
+{{- $protocols := list }}
+{{- if $tcp }}{{ $protocols = append $protocols "TCP" }}{{ end }}
+{{- if $udp }}{{ $protocols = append $protocols "UDP" }}{{ end }}
+{{- $last := sub (add $base $heads) 1 }}
+{{- $exposure := .Values.p2p.exposure }}
+{{- if and (eq $exposure "service") (eq .Values.p2p.service.type "NodePort") }}
+{{- fail (printf "config.roles.booster with p2p.service.type NodePort: every head port would take a node port for each pod, %d per replica out of the cluster's node port range (30000-32767 by default, 2768 ports for the whole cluster); use p2p.service.type LoadBalancer, or p2p.exposure hostPort or hostNetwork" (mul $heads (len $protocols))) }}
+{{- end }}
+{{- if and (eq $base 0) (ne $exposure "hostNetwork") }}
+{{- fail (printf "config.roles.booster.port_base 0 lets the system pick the heads' ports, which p2p.exposure %s cannot publish: set port_base to the first of max_heads free ports, or use p2p.exposure hostNetwork" $exposure) }}
+{{- end }}
+{{- if and $base (gt $last 65535) }}
+{{- fail (printf "config.roles.booster: the last head's port, port_base + max_heads - 1 = %d, must be at most 65535: lower port_base or max_heads" $last) }}
+{{- end }}
+{{- if $base }}
+{{- range $key, $port := dict "p2p.port" .Values.p2p.port "metrics.port" .Values.metrics.port "admin.port" .Values.admin.port }}
+{{- if and (le $base (int $port)) (le (int $port) $last) }}
+{{- fail (printf "config.roles.booster: the heads' ports %d-%d (port_base to port_base + max_heads - 1) include %s (%d): move config.roles.booster.port_base, or %s, out of that range" $base $last $key (int $port) $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- dict "base" $base "last" $last "heads" $heads "protocols" $protocols | toJson }}
+{{- else }}{}
+{{- end }}
+{{- end }}
+
+{{/*
 Pylon's config as the chart writes it: .Values.config, plus `listen` on p2p.port when the
 values name none. Input: the root context. Output: YAML of the map (fromYaml it).
 */}}

@@ -9,12 +9,12 @@ variable "release_name" {
 }
 
 variable "roles" {
-  description = "Roles to run (bootstrap, relay, autonat). null: the profile decides (\"public\": the DHT once reachable, AutoNAT server, a relay with conservative limits). An empty list with profile \"minimal\": the node core only."
+  description = "Roles to run (bootstrap, relay, autonat, booster). null: the profile decides (\"public\": the DHT once reachable, AutoNAT server, a relay with conservative limits). An empty list with profile \"minimal\": the node core only."
   type        = list(string)
   default     = null
   validation {
-    condition     = var.roles == null || alltrue([for r in coalesce(var.roles, []) : contains(["bootstrap", "relay", "autonat"], r)])
-    error_message = "roles may name only bootstrap, relay and autonat."
+    condition     = var.roles == null || alltrue([for r in coalesce(var.roles, []) : contains(["bootstrap", "relay", "autonat", "booster"], r)])
+    error_message = "roles may name only bootstrap, relay, autonat and booster."
   }
   validation {
     condition     = var.roles == null || length(distinct(coalesce(var.roles, []))) == length(coalesce(var.roles, []))
@@ -27,8 +27,8 @@ variable "role_settings" {
   type        = map(map(any))
   default     = {}
   validation {
-    condition     = alltrue([for r in keys(var.role_settings) : contains(["bootstrap", "relay", "autonat"], r)])
-    error_message = "role_settings keys must be bootstrap, relay or autonat."
+    condition     = alltrue([for r in keys(var.role_settings) : contains(["bootstrap", "relay", "autonat", "booster"], r)])
+    error_message = "role_settings keys must be bootstrap, relay, autonat or booster."
   }
 }
 
@@ -91,6 +91,13 @@ variable "service_type" {
   validation {
     condition     = contains(["LoadBalancer", "NodePort"], var.service_type)
     error_message = "service_type must be LoadBalancer or NodePort."
+  }
+  # The booster runs when roles names it, or, while roles is null, when config.roles
+  # has it (a roles list replaces config.roles). The chart refuses it too, but only when
+  # helm_release applies.
+  validation {
+    condition     = !(var.exposure == "service" && var.service_type == "NodePort" && (var.roles == null ? try(var.config.roles.booster, null) != null : contains(coalesce(var.roles, []), "booster")))
+    error_message = "service_type NodePort with the booster role (config.roles.booster): every head port would take a node port for each pod (2 x max_heads per replica, with TCP and QUIC) out of the cluster's node port range (30000-32767 by default); use service_type LoadBalancer, or exposure hostPort or hostNetwork."
   }
 }
 

@@ -164,6 +164,49 @@ run "node_ports_must_be_in_range" {
   expect_failures = [var.node_ports]
 }
 
+run "the_booster_behind_load_balancers" {
+  command = plan
+  variables {
+    config = { roles = { booster = { max_heads = 16 } } }
+  }
+
+  assert {
+    condition     = output.values.config.roles.booster.max_heads == 16 && output.values.p2p.service.type == "LoadBalancer"
+    error_message = "the booster reaches the chart through config.roles, behind LoadBalancer Services"
+  }
+}
+
+run "the_booster_with_node_ports_is_refused" {
+  command = plan
+  variables {
+    service_type = "NodePort"
+    config       = { roles = { booster = {} } }
+  }
+  expect_failures = [var.service_type]
+}
+
+run "the_booster_as_a_role_with_settings" {
+  command = plan
+  variables {
+    roles         = ["booster"]
+    role_settings = { booster = { heads = 4, max_heads = 16, port_base = 5101 } }
+  }
+
+  assert {
+    condition     = output.values.config.roles.booster.max_heads == 16 && output.values.config.roles.booster.port_base == 5101 && length(keys(output.values.config.roles)) == 1
+    error_message = "roles = [\"booster\"] with its settings reaches the chart as config.roles.booster"
+  }
+}
+
+run "the_booster_role_with_node_ports_is_refused" {
+  command = plan
+  variables {
+    service_type = "NodePort"
+    roles        = ["booster"]
+  }
+  expect_failures = [var.service_type]
+}
+
 run "privileged_ports_are_refused" {
   command = plan
   variables {
