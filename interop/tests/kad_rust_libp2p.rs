@@ -1,7 +1,9 @@
 //! Kademlia interop with real rust-libp2p 0.57 DHT nodes, both directions:
 //! - a rust-libp2p network that knows only a Pylon server bootstraps from it, then finds
 //!   its closest peers, stores and fetches a `/pk/` record, provides and finds providers;
-//! - a Pylon client that knows only one rust-libp2p server does the same against them.
+//! - a Pylon client that knows only one rust-libp2p server does the same against them;
+//! - a rust-libp2p server at a public address (a network namespace bed) names loopback and
+//!   private addresses in its answers, and a Pylon lookup does not dial them.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -16,6 +18,9 @@ use libp2p::{Multiaddr, PeerId};
 use pylon_node::metrics::ErrorLabels;
 use pylon_node::node::Node;
 use pylon_node::protocols::kad as pkad;
+use pylon_testkit::netns::Bed;
+use pylon_testkit::node as kit;
+use tokio::sync::oneshot;
 
 fn kad_errors(node: &Node, reason: &'static str) -> u64 {
     node.host
@@ -314,4 +319,83 @@ async fn mixed_network_of_50_finds_the_true_closest_through_churn() {
         let _ = r.ask(Cmd::Bootstrap).await;
     }
     lookups_are_exact("after churn", &pylons, &rusts, &survivors, K).await;
+}
+
+/// rust-libp2p answers FIND_NODE with every address its table holds for a peer, loopback
+/// and private ones too. A Pylon lookup that meets such an answer from a peer it reached
+/// at a public address leaves those addresses alone (counted): otherwise any public peer
+/// could point our lookups at services in this host's own networks. The Pylon host has a
+/// private address besides its public one, as a cloud VM or a Kubernetes pod does (its
+/// dialer then dials private addresses), and the lure is a TCP listener there, at the
+/// address and port the rust-libp2p server names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_peer_does_not_point_pylon_lookups_into_private_networks() {
+    let bed = Bed::builder().public_hosts(2).build().unwrap();
+    let ns = bed.public_host(1).ns().to_string();
+    let added = std::process::Command::new("ip")
+        .args(["-n", &ns, "addr", "add", "10.200.0.9/32", "dev", "lo"])
+        .status()
+        .unwrap();
+    assert!(added.success(), "ip addr add in {ns}");
+    let lured = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    let (port_tx, port_rx) = oneshot::channel::<u16>();
+    let (rust_tx, rust_rx) = oneshot::channel::<(PeerId, Multiaddr)>();
+    let rust_ip = bed.public_host(0).ip();
+    let _rust = bed
+        .public_host(0)
+        .spawn(async move || {
+            let port = port_rx.await.unwrap();
+            let rust = RustKad::start_on(rust_ip, false).await;
+            for addr in [
+                format!("/ip4/127.0.0.1/tcp/{port}"),
+                format!("/ip4/10.200.0.9/tcp/{port}"),
+            ] {
+                rust.add_address(lured, addr.parse().unwrap()).await;
+            }
+            let _ = rust_tx.send((rust.peer_id, rust.addr.clone()));
+            std::future::pending::<()>().await
+        })
+        .unwrap();
+    let (accepted, dropped, asked, closest, server) = bed
+        .public_host(1)
+        .spawn(async move || {
+            let lure = std::net::TcpListener::bind("10.200.0.9:0").unwrap();
+            port_tx.send(lure.local_addr().unwrap().port()).unwrap();
+            let (rust_id, rust_addr) = tokio::time::timeout(T, rust_rx).await.unwrap().unwrap();
+            let mut config = kit::kad_config(false, Vec::new());
+            // On every interface, as the default config listens.
+            config.listen = vec!["/ip4/0.0.0.0/tcp/0".parse().unwrap()];
+            let node = kit::start_with(config).await;
+            let kad = node.kad.clone().unwrap();
+            kad.add_peer(
+                rust_id.to_string().parse().unwrap(),
+                vec![rust_addr.to_string().parse().unwrap()],
+            );
+            let lured_id: pylon_node::PeerId = lured.to_string().parse().unwrap();
+            let out = tokio::time::timeout(
+                T,
+                kad.lookup(lured_id.to_bytes(), pkad::MessageType::FindNode, None),
+            )
+            .await
+            .expect("the lookup ends in time");
+            // A connection the lookup made would wait in the lure's backlog by now.
+            lure.set_nonblocking(true).unwrap();
+            let accepted = lure.accept().is_ok();
+            let dropped = node.host.metrics().kad_private_addrs_dropped.get();
+            let closest: Vec<String> = out.closest.iter().map(|f| f.peer.to_string()).collect();
+            let server = rust_id.to_string();
+            (accepted, dropped, out.queried - out.failed, closest, server)
+        })
+        .unwrap()
+        .join()
+        .await;
+    assert!(
+        !accepted,
+        "the lookup dialed the private address a public peer named"
+    );
+    assert_eq!(asked, 1, "the rust-libp2p server answered");
+    assert_eq!(dropped, 2, "both addresses of the lured peer counted");
+    assert_eq!(closest, [server], "only the server, not the lured peer");
 }

@@ -555,6 +555,9 @@ pub struct Metrics {
     pub kad_records: Gauge,
     pub kad_provider_records: Gauge,
     pub kad_network_size: Gauge,
+    /// Addresses of closer peers that a peer at a public address named in a private or
+    /// loopback range: not dialed.
+    pub kad_private_addrs_dropped: Counter,
     /// One lookup: how long it took, how many requests it sent, how many were answered
     /// and how many failed (rust-libp2p's `libp2p_kad_query_result_*`).
     pub kad_query_duration: Family<KadQueryLabels, Histogram, fn() -> Histogram>,
@@ -626,6 +629,7 @@ impl Metrics {
             kad_records: Gauge::default(),
             kad_provider_records: Gauge::default(),
             kad_network_size: Gauge::default(),
+            kad_private_addrs_dropped: Counter::default(),
             kad_query_duration: Family::new_with_constructor(query_duration_histogram),
             kad_query_requests: Family::new_with_constructor(query_count_histogram),
             kad_query_success: Family::new_with_constructor(query_count_histogram),
@@ -840,6 +844,11 @@ impl Metrics {
             "provider_records",
             "Provider records held",
             m.kad_provider_records.clone(),
+        );
+        kad.register(
+            "lookup_private_addresses_dropped",
+            "Private and loopback addresses of closer peers named by a peer at a public address, not dialed",
+            m.kad_private_addrs_dropped.clone(),
         );
         kad.register(
             "network_size_estimate",

@@ -1,5 +1,5 @@
-//! A real rust-libp2p 0.57 DHT server on loopback TCP, driven through commands (the
-//! Kademlia and booster interop tests).
+//! A real rust-libp2p 0.57 DHT server on loopback TCP (or a bed host's address), driven
+//! through commands (the Kademlia and booster interop tests).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -63,6 +63,11 @@ impl RustKad {
     /// the listen addresses it reported (what rust-libp2p applications wire up: the
     /// Kademlia behaviour alone learns no address of a peer that dialed it).
     pub async fn start_learning(from_identify: bool) -> RustKad {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST, from_identify).await
+    }
+
+    /// [`RustKad::start_learning`] listening on `ip` (a host of a network namespace bed).
+    pub async fn start_on(ip: std::net::Ipv4Addr, from_identify: bool) -> RustKad {
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_tcp(
@@ -91,7 +96,7 @@ impl RustKad {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
         swarm
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .listen_on(format!("/ip4/{ip}/tcp/0").parse().unwrap())
             .unwrap();
         let listen = tokio::time::timeout(T, async {
             loop {

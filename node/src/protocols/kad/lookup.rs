@@ -122,6 +122,24 @@ impl Response {
     }
 }
 
+impl Response {
+    /// Keeps only the public addresses of the closer peers (peers left with none are
+    /// dropped) and returns how many addresses went. For the answer of a peer reached at
+    /// a public address: its private and loopback addresses are not ours to dial, and
+    /// following them would let any remote peer point our lookups into this host's own
+    /// networks.
+    pub fn keep_public_closer(&mut self) -> usize {
+        let mut dropped = 0;
+        self.closer.retain_mut(|f| {
+            let before = f.addrs.len();
+            f.addrs.retain(crate::addresses::is_public);
+            dropped += before - f.addrs.len();
+            !f.addrs.is_empty()
+        });
+        dropped
+    }
+}
+
 /// What [`Lookup::poll`] asks of the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Poll {
@@ -407,6 +425,49 @@ mod tests {
             peer: p,
             addrs: vec!["/ip4/10.0.0.1/tcp/1".parse().unwrap()],
         }
+    }
+
+    #[test]
+    fn only_public_addresses_of_closer_peers_are_kept() {
+        let m = |s: &str| -> Multiaddr { s.parse().unwrap() };
+        let mut r = Response {
+            closer: vec![
+                Found {
+                    peer: peer(1),
+                    addrs: vec![m("/ip4/10.0.0.1/tcp/1"), m("/ip4/127.0.0.1/tcp/1")],
+                },
+                Found {
+                    peer: peer(2),
+                    addrs: vec![m("/ip4/192.168.1.2/tcp/1"), m("/ip4/8.8.8.8/tcp/1")],
+                },
+                Found {
+                    peer: peer(3),
+                    addrs: vec![m("/dns4/boot.example.com/tcp/1")],
+                },
+            ],
+            providers: vec![found(peer(4))],
+            record: None,
+        };
+        assert_eq!(r.keep_public_closer(), 3);
+        assert_eq!(
+            r.closer,
+            [
+                Found {
+                    peer: peer(2),
+                    addrs: vec![m("/ip4/8.8.8.8/tcp/1")],
+                },
+                Found {
+                    peer: peer(3),
+                    addrs: vec![m("/dns4/boot.example.com/tcp/1")],
+                },
+            ],
+            "a peer with only private addresses left out"
+        );
+        assert_eq!(
+            r.providers,
+            [found(peer(4))],
+            "providers are not dialed here"
+        );
     }
 
     fn config(k: usize, alpha: usize) -> Config {

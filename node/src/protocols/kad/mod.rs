@@ -1089,9 +1089,10 @@ impl Kad {
                 match core.poll(now) {
                     lookup::Poll::Request(found) => {
                         let request = &request;
+                        let public = found.addrs.iter().any(crate::addresses::is_public);
                         in_flight.push(async move {
                             let r = self.request(found.peer, &found.addrs, request, true).await;
-                            (found.peer, r)
+                            (found.peer, public, r)
                         });
                     }
                     lookup::Poll::Wait(until) => break Some(until),
@@ -1100,16 +1101,23 @@ impl Kad {
             };
             let Some(wake) = wake else { break };
             tokio::select! {
-                Some((peer, result)) = in_flight.next() => {
+                Some((peer, public, result)) = in_flight.next() => {
                     let now = clock();
                     match result {
                         Ok(Some(reply)) => {
                             let wall_ms = now_ms();
                             lock(&self.table).seen(&peer, wall_ms);
                             let validators = &self.config.validators;
-                            let response = lookup::Response::from_message(reply, &key, |value| {
-                                validators.validate(&key, value, wall_ms).is_ok()
-                            });
+                            let mut response =
+                                lookup::Response::from_message(reply, &key, |value| {
+                                    validators.validate(&key, value, wall_ms).is_ok()
+                                });
+                            if public {
+                                let dropped = response.keep_public_closer();
+                                if dropped > 0 {
+                                    self.metrics.kad_private_addrs_dropped.inc_by(dropped as u64);
+                                }
+                            }
                             core.handle_success(now, &peer, response);
                         }
                         Ok(None) | Err(_) => {
