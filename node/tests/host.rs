@@ -669,6 +669,23 @@ async fn tcp_dials_reuse_the_listen_port() {
     assert_ne!(kit::tcp_port(conn.local_addr()), c_port);
 }
 
+/// A node listening on one of its host's addresses dials from that address, so peers see
+/// it where it listens (from every interface, the route would pick 127.0.0.1 here, and on
+/// a host with several addresses whichever the route picks).
+#[tokio::test]
+async fn tcp_dials_leave_from_the_listen_ip() {
+    let a = kit::start(&["/ip4/127.0.0.3/tcp/0"]).await;
+    let b = kit::start(&["/ip4/127.0.0.2/tcp/0"]).await;
+    let listen = a.host.listen_addrs()[0].clone();
+    let conn = a.host.dial(&addr_of(&b)).await.unwrap();
+    assert_eq!(conn.local_addr(), &listen);
+    assert_eq!(
+        seen_by(&b, a.peer_id()).await,
+        listen,
+        "b sees a where it listens"
+    );
+}
+
 async fn seen_by(node: &Node, peer: PeerId) -> Multiaddr {
     let mut seen = None;
     kit::until(node, "the connection seen", T, || {

@@ -58,7 +58,7 @@ pub(crate) async fn start(
         );
     let listener = http::Listener::bind(addr, "metrics", config.clone(), http_metrics)
         .await
-        .with_context(|| format!("cannot bind metrics listener {addr}"))?;
+        .with_context(|| format!("cannot bind the metrics listener {addr} (metrics.listen)"))?;
     let bound = listener.local_addr()?;
     let handle = tokio::spawn(listener.serve(app));
     Ok((bound, handle))

@@ -134,6 +134,25 @@ async fn bad_config_names_the_key_and_exits_nonzero() {
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .contains("peerstore.max_peers"));
+
+    // A port another process holds (a second node on one host, its defaults the same):
+    // the error names the key and the address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (key, metrics, admin) in [
+        ("metrics.listen", addr.as_str(), "127.0.0.1:0"),
+        ("admin.listen", "127.0.0.1:0", addr.as_str()),
+    ] {
+        let out = subcommand("run", dir.path())
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--profile", "minimal"])
+            .args(["--metrics", metrics, "--admin", admin])
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{key}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(key) && err.contains(&addr), "{key}: {err}");
+    }
 }
 
 #[tokio::test]

@@ -132,11 +132,11 @@ impl Host {
         Ok((handshaken, local, started))
     }
 
-    /// The listen port to dial `target` from, unless we did so within the last
+    /// The listen address to dial `target` from, unless we did so within the last
     /// TIME_WAIT period: the same 4-tuple again can cost a 1 s SYN retransmission (seen as a
     /// p99 of ~1 s when one peer is redialed in a loop).
-    pub(super) fn reuse_port_for(&self, target: &Target) -> Option<u16> {
-        let port = self.listen_port_for(target)?;
+    pub(super) fn reuse_addr_for(&self, target: &Target) -> Option<std::net::SocketAddr> {
+        let local = self.listen_addr_for(target)?;
         let Target::Tcp(remote) = target else {
             return None;
         };
@@ -155,20 +155,35 @@ impl Host {
             }
         }
         recent.insert(*remote, now);
-        Some(port)
+        Some(local)
     }
 
-    /// The TCP port we listen on for the target's IP family, if any.
-    pub(super) fn listen_port_for(&self, target: &Target) -> Option<u16> {
+    /// The TCP listen address to dial the target from: one of its IP family that can
+    /// reach it — on every interface, or on an IP as loopback as the target's. Bound to
+    /// that IP, not to every interface: a host with several addresses would otherwise send
+    /// from whichever the route picks, and the remote would see us at an address nothing
+    /// listens on.
+    pub(super) fn listen_addr_for(&self, target: &Target) -> Option<std::net::SocketAddr> {
         let Target::Tcp(addr) = target else {
             return None;
         };
-        self.listen_addrs()
+        let listeners: Vec<std::net::SocketAddr> = self
+            .listen_addrs()
             .iter()
-            .find_map(|a| match transport::parse(a) {
-                Ok((Target::Tcp(l), _)) if l.is_ipv4() == addr.is_ipv4() => Some(l.port()),
+            .filter_map(|a| match transport::parse(a) {
+                Ok((Target::Tcp(l), _)) if l.is_ipv4() == addr.is_ipv4() => Some(l),
                 _ => None,
             })
+            .collect();
+        listeners
+            .iter()
+            .find(|l| l.ip().is_unspecified())
+            .or_else(|| {
+                listeners
+                    .iter()
+                    .find(|l| l.ip().is_loopback() == addr.ip().is_loopback())
+            })
+            .copied()
     }
 
     /// The DNS resolver, built on first use from the configuration.
@@ -326,7 +341,7 @@ impl Host {
             Target::Quic(remote) => self.dial_quic(*remote, expected, ports).await?,
             _ => {
                 let reuse = if cfg.port_reuse && ports == Ports::Configured {
-                    self.reuse_port_for(target)
+                    self.reuse_addr_for(target)
                 } else {
                     None
                 };
@@ -400,13 +415,13 @@ impl Host {
         // Always the listen port, and only it: the NAT mapping the remote was told about is
         // the listen port's, and from another port the remote (a listener too, then) would
         // wait for us to speak first.
-        let port = self
-            .listen_port_for(&target)
+        let local = self
+            .listen_addr_for(&target)
             .ok_or_else(|| DialError::Unsupported(addr.clone()))?;
         let result = async {
             let handshake = self.inner.metrics.resources.handshake("outbound", true);
             let (raw, local) =
-                tokio::time::timeout(cfg.dial_timeout, transport::dial_tcp_from(remote, port))
+                tokio::time::timeout(cfg.dial_timeout, transport::dial_tcp_from(remote, local))
                     .await
                     .map_err(|_| DialError::Timeout)??;
             let started = Instant::now();

@@ -257,16 +257,12 @@ fn tune(stream: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
-async fn connect_from(addr: SocketAddr, port: u16) -> io::Result<TcpStream> {
-    let (socket, local) = match addr {
-        SocketAddr::V4(_) => (
-            tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port),
-        ),
-        SocketAddr::V6(_) => (
-            tokio::net::TcpSocket::new_v6()?,
-            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port),
-        ),
+/// A TCP connection to `addr` from `local`: a listen address (its IP, or the unspecified
+/// one for a listener on every interface, and its port).
+async fn connect_from(addr: SocketAddr, local: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
@@ -571,25 +567,32 @@ async fn dial_ws(ws: &WsTarget, ws_tls: &WsTls) -> Result<(RawStream, Multiaddr)
     Ok((RawStream::Wss(Box::new(stream)), local))
 }
 
-/// A TCP connection to `addr` from local `port` only — no fallback to another port: the
-/// second half of a TCP simultaneous open, which is useless from any other port.
-pub async fn dial_tcp_from(addr: SocketAddr, port: u16) -> Result<(RawStream, Multiaddr), Error> {
-    let stream = connect_from(addr, port).await.map_err(|e| match e.kind() {
-        io::ErrorKind::ConnectionRefused => Error::Refused,
-        _ => Error::Io(e),
-    })?;
+/// A TCP connection to `addr` from `local` (a listen address) only — no fallback to
+/// another port: the second half of a TCP simultaneous open, which is useless from any
+/// other port.
+pub async fn dial_tcp_from(
+    addr: SocketAddr,
+    local: SocketAddr,
+) -> Result<(RawStream, Multiaddr), Error> {
+    let stream = connect_from(addr, local)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::ConnectionRefused => Error::Refused,
+            _ => Error::Io(e),
+        })?;
     tune(&stream)?;
     let local = tcp_multiaddr(stream.local_addr()?);
     Ok((RawStream::Tcp(stream), local))
 }
 
 /// Opens a raw connection; returns the stream and our local address on it.
-/// With `reuse_port`, a TCP dial leaves from that local port (the listen port) so the
-/// remote sees the address we listen on; if the kernel refuses (the same 4-tuple is in
-/// use, say), it falls back to an ephemeral port.
+/// With `reuse`, a TCP dial leaves from that local address (a listen address: its IP,
+/// unless it listens on every interface, and its port) so the remote sees the address we
+/// listen on; if the kernel refuses (the same 4-tuple is in use, say), it falls back to
+/// an ephemeral port.
 pub async fn dial(
     target: &Target,
-    reuse_port: Option<u16>,
+    reuse: Option<SocketAddr>,
     ws_tls: &WsTls,
 ) -> Result<(RawStream, Multiaddr), Error> {
     match target {
@@ -600,8 +603,8 @@ pub async fn dial(
                 io::ErrorKind::ConnectionRefused => Error::Refused,
                 _ => Error::Io(e),
             };
-            let reused = match reuse_port {
-                Some(port) => match connect_from(*addr, port).await {
+            let reused = match reuse {
+                Some(local) => match connect_from(*addr, local).await {
                     Ok(s) => Some(s),
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                         return Err(Error::Refused)
@@ -609,7 +612,7 @@ pub async fn dial(
                     Err(e) => {
                         // Rare, unexplained on loopback under load (a test that needs the
                         // listen port as the observed address then flakes): say why.
-                        tracing::debug!(%addr, port, "port reuse failed, dialing from an ephemeral port: {e}");
+                        tracing::debug!(%addr, %local, "port reuse failed, dialing from an ephemeral port: {e}");
                         None
                     }
                 },
