@@ -6,8 +6,8 @@
 //! cargo run --release -p pylon-interop --example bench -- [--quick] [--repeat N] [--size MiB] [--only SECTIONS]
 //! ```
 //! Sections (comma-separated for `--only`): `limits`, `throughput`, `concurrency`,
-//! `connect`, `memory`, `kad`, `relay`, `booster`. Every figure is the median of `--repeat` runs with
-//! min–max.
+//! `connect`, `memory`, `kad`, `relay`, `booster`, `server`. Every figure is the median of
+//! `--repeat` runs with min–max.
 //! Throughput uses the perf protocol (`/perf/1.0.0`; rust-libp2p's side is the same
 //! protocol on `libp2p-stream`); connection setup is dial → first ping answered with
 //! identify running (the test-plans `handshakePlusOneRTT` measure); memory is the RSS
@@ -23,6 +23,12 @@
 //! with its own ports and a table warm-started from the node's 200 peers) beside what
 //! one more rust-libp2p DHT server adds to a process (the alternative: a process of
 //! rust-libp2p nodes), each in a fresh process (`boostermem IMP N`).
+//! `server` measures what serving other implementations costs: the same rust-libp2p
+//! client against a Pylon server and a rust-libp2p server, each in its own process
+//! (`serve IMP KIND perf`): perf throughput with the server process's CPU per GiB
+//! (`/proc/PID/stat`), and the server's RSS per idle TCP connection opened from several
+//! rust-libp2p swarms, with the server's own count of connections held (`count` on its
+//! stdin).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -175,14 +181,28 @@ fn rust_swarm(kind: Kind, ping_interval: Duration) -> anyhow::Result<Swarm<Behav
 }
 
 type DialReply = oneshot::Sender<Result<(), String>>;
+/// Where to dial, whom, the reply once established and, if asked, once further in.
+type DialRequest = (Multiaddr, PeerId, DialReply, Option<(Until, DialReply)>);
+
+/// How far [`RustNode::dial`] waits into a new connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Until {
+    Established,
+    /// The first ping on it answered.
+    Pinged,
+    /// Identify done both ways: the peer's answer received and ours sent.
+    Identified,
+}
 
 /// A rust-libp2p swarm in its own task: dials on request, serves perf when asked, reports
-/// the first ping answered per connection.
+/// the first ping answered or identify done per connection, and counts its open
+/// connections.
 struct RustNode {
     peer_id: PeerId,
     addr: Option<Multiaddr>,
     control: libp2p_stream::Control,
-    dials: mpsc::Sender<(Multiaddr, PeerId, DialReply, Option<DialReply>)>,
+    dials: mpsc::Sender<DialRequest>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -221,14 +241,18 @@ impl RustNode {
                 }
             });
         }
-        let (dials, mut rx) =
-            mpsc::channel::<(Multiaddr, PeerId, DialReply, Option<DialReply>)>(1024);
+        let (dials, mut rx) = mpsc::channel::<DialRequest>(1024);
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = open.clone();
         let task = tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
             let mut established: HashMap<ConnectionId, DialReply> = HashMap::new();
             let mut pinged: HashMap<ConnectionId, DialReply> = HashMap::new();
+            // Whether the peer's identify answer arrived and whether ours was sent.
+            let mut identified: HashMap<ConnectionId, (bool, bool, DialReply)> = HashMap::new();
             loop {
                 tokio::select! {
-                    Some((addr, peer, done, ping)) = rx.recv() => {
+                    Some((addr, peer, done, then)) = rx.recv() => {
                         let opts = DialOpts::peer_id(peer)
                             .addresses(vec![addr])
                             .condition(PeerCondition::Always)
@@ -237,8 +261,14 @@ impl RustNode {
                         match swarm.dial(opts) {
                             Ok(()) => {
                                 established.insert(id, done);
-                                if let Some(p) = ping {
-                                    pinged.insert(id, p);
+                                match then {
+                                    Some((Until::Pinged, p)) => {
+                                        pinged.insert(id, p);
+                                    }
+                                    Some((Until::Identified, p)) => {
+                                        identified.insert(id, (false, false, p));
+                                    }
+                                    Some((Until::Established, _)) | None => {}
                                 }
                             }
                             Err(e) => {
@@ -248,8 +278,15 @@ impl RustNode {
                     }
                     event = swarm.select_next_some() => match event {
                         SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+                            counted.fetch_add(1, Relaxed);
                             if let Some(tx) = established.remove(&connection_id) {
                                 let _ = tx.send(Ok(()));
+                            }
+                        }
+                        SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                            counted.fetch_sub(1, Relaxed);
+                            if let Some((_, _, tx)) = identified.remove(&connection_id) {
+                                let _ = tx.send(Err("closed before identify".into()));
                             }
                         }
                         SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
@@ -263,6 +300,28 @@ impl RustNode {
                                 let _ = tx.send(result.map(|_| ()).map_err(|e| e.to_string()));
                             }
                         }
+                        SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
+                            let id = e.connection_id();
+                            let outcome = match (identified.get_mut(&id), e) {
+                                (Some(entry), identify::Event::Received { .. }) => {
+                                    entry.0 = true;
+                                    entry.1.then_some(Ok(()))
+                                }
+                                (Some(entry), identify::Event::Sent { .. }) => {
+                                    entry.1 = true;
+                                    entry.0.then_some(Ok(()))
+                                }
+                                (Some(_), identify::Event::Error { error, .. }) => {
+                                    Some(Err(error.to_string()))
+                                }
+                                _ => None,
+                            };
+                            if let Some(r) = outcome {
+                                if let Some((_, _, tx)) = identified.remove(&id) {
+                                    let _ = tx.send(r);
+                                }
+                            }
+                        }
                         _ => {}
                     },
                 }
@@ -273,23 +332,28 @@ impl RustNode {
             addr,
             control,
             dials,
+            open,
             task,
         })
     }
 
-    /// Dials `addr` (a new connection even if one exists); with `ping`, resolves once the
-    /// first ping on it was answered.
-    async fn dial(&self, addr: &Multiaddr, peer: PeerId, ping: bool) -> anyhow::Result<()> {
+    /// Dials `addr` (a new connection even if one exists) and waits `until` that far into
+    /// the connection.
+    async fn dial(&self, addr: &Multiaddr, peer: PeerId, until: Until) -> anyhow::Result<()> {
         let (done, done_rx) = oneshot::channel();
-        let (ping_tx, ping_rx) = oneshot::channel();
-        self.dials
-            .send((addr.clone(), peer, done, ping.then_some(ping_tx)))
-            .await?;
+        let (then_tx, then_rx) = oneshot::channel();
+        let then = (until != Until::Established).then_some((until, then_tx));
+        self.dials.send((addr.clone(), peer, done, then)).await?;
         done_rx.await?.map_err(|e| anyhow::anyhow!(e))?;
-        if ping {
-            ping_rx.await?.map_err(|e| anyhow::anyhow!(e))?;
+        if until != Until::Established {
+            then_rx.await?.map_err(|e| anyhow::anyhow!(e))?;
         }
         Ok(())
+    }
+
+    /// Connections open now.
+    fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -491,7 +555,7 @@ async fn transfer(imp: Imp, kind: Kind, shape: Shape, bytes: u64) -> anyhow::Res
             let mut nodes = Vec::new();
             for _ in 0..clients {
                 let c = RustNode::start(kind, false, false).await?;
-                c.dial(&addr, server.peer_id, false).await?;
+                c.dial(&addr, server.peer_id, Until::Established).await?;
                 nodes.push(c);
             }
             let peer = server.peer_id;
@@ -568,7 +632,7 @@ async fn connect_latency(
             let client = RustNode::start(kind, false, false).await?;
             for _ in 0..n {
                 let started = Instant::now();
-                client.dial(&addr, server.peer_id, true).await?;
+                client.dial(&addr, server.peer_id, Until::Pinged).await?;
                 out.push(started.elapsed());
             }
         }
@@ -649,9 +713,10 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
 }
 
-/// `serve` mode: a server holding connections until stdin closes (`serve relay IMP`: a
-/// relay, see [`serve_relay`]).
-async fn serve(imp: &str, kind: &str) -> anyhow::Result<()> {
+/// `serve IMP KIND [perf]` mode: a server holding connections until stdin closes, with
+/// `perf` also a perf server; answers `count` on stdin with the connections it has open
+/// (`serve relay IMP`: a relay, see [`serve_relay`]).
+async fn serve(imp: &str, kind: &str, perf_server: bool) -> anyhow::Result<()> {
     if imp == "relay" {
         return serve_relay(kind).await;
     }
@@ -659,20 +724,29 @@ async fn serve(imp: &str, kind: &str) -> anyhow::Result<()> {
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     match imp {
         "pylon" => {
-            let node = pylon_node(kind, true, false, true).await?;
+            let node = pylon_node(kind, true, perf_server, true).await?;
             println!("{}", pylon_addr(&node)?);
-            while stdin.next_line().await?.is_some() {}
+            while let Some(line) = stdin.next_line().await? {
+                if line == "count" {
+                    let conns = node.host.connections();
+                    println!("{}", conns.iter().filter(|c| !c.is_closed()).count());
+                }
+            }
             node.shutdown(Duration::from_secs(2)).await;
         }
         "rust" => {
-            let node = RustNode::start(kind, true, false).await?;
+            let node = RustNode::start(kind, true, perf_server).await?;
             println!(
                 "{}",
                 node.addr
                     .clone()
                     .ok_or_else(|| anyhow::anyhow!("no addr"))?
             );
-            while stdin.next_line().await?.is_some() {}
+            while let Some(line) = stdin.next_line().await? {
+                if line == "count" {
+                    println!("{}", node.open_connections());
+                }
+            }
         }
         other => anyhow::bail!("unknown implementation {other}"),
     }
@@ -680,6 +754,10 @@ async fn serve(imp: &str, kind: &str) -> anyhow::Result<()> {
 }
 
 // ---- relay ------------------------------------------------------------------------------
+
+/// How long a served process may take to print its addresses or a count: a bound for a
+/// child that hangs, far above what either takes.
+const SERVED_ANSWER: Duration = Duration::from_secs(30);
 
 /// A server in a child process (this binary in `serve` mode): its pid and the addresses
 /// it printed first, one a line. Closing its stdin asks it to exit; it is killed if it
@@ -709,9 +787,9 @@ impl Served {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let mut printed = Vec::with_capacity(addrs);
         for _ in 0..addrs {
-            let line = lines
-                .next_line()
-                .await?
+            let line = tokio::time::timeout(SERVED_ANSWER, lines.next_line())
+                .await
+                .with_context(|| format!("server {args:?} printed no address in time"))??
                 .ok_or_else(|| anyhow::anyhow!("server {args:?} printed no address"))?;
             printed.push(line.parse()?);
         }
@@ -747,8 +825,8 @@ impl Served {
         }
     }
 
-    /// A relay's own count of the reservations and circuits it holds (`count` on stdin).
-    async fn counts(&mut self) -> anyhow::Result<(usize, usize)> {
+    /// The served process's answer to `count` on its stdin: numbers on one line.
+    async fn count_line(&mut self) -> anyhow::Result<Vec<usize>> {
         use tokio::io::AsyncWriteExt;
         let stdin = self
             .stdin
@@ -756,15 +834,29 @@ impl Served {
             .ok_or_else(|| anyhow::anyhow!("stdin closed"))?;
         stdin.write_all(b"count\n").await?;
         stdin.flush().await?;
-        let line = self
-            .lines
-            .next_line()
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("relay printed no count"))?;
-        let mut n = line.split_whitespace().map(str::parse::<usize>);
-        match (n.next(), n.next()) {
-            (Some(Ok(r)), Some(Ok(c))) => Ok((r, c)),
-            _ => anyhow::bail!("relay printed {line:?} for its count"),
+        let line = tokio::time::timeout(SERVED_ANSWER, self.lines.next_line())
+            .await
+            .context("server printed no count in time")??
+            .ok_or_else(|| anyhow::anyhow!("server printed no count"))?;
+        line.split_whitespace()
+            .map(str::parse::<usize>)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("server printed {line:?} for its count"))
+    }
+
+    /// A relay's own count of the reservations and circuits it holds.
+    async fn counts(&mut self) -> anyhow::Result<(usize, usize)> {
+        match self.count_line().await?[..] {
+            [r, c] => Ok((r, c)),
+            ref other => anyhow::bail!("relay printed {other:?} for its count"),
+        }
+    }
+
+    /// A plain server's own count of the connections it has open.
+    async fn connections(&mut self) -> anyhow::Result<usize> {
+        match self.count_line().await?[..] {
+            [n] => Ok(n),
+            ref other => anyhow::bail!("server printed {other:?} for its count"),
         }
     }
 
@@ -1324,6 +1416,258 @@ async fn relay_section(o: &Options) -> anyhow::Result<()> {
     );
     for f in &failures {
         println!("relay run failed: {f}  ");
+    }
+    Ok(())
+}
+
+// ---- server cost with rust-libp2p clients -----------------------------------------------
+
+/// A bound on a rust-libp2p client's connection setup (dial, and identify where waited
+/// for) to a served server: far above what it takes, so only a hang trips it.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A bound on one perf transfer: 2 MiB/s is below the slowest debug build seen, so only
+/// a hang trips it.
+fn transfer_deadline(bytes: u64) -> Duration {
+    Duration::from_secs(60) + Duration::from_secs_f64(bytes as f64 / (2.0 * MIB))
+}
+
+/// One perf transfer from a fresh rust-libp2p client (in this process) to `server` (its
+/// own process): MiB/s with the server process's CPU seconds per GiB, and the client's.
+async fn server_transfer(
+    server: &Served,
+    kind: Kind,
+    shape: Shape,
+    bytes: u64,
+) -> anyhow::Result<(Rate, f64)> {
+    let (addr, peer) = (server.first()?.clone(), server.peer()?);
+    let client = RustNode::start(kind, false, false).await?;
+    // Identify done both ways before the clock starts: the server's CPU is the transfer's.
+    tokio::time::timeout(SETUP_TIMEOUT, client.dial(&addr, peer, Until::Identified))
+        .await
+        .context("connect and identify timed out")??;
+    let (up, down) = match shape {
+        Shape::Upload => (bytes, 0),
+        _ => (0, bytes),
+    };
+    let mut control = client.control.clone();
+    let (cpu0, own0, t0) = (proc_cpu(server.pid)?, cpu_time(), Instant::now());
+    tokio::time::timeout(
+        transfer_deadline(bytes),
+        rust_perf_run(&mut control, peer, up, down),
+    )
+    .await
+    .context("perf transfer timed out")??;
+    let (cpu, own, t) = (
+        proc_cpu(server.pid)? - cpu0,
+        cpu_time() - own0,
+        t0.elapsed(),
+    );
+    drop(client);
+    let gib = bytes as f64 / (MIB * 1024.0);
+    Ok((
+        Rate {
+            mibs: bytes as f64 / MIB / t.as_secs_f64(),
+            cpu_per_gib: cpu.as_secs_f64() / gib,
+        },
+        own.as_secs_f64() / gib,
+    ))
+}
+
+/// What a server process holds for idle TCP+Noise+yamux connections from rust-libp2p
+/// clients, at each of a run's connection counts.
+struct Held {
+    /// KiB of the server's RSS growth per connection.
+    per_conn: Vec<f64>,
+    /// Connections open by the server's own count and by the clients'.
+    open: Vec<(usize, usize)>,
+    /// Connections per second opened in the first batch.
+    rate: f64,
+}
+
+/// RSS growth of a fresh server process (`serve IMP noise`) per idle connection, at each
+/// of `counts` connections opened from `swarms` rust-libp2p swarms in this process (round
+/// robin, 32 dials in flight; several swarms because a single one opening thousands at
+/// once timed out handshakes in the `memory` section). Stops at the first batch that
+/// fails, keeping the figures before it; fails if the first does.
+async fn server_memory(
+    imp: Imp,
+    counts: &[usize],
+    swarms: usize,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<Held> {
+    let mut server = Served::spawn(&["serve", imp.arg(), Kind::Noise.arg()], 1).await?;
+    let (addr, peer) = (server.first()?.clone(), server.peer()?);
+    let mut clients = Vec::with_capacity(swarms);
+    for _ in 0..swarms {
+        clients.push(RustNode::start(Kind::Noise, false, false).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = rss_kib(server.pid)?;
+    let mut held = Held {
+        per_conn: Vec::new(),
+        open: Vec::new(),
+        rate: 0.0,
+    };
+    let mut opened = 0;
+    for (i, &target) in counts.iter().enumerate() {
+        let started = Instant::now();
+        let (clients, addr) = (&clients, &addr);
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(opened..target)
+            .map(|j| async move {
+                let dial = clients[j % swarms].dial(addr, peer, Until::Established);
+                tokio::time::timeout(SETUP_TIMEOUT, dial)
+                    .await
+                    .context("dial timed out")?
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            if held.per_conn.is_empty() {
+                return Err(e);
+            }
+            let what = format!("{imp:?} server, {target} connections from rust-libp2p: {e:#}");
+            eprintln!("{what}");
+            failures.push(what);
+            break;
+        }
+        if i == 0 {
+            held.rate = (target - opened) as f64 / started.elapsed().as_secs_f64();
+        }
+        opened = target;
+        // Let identify and the muxers settle before reading the server's RSS.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_kib(server.pid)?;
+        held.per_conn
+            .push(rss.saturating_sub(base) as f64 / target as f64);
+        let theirs = clients.iter().map(RustNode::open_connections).sum();
+        held.open.push((server.connections().await?, theirs));
+    }
+    drop(clients);
+    server.stop().await;
+    Ok(held)
+}
+
+/// Server-side cost with rust-libp2p clients, a Pylon server beside a rust-libp2p server:
+/// perf throughput with the server process's CPU per GiB, and its RSS per idle connection.
+async fn server_section(o: &Options) -> anyhow::Result<()> {
+    let bytes = o.size_mib << 20;
+    let kinds = [Kind::Noise, Kind::Quic];
+    let imps = [Imp::Pylon, Imp::Rust];
+    let mut servers = Vec::new();
+    for kind in kinds {
+        let mut pair = Vec::new();
+        for imp in imps {
+            pair.push(
+                Served::spawn(&["serve", imp.arg(), kind.arg(), "perf"], 1)
+                    .await
+                    .with_context(|| format!("{imp:?} {kind:?} perf server"))?,
+            );
+        }
+        servers.push(pair);
+    }
+    let retries = RUST_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
+    println!("| server: throughput, rust-libp2p client (perf; server in its own process) | transport | to Pylon MiB/s | to rust-libp2p MiB/s | Pylon / rust | Pylon server CPU s/GiB | rust server CPU s/GiB | server CPU Pylon / rust | client CPU s/GiB to Pylon / to rust |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut failures = Vec::new();
+    for shape in [Shape::Upload, Shape::Download] {
+        for (pair, kind) in servers.iter().zip(kinds) {
+            let (mut p, mut r, mut pc, mut rc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..o.repeat {
+                // Alternate so drift on this noisy machine hits both alike.
+                let (rate, client) = server_transfer(&pair[0], kind, shape, bytes)
+                    .await
+                    .with_context(|| format!("Pylon server {kind:?} {shape:?}"))?;
+                p.push(rate);
+                pc.push(client);
+                // rust-libp2p's own failures are reported, not fatal.
+                match server_transfer(&pair[1], kind, shape, bytes).await {
+                    Ok((rate, client)) => {
+                        r.push(rate);
+                        rc.push(client);
+                    }
+                    Err(e) => {
+                        failures.push(format!("rust-libp2p server {kind:?} {shape:?}: {e:#}"))
+                    }
+                }
+            }
+            let mibs = |v: &[Rate]| v.iter().map(|x| x.mibs).collect::<Vec<_>>();
+            let cpu = |v: &[Rate]| v.iter().map(|x| x.cpu_per_gib).collect::<Vec<_>>();
+            println!(
+                "| rust-libp2p client, {} | {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} |",
+                shape.name(),
+                kind.name(),
+                fmt(&mibs(&p), 0),
+                fmt(&mibs(&r), 0),
+                ratio(&mibs(&p), &mibs(&r)),
+                fmt(&cpu(&p), 2),
+                fmt(&cpu(&r), 2),
+                ratio(&cpu(&p), &cpu(&r)),
+                summary(&pc).0,
+                summary(&rc).0,
+            );
+        }
+    }
+    println!();
+    for server in servers.into_iter().flatten() {
+        server.stop().await;
+    }
+    let retries = RUST_RETRIES.load(std::sync::atomic::Ordering::Relaxed) - retries;
+    if retries > 0 {
+        println!("rust-libp2p client: {retries} perf streams dropped by the server before answering were opened again; the retries are inside the timing.\n");
+    }
+
+    let (counts, swarms): (&[usize], usize) = if o.quick {
+        (&[50], 5)
+    } else {
+        (&[1000, 10_000], 20)
+    };
+    let mut measured = Vec::new();
+    for imp in imps {
+        match server_memory(imp, counts, swarms, &mut failures).await {
+            Ok(held) => measured.push(held),
+            // rust-libp2p's own failures are reported, not fatal.
+            Err(e) if imp == Imp::Rust => {
+                failures.push(format!("rust-libp2p server memory: {e:#}"));
+                measured.push(Held {
+                    per_conn: Vec::new(),
+                    open: Vec::new(),
+                    rate: f64::NAN,
+                });
+            }
+            Err(e) => return Err(e.context("Pylon server memory")),
+        }
+    }
+    let [pylon, rust] = &measured[..] else {
+        anyhow::bail!("two servers measured");
+    };
+    println!("| server: memory per idle connection, rust-libp2p clients (TCP+Noise+yamux; RSS growth of the server process) | Pylon server KiB | rust-libp2p server KiB | Pylon / rust | open, Pylon server / its clients | open, rust server / its clients |");
+    println!("|---|---|---|---|---|---|");
+    let at = |v: &[f64], i: usize| v.get(i).map_or("failed".to_string(), |x| format!("{x:.1}"));
+    let open = |v: &[(usize, usize)], i: usize| {
+        v.get(i)
+            .map_or("–".to_string(), |(s, c)| format!("{s} / {c}"))
+    };
+    for (i, n) in counts.iter().enumerate() {
+        let q = match (pylon.per_conn.get(i), rust.per_conn.get(i)) {
+            (Some(p), Some(r)) => format!("{:.2}", p / r),
+            _ => "–".to_string(),
+        };
+        println!(
+            "| {n} idle connections from {swarms} rust-libp2p swarms | {} | {} | {q} | {} | {} |",
+            at(&pylon.per_conn, i),
+            at(&rust.per_conn, i),
+            open(&pylon.open, i),
+            open(&rust.open, i),
+        );
+    }
+    println!(
+        "\nrust-libp2p clients opened {:.0} connections/s to the Pylon server and {:.0} to the rust-libp2p server (the first {}, 32 dials in flight).\n",
+        pylon.rate, rust.rate, counts[0]
+    );
+    for f in &failures {
+        println!("server run failed: {f}  ");
     }
     Ok(())
 }
@@ -1892,6 +2236,19 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
 
+/// What `--only` selects from.
+const SECTIONS: [&str; 9] = [
+    "limits",
+    "throughput",
+    "concurrency",
+    "connect",
+    "memory",
+    "kad",
+    "relay",
+    "booster",
+    "server",
+];
+
 struct Options {
     quick: bool,
     repeat: usize,
@@ -1923,7 +2280,11 @@ impl Options {
                         .unwrap_or_default()
                         .split(',')
                         .map(str::to_string)
-                        .collect()
+                        .collect();
+                    // A misspelt section would otherwise run nothing and print no table.
+                    if let Some(s) = o.only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+                        anyhow::bail!("unknown section {s}; sections: {}", SECTIONS.join(","));
+                    }
                 }
                 other => anyhow::bail!("unknown argument {other}"),
             }
@@ -1942,7 +2303,8 @@ fn main() -> anyhow::Result<()> {
             args.next().unwrap_or_default(),
             args.next().unwrap_or_default(),
         );
-        return tokio::runtime::Runtime::new()?.block_on(serve(&imp, &kind));
+        let perf_server = args.next().as_deref() == Some("perf");
+        return tokio::runtime::Runtime::new()?.block_on(serve(&imp, &kind, perf_server));
     }
     if std::env::args().nth(1).as_deref() == Some("boostermem") {
         let imp = std::env::args().nth(2).unwrap_or_default();
@@ -2211,6 +2573,9 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     }
     if o.wants("booster") {
         booster_section(&o).await?;
+    }
+    if o.wants("server") {
+        server_section(&o).await?;
     }
     Ok(())
 }

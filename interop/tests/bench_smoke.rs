@@ -41,6 +41,8 @@ async fn benchmark_runs_and_prints_every_table() {
         "| relay: added latency",
         "| relay memory",
         "| relay: held",
+        "| server: throughput, rust-libp2p client",
+        "| server: memory per idle connection, rust-libp2p clients",
     ] {
         assert!(stdout.contains(header), "missing {header:?} in:\n{stdout}");
     }
@@ -56,6 +58,9 @@ async fn benchmark_runs_and_prints_every_table() {
         "| dial → first ping answered | QUIC |",
         "| per open idle circuit",
         "| reservations, ",
+        "| rust-libp2p client, 1 stream, upload | QUIC |",
+        "| rust-libp2p client, 1 stream, download | TCP+Noise+yamux |",
+        "| 50 idle connections from ",
     ] {
         let line = stdout
             .lines()
