@@ -19,6 +19,7 @@ use std::sync::Arc;
 use common::rust_kad::{Cmd, RustKad};
 use common::*;
 use libp2p::kad::RecordKey;
+use multiaddr::Protocol;
 use prometheus_client::registry::Registry;
 use pylon_interop::js::{JsKadMode, JsPeer};
 use pylon_node::identity::Keypair;
@@ -156,65 +157,64 @@ fn inbound(node: &Node, kind: &'static str) -> u64 {
         .get()
 }
 
-/// A GET_PROVIDERS for `key` sent by `client` straight to `head`: the providers named.
-async fn ask_providers(client: &Node, head: &Node, key: &[u8]) -> HashSet<PeerId> {
-    let msg = pkad::proto::Message::new(MessageType::GetProviders, key.to_vec());
-    let reply = client
+/// A `kind` request for `key` sent by `client` straight to `head`: its answer.
+async fn ask(client: &Node, head: &Node, kind: MessageType, key: &[u8]) -> pkad::proto::Message {
+    let msg = pkad::proto::Message::new(kind, key.to_vec());
+    client
         .kad
         .as_ref()
         .unwrap()
         .query(head.peer_id(), &[kit::addr_of(head)], &msg)
         .await
-        .unwrap();
-    reply
+        .unwrap()
+}
+
+/// A GET_PROVIDERS for `key` sent by `client` straight to `head`: the providers named.
+async fn ask_providers(client: &Node, head: &Node, key: &[u8]) -> HashSet<PeerId> {
+    ask(client, head, MessageType::GetProviders, key)
+        .await
         .provider_peers
         .iter()
         .filter_map(|p| PeerId::from_bytes(&p.id).ok())
         .collect()
 }
 
-/// A content key (a SHA-256 multihash) whose closest head, of `heads`, has at most two
-/// of `others` closer to it than itself: the head counts itself among the key's closest.
-fn key_near_a_head(heads: &[PeerId], others: &[PeerId]) -> (Vec<u8>, PeerId) {
-    for i in 0u32.. {
-        let key = sha256_multihash(&i.to_be_bytes());
-        let target = Key::new(&key);
-        let dist = |p: &PeerId| Key::from_peer(p).distance(&target);
-        let head = *heads.iter().min_by_key(|h| dist(h)).unwrap();
-        let closer = others.iter().filter(|o| dist(o) < dist(&head)).count();
-        if closer <= 2 {
-            return (key, head);
-        }
-    }
-    unreachable!()
+/// A GET_VALUE for `key` sent by `client` straight to `head`: the record's value.
+async fn ask_value(client: &Node, head: &Node, key: &[u8]) -> Option<Vec<u8>> {
+    ask(client, head, MessageType::GetValue, key)
+        .await
+        .record
+        .map(|r| r.value)
 }
 
-/// A `/pk/` record (key, value) whose key is next to one of `heads` (as
-/// [`key_near_a_head`]).
+/// The closest of `heads` to `key` if at most two of `others` are closer to it than that
+/// head: the head then counts itself among the key's closest.
+fn head_near(key: &[u8], heads: &[PeerId], others: &[PeerId]) -> Option<PeerId> {
+    let target = Key::new(key);
+    let dist = |p: &PeerId| Key::from_peer(p).distance(&target);
+    let head = *heads.iter().min_by_key(|h| dist(h)).unwrap();
+    (others.iter().filter(|o| dist(o) < dist(&head)).count() <= 2).then_some(head)
+}
+
+/// A content key (a SHA-256 multihash) next to one of `heads` ([`head_near`]).
+fn key_near_a_head(heads: &[PeerId], others: &[PeerId]) -> (Vec<u8>, PeerId) {
+    (0u32..)
+        .find_map(|i| {
+            let key = sha256_multihash(&i.to_be_bytes());
+            head_near(&key, heads, others).map(|head| (key, head))
+        })
+        .unwrap()
+}
+
+/// A `/pk/` record (key, value) whose key is next to one of `heads` ([`head_near`]).
 fn pk_record_near_a_head(heads: &[PeerId], others: &[PeerId]) -> (Vec<u8>, Vec<u8>, PeerId) {
     loop {
         let owner = Keypair::generate_ed25519();
         let key = pk_key(&owner.public().to_peer_id());
-        let target = Key::new(&key);
-        let dist = |p: &PeerId| Key::from_peer(p).distance(&target);
-        let head = *heads.iter().min_by_key(|h| dist(h)).unwrap();
-        if others.iter().filter(|o| dist(o) < dist(&head)).count() <= 2 {
+        if let Some(head) = head_near(&key, heads, others) {
             return (key, owner.public().encode_protobuf(), head);
         }
     }
-}
-
-/// A GET_VALUE for `key` sent by `client` straight to `head`: the record's value.
-async fn ask_value(client: &Node, head: &Node, key: &[u8]) -> Option<Vec<u8>> {
-    let msg = pkad::proto::Message::new(MessageType::GetValue, key.to_vec());
-    let reply = client
-        .kad
-        .as_ref()
-        .unwrap()
-        .query(head.peer_id(), &[kit::addr_of(head)], &msg)
-        .await
-        .unwrap();
-    reply.record.map(|r| r.value)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,4 +551,69 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// With an announce list (the node behind a load balancer or in Kubernetes), a
+/// rust-libp2p peer that identifies a head hears the node's announced host on that head's
+/// own port of each transport — not the node's port, where it would meet another PeerId.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_announce_the_nodes_announced_addresses_on_their_own_ports() {
+    let role = booster::Config {
+        heads: 2,
+        max_heads: 4,
+        listen: vec![
+            "/ip4/127.0.0.1/tcp/{port}".into(),
+            "/ip4/127.0.0.1/udp/{port}/quic-v1".into(),
+        ],
+        port_base: 0,
+        autoscale: false,
+        ..Default::default()
+    };
+    let mut config = main_config(Vec::new(), &role);
+    config.identify.addresses.announce = vec![
+        "/ip4/203.0.113.7/tcp/4001".parse().unwrap(),
+        "/dns4/boot.example.com/udp/4001/quic-v1".parse().unwrap(),
+    ];
+    let node = kit::start_with(config).await;
+    let mut registry = Registry::default();
+    let booster = Booster::start(&node, role, &mut Metrics::of::<Booster>(&mut registry)).unwrap();
+    eventually("both heads up", || booster.heads().len() == 2).await;
+    let mut rust = RustPeer::start().await;
+    for (i, head) in booster.heads() {
+        let listen = head.host.listen_addrs();
+        let port = |quic: bool| {
+            listen
+                .iter()
+                .filter(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)) == quic)
+                .find_map(|a| match a.iter().nth(1) {
+                    Some(Protocol::Tcp(n) | Protocol::Udp(n)) => Some(n),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let want: Vec<libp2p::Multiaddr> = vec![
+            format!("/ip4/203.0.113.7/tcp/{}", port(false))
+                .parse()
+                .unwrap(),
+            format!("/dns4/boot.example.com/udp/{}/quic-v1", port(true))
+                .parse()
+                .unwrap(),
+        ];
+        let id: libp2p::PeerId = head.peer_id().to_string().parse().unwrap();
+        let tcp = listen
+            .iter()
+            .find(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
+        let dial: libp2p::Multiaddr = format!("{}/p2p/{id}", tcp.unwrap()).parse().unwrap();
+        rust.dial(dial).await;
+        let info = rust.identified(id).await;
+        assert_eq!(
+            info.listen_addrs, want,
+            "head {i} (listening on {listen:?})"
+        );
+        // The role's status shows the operator the same.
+        let status = booster.status();
+        let shown = status.heads.iter().find(|h| h.index == i).unwrap();
+        let want: Vec<String> = want.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.advertised, want, "head {i} in the status");
+    }
 }

@@ -228,6 +228,11 @@ impl Identify {
         self.advertised_addrs_to(false)
     }
 
+    /// The addresses we advertise to a peer on the public internet.
+    pub fn advertised_to_public(&self) -> Vec<Multiaddr> {
+        self.advertised_addrs_to(true)
+    }
+
     /// The addresses we advertise to a peer that reached us from `remote`.
     pub fn advertised_addrs_for(&self, remote: &Multiaddr) -> Vec<Multiaddr> {
         self.advertised_addrs_to(addresses::is_public(remote))

@@ -270,6 +270,9 @@ pub struct HeadStatus {
     pub index: u32,
     pub peer_id: String,
     pub listen: Vec<String>,
+    /// What it tells peers on the public internet about where to reach it (`announce`,
+    /// or the node's verified addresses on its ports, or its public listen addresses).
+    pub advertised: Vec<String>,
     pub connections: usize,
     pub table_size: usize,
     /// GET_PROVIDERS and GET_VALUE requests answered.
@@ -683,6 +686,13 @@ impl Booster {
                     .node
                     .host
                     .listen_addrs()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
+                advertised: h
+                    .node
+                    .identify
+                    .advertised_to_public()
                     .iter()
                     .map(|a| a.to_string())
                     .collect(),
