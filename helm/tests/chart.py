@@ -157,105 +157,56 @@ def load_values(path: str | None) -> dict:
 # Written from the fields the chart uses (monitoring.coreos.com/v1), unknown ones refused.
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _DURATION = {"type": "string", "pattern": r"^([0-9]+(ms|s|m|h|d|w|y))+$"}
-_META = {
-    "type": "object",
-    "required": ["name", "namespace", "labels"],
-    "additionalProperties": False,
-    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _STR_MAP},
-}
-CRD_SCHEMAS = {
-    "ServiceMonitor": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"const": "monitoring.coreos.com/v1"},
-            "kind": {"const": "ServiceMonitor"},
-            "metadata": _META,
-            "spec": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["selector", "endpoints"],
-                "properties": {
-                    "selector": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {"matchLabels": _STR_MAP},
-                    },
-                    "namespaceSelector": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}},
-                    },
-                    "endpoints": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["port"],
-                            "properties": {
-                                "port": {"type": "string"},
-                                "path": {"type": "string"},
-                                "interval": _DURATION,
-                                "scrapeTimeout": _DURATION,
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    },
-    "PrometheusRule": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"const": "monitoring.coreos.com/v1"},
-            "kind": {"const": "PrometheusRule"},
-            "metadata": _META,
-            "spec": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["groups"],
-                "properties": {
-                    "groups": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["name", "rules"],
-                            "properties": {
-                                "name": {"type": "string"},
-                                "interval": _DURATION,
-                                "rules": {
-                                    "type": "array",
-                                    "minItems": 1,
-                                    "items": {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "required": ["expr"],
-                                        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
-                                        "properties": {
-                                            "alert": {"type": "string"},
-                                            "record": {"type": "string"},
-                                            "expr": {"type": "string", "minLength": 1},
-                                            "for": _DURATION,
-                                            "labels": _STR_MAP,
-                                            "annotations": _STR_MAP,
-                                        },
-                                    },
-                                },
-                            },
-                        },
-                    }
-                },
-            },
-        },
-    },
-}
 
+
+def _closed(properties: dict, required: tuple[str, ...] = (), **extra) -> dict:
+    """An object schema that allows only `properties` and requires `required`."""
+    return {"type": "object", "additionalProperties": False, "required": list(required), "properties": properties, **extra}
+
+
+_META = _closed({"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _STR_MAP}, ("name", "namespace", "labels"))
+
+
+def _array(items: dict) -> dict:
+    return {"type": "array", "minItems": 1, "items": items}
+
+
+def _crd(kind: str, spec: dict) -> dict:
+    """A prometheus-operator object of `kind` whose spec is `spec`."""
+    return _closed(
+        {"apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": kind}, "metadata": _META, "spec": spec},
+        ("apiVersion", "kind", "metadata", "spec"),
+    )
+
+
+CRD_SCHEMAS = {
+    "ServiceMonitor": _crd("ServiceMonitor", _closed({
+        "selector": _closed({"matchLabels": _STR_MAP}),
+        "namespaceSelector": _closed({"matchNames": {"type": "array", "items": {"type": "string"}}}),
+        "endpoints": _array(_closed(
+            {"port": {"type": "string"}, "path": {"type": "string"}, "interval": _DURATION, "scrapeTimeout": _DURATION},
+            ("port",),
+        )),
+    }, ("selector", "endpoints"))),
+    "PrometheusRule": _crd("PrometheusRule", _closed({
+        "groups": _array(_closed({
+            "name": {"type": "string"},
+            "interval": _DURATION,
+            "rules": _array(_closed(
+                {
+                    "alert": {"type": "string"},
+                    "record": {"type": "string"},
+                    "expr": {"type": "string", "minLength": 1},
+                    "for": _DURATION,
+                    "labels": _STR_MAP,
+                    "annotations": _STR_MAP,
+                },
+                ("expr",),
+                oneOf=[{"required": ["alert"]}, {"required": ["record"]}],
+            )),
+        }, ("name", "rules"))),
+    }, ("groups",))),
+}
 
 class Checks:
     def __init__(self, pylon: str | None):

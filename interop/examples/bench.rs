@@ -1255,6 +1255,53 @@ async fn relay_circuits(imp: Imp, m: usize) -> anyhow::Result<(f64, usize)> {
     Ok((per, open))
 }
 
+/// Who serves in a paired measure: index 0, then index 1.
+const IMP_NAMES: [&str; 2] = ["Pylon", "rust-libp2p"];
+
+/// One table row of a paired transfer: `transfer(0)` (Pylon serving) and `transfer(1)`
+/// (rust-libp2p serving) alternately, `repeat` times each, so drift on this noisy
+/// machine hits both alike; then `row` and the figures: MiB/s each and their ratio, the
+/// serving process's CPU s/GiB each and their ratio, the clients' CPU s/GiB each.
+/// rust-libp2p's failures are reported in `failures`, not fatal; Pylon's are.
+async fn paired_transfer_row<F, Fut>(
+    repeat: usize,
+    row: &str,
+    failures: &mut Vec<String>,
+    mut transfer: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Rate, f64)>>,
+{
+    let (mut p, mut r, mut pc, mut rc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeat {
+        let (rate, clients) = transfer(0).await?;
+        p.push(rate);
+        pc.push(clients);
+        match transfer(1).await {
+            Ok((rate, clients)) => {
+                r.push(rate);
+                rc.push(clients);
+            }
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    let mibs = |v: &[Rate]| v.iter().map(|x| x.mibs).collect::<Vec<_>>();
+    let cpu = |v: &[Rate]| v.iter().map(|x| x.cpu_per_gib).collect::<Vec<_>>();
+    println!(
+        "| {row} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} |",
+        fmt(&mibs(&p), 0),
+        fmt(&mibs(&r), 0),
+        ratio(&mibs(&p), &mibs(&r)),
+        fmt(&cpu(&p), 2),
+        fmt(&cpu(&r), 2),
+        ratio(&cpu(&p), &cpu(&r)),
+        summary(&pc).0,
+        summary(&rc).0,
+    );
+    Ok(())
+}
+
 async fn relay_section(o: &Options) -> anyhow::Result<()> {
     let bytes = o.size_mib << 20;
     let legs = [Kind::Noise, Kind::Quic];
@@ -1271,38 +1318,24 @@ async fn relay_section(o: &Options) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for shape in [Shape::Upload, Shape::Download] {
         for leg in legs {
-            let (mut p, mut r, mut pc, mut rc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..o.repeat {
-                // Alternate so drift on this noisy machine hits both alike.
-                let (rate, clients) = relay_transfer(&relays[0], leg, shape, bytes)
-                    .await
-                    .with_context(|| format!("Pylon relay {leg:?} {shape:?}"))?;
-                p.push(rate);
-                pc.push(clients);
-                // rust-libp2p's own failures are reported, not fatal.
-                match relay_transfer(&relays[1], leg, shape, bytes).await {
-                    Ok((rate, clients)) => {
-                        r.push(rate);
-                        rc.push(clients);
-                    }
-                    Err(e) => failures.push(format!("rust-libp2p relay {leg:?} {shape:?}: {e:#}")),
-                }
-            }
-            let mibs = |v: &[Rate]| v.iter().map(|x| x.mibs).collect::<Vec<_>>();
-            let cpu = |v: &[Rate]| v.iter().map(|x| x.cpu_per_gib).collect::<Vec<_>>();
-            println!(
-                "| 1 stream through the relay, {} | {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} |",
-                if shape == Shape::Upload { "upload" } else { "download" },
-                leg.name(),
-                fmt(&mibs(&p), 0),
-                fmt(&mibs(&r), 0),
-                ratio(&mibs(&p), &mibs(&r)),
-                fmt(&cpu(&p), 2),
-                fmt(&cpu(&r), 2),
-                ratio(&cpu(&p), &cpu(&r)),
-                summary(&pc).0,
-                summary(&rc).0,
+            let row = format!(
+                "1 stream through the relay, {} | {}",
+                if shape == Shape::Upload {
+                    "upload"
+                } else {
+                    "download"
+                },
+                leg.name()
             );
+            paired_transfer_row(o.repeat, &row, &mut failures, |i| {
+                let relay = &relays[i];
+                async move {
+                    relay_transfer(relay, leg, shape, bytes)
+                        .await
+                        .with_context(|| format!("{} relay {leg:?} {shape:?}", IMP_NAMES[i]))
+                }
+            })
+            .await?;
         }
     }
     println!();
@@ -1573,40 +1606,16 @@ async fn server_section(o: &Options) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for shape in [Shape::Upload, Shape::Download] {
         for (pair, kind) in servers.iter().zip(kinds) {
-            let (mut p, mut r, mut pc, mut rc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..o.repeat {
-                // Alternate so drift on this noisy machine hits both alike.
-                let (rate, client) = server_transfer(&pair[0], kind, shape, bytes)
-                    .await
-                    .with_context(|| format!("Pylon server {kind:?} {shape:?}"))?;
-                p.push(rate);
-                pc.push(client);
-                // rust-libp2p's own failures are reported, not fatal.
-                match server_transfer(&pair[1], kind, shape, bytes).await {
-                    Ok((rate, client)) => {
-                        r.push(rate);
-                        rc.push(client);
-                    }
-                    Err(e) => {
-                        failures.push(format!("rust-libp2p server {kind:?} {shape:?}: {e:#}"))
-                    }
+            let row = format!("rust-libp2p client, {} | {}", shape.name(), kind.name());
+            paired_transfer_row(o.repeat, &row, &mut failures, |i| {
+                let server = &pair[i];
+                async move {
+                    server_transfer(server, kind, shape, bytes)
+                        .await
+                        .with_context(|| format!("{} server {kind:?} {shape:?}", IMP_NAMES[i]))
                 }
-            }
-            let mibs = |v: &[Rate]| v.iter().map(|x| x.mibs).collect::<Vec<_>>();
-            let cpu = |v: &[Rate]| v.iter().map(|x| x.cpu_per_gib).collect::<Vec<_>>();
-            println!(
-                "| rust-libp2p client, {} | {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} |",
-                shape.name(),
-                kind.name(),
-                fmt(&mibs(&p), 0),
-                fmt(&mibs(&r), 0),
-                ratio(&mibs(&p), &mibs(&r)),
-                fmt(&cpu(&p), 2),
-                fmt(&cpu(&r), 2),
-                ratio(&cpu(&p), &cpu(&r)),
-                summary(&pc).0,
-                summary(&rc).0,
-            );
+            })
+            .await?;
         }
     }
     println!();

@@ -111,6 +111,27 @@ pub enum RustKind {
     Ws,
 }
 
+/// Has `swarm` listen on `addr` and waits (within `T`) for the address it got, which it
+/// then holds as a confirmed external address: rust-libp2p's identify advertises only
+/// those, and its relay and DHT server serve only with one.
+pub async fn listen_external<B: NetworkBehaviour>(
+    swarm: &mut libp2p::Swarm<B>,
+    addr: &str,
+) -> Multiaddr {
+    swarm.listen_on(addr.parse().unwrap()).unwrap();
+    let listen = tokio::time::timeout(T, async {
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                return address;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the rust-libp2p peer listens on {addr} within {T:?}"));
+    swarm.add_external_address(listen.clone());
+    listen
+}
+
 /// A rust-libp2p 0.57 node (one transport, see [`RustKind`]; identify with signed records,
 /// ping, raw streams) running in its own task.
 pub struct RustPeer {
@@ -193,18 +214,7 @@ impl RustPeer {
             RustKind::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
             RustKind::Ws => "/ip4/127.0.0.1/tcp/0/ws",
         };
-        swarm.listen_on(listen_on.parse().unwrap()).unwrap();
-        let listen = tokio::time::timeout(T, async {
-            loop {
-                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                    return address;
-                }
-            }
-        })
-        .await
-        .unwrap();
-        // rust-libp2p's identify advertises only confirmed external addresses.
-        swarm.add_external_address(listen.clone());
+        let listen = listen_external(&mut swarm, listen_on).await;
         let peer_id = *swarm.local_peer_id();
         let control = swarm.behaviour().stream.new_control();
         // A test's record of the real peer's events, read by the test as it goes; a bound

@@ -11,7 +11,7 @@ use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
 use pylon_node::protocols::kad as pkad;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{RUST_AGENT, T};
+use super::RUST_AGENT;
 
 #[derive(NetworkBehaviour)]
 pub struct KadBehaviour {
@@ -95,19 +95,7 @@ impl RustKad {
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
-        swarm
-            .listen_on(format!("/ip4/{ip}/tcp/0").parse().unwrap())
-            .unwrap();
-        let listen = tokio::time::timeout(T, async {
-            loop {
-                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                    return address;
-                }
-            }
-        })
-        .await
-        .unwrap();
-        swarm.add_external_address(listen.clone());
+        let listen = super::listen_external(&mut swarm, &format!("/ip4/{ip}/tcp/0")).await;
         let peer_id = *swarm.local_peer_id();
         let (commands, mut rx) = mpsc::channel::<Cmd>(16);
         let task = tokio::spawn(async move {
