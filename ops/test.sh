@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+# Each step header shows the space left where the build goes: a full disk shows up as
+# a linker killed by SIGBUS, so the log must say how much room there was.
+free_gib() { df -P --block-size=1G "$target_dir" | awk 'NR == 2 { print $4 }'; }
+step() { printf '\n==> %s   [%s GiB free for %s]\n' "$*" "$(free_gib)" "$target_dir"; }
 
 step "prerequisites"
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
@@ -35,6 +40,13 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq systemd
 fi
 echo "node $(node --version), npm $(npm --version), $(cargo --version)"
+# The debug test build, the release build, the MSRV check and the container images take
+# about 30 together on a fresh machine (measured; README's Testing section).
+need_gib=30
+if [ "$(free_gib)" -lt "$need_gib" ]; then
+  echo "warning: $(free_gib) GiB free for $target_dir; a fresh run needs about $need_gib GiB." >&2
+  echo "warning: the build may fail with a linker killed by SIGBUS (disk full)." >&2
+fi
 
 step "js-libp2p peer (npm ci --prefix interop/js)"
 npm ci --prefix interop/js --no-audit --no-fund --loglevel=error
@@ -69,7 +81,7 @@ msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 case "$msrv" in *.*.*) ;; *) msrv="$msrv.0" ;; esac
 if rustup_log=$(rustup toolchain install "$msrv" --profile minimal 2>&1); then
   # Its own target dir: a second toolchain's artefacts would evict the main build's.
-  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/msrv" \
+  CARGO_TARGET_DIR="$target_dir/msrv" \
     rustup run "$msrv" cargo check --locked --quiet -p pylon -p pylon-node -p pylon-roles
   echo "rust $msrv builds pylon, pylon-node and pylon-roles"
 else
@@ -108,14 +120,14 @@ if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   echo "python3-venv missing: installing Debian's python3-venv"
   apt-get update -qq && apt-get install -y -qq python3-venv
 fi
-helm_venv="${CARGO_TARGET_DIR:-target}/helm-venv"
+helm_venv="$target_dir/helm-venv"
 if ! cmp -s helm/tests/requirements.txt "$helm_venv/requirements.txt"; then
   rm -rf "$helm_venv"
   python3 -m venv "$helm_venv"
   "$helm_venv/bin/pip" install --quiet --disable-pip-version-check -r helm/tests/requirements.txt
   cp helm/tests/requirements.txt "$helm_venv/requirements.txt"
 fi
-"$helm_venv/bin/python" helm/tests/chart.py --pylon "${CARGO_TARGET_DIR:-target}/debug/pylon"
+"$helm_venv/bin/python" helm/tests/chart.py --pylon "$target_dir/debug/pylon"
 
 step "Terraform's computed values are accepted by the chart (apply of the provider-free module, then render)"
 tf_state=$(mktemp -d)
