@@ -348,17 +348,26 @@ async fn a_public_peer_does_not_point_pylon_lookups_into_private_networks() {
         .spawn(async move || {
             let port = port_rx.await.unwrap();
             let rust = RustKad::start_on(rust_ip, false).await;
-            for addr in [
+            let lures: Vec<Multiaddr> = [
                 format!("/ip4/127.0.0.1/tcp/{port}"),
                 format!("/ip4/10.200.0.9/tcp/{port}"),
-            ] {
-                rust.add_address(lured, addr.parse().unwrap()).await;
+            ]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+            for addr in &lures {
+                rust.add_address(lured, addr.clone()).await;
             }
+            // The lured peer also provides a key, at the lures and at one public name.
+            let mut addrs = lures.clone();
+            addrs.push("/dns4/provider.example.com/tcp/4001".parse().unwrap());
+            let record = kad::ProviderRecord::new(provided_key(), lured, addrs);
+            rust.store_provider(record).await;
             let _ = rust_tx.send((rust.peer_id, rust.addr.clone()));
             std::future::pending::<()>().await
         })
         .unwrap();
-    let (accepted, dropped, asked, closest, server) = bed
+    let (accepted, dropped, asked, closest, server, providers) = bed
         .public_host(1)
         .spawn(async move || {
             let lure = std::net::TcpListener::bind("10.200.0.9:0").unwrap();
@@ -380,13 +389,27 @@ async fn a_public_peer_does_not_point_pylon_lookups_into_private_networks() {
             )
             .await
             .expect("the lookup ends in time");
-            // A connection the lookup made would wait in the lure's backlog by now.
+            let dropped_finding = node.host.metrics().kad_private_addrs_dropped.get();
+            let providers = tokio::time::timeout(T, kad.providers(&provided_key(), 20))
+                .await
+                .expect("the provider lookup ends in time")
+                .expect("the provider lookup works");
+            // A connection either lookup made would wait in the lure's backlog by now.
             lure.set_nonblocking(true).unwrap();
             let accepted = lure.accept().is_ok();
             let dropped = node.host.metrics().kad_private_addrs_dropped.get();
             let closest: Vec<String> = out.closest.iter().map(|f| f.peer.to_string()).collect();
             let server = rust_id.to_string();
-            (accepted, dropped, out.queried - out.failed, closest, server)
+            let providers: Vec<(String, Vec<String>)> = providers
+                .iter()
+                .map(|f| {
+                    let addrs = f.addrs.iter().map(ToString::to_string).collect();
+                    (f.peer.to_string(), addrs)
+                })
+                .collect();
+            let asked = out.queried - out.failed;
+            let dropped = (dropped_finding, dropped);
+            (accepted, dropped, asked, closest, server, providers)
         })
         .unwrap()
         .join()
@@ -396,6 +419,27 @@ async fn a_public_peer_does_not_point_pylon_lookups_into_private_networks() {
         "the lookup dialed the private address a public peer named"
     );
     assert_eq!(asked, 1, "the rust-libp2p server answered");
-    assert_eq!(dropped, 2, "both addresses of the lured peer counted");
     assert_eq!(closest, [server], "only the server, not the lured peer");
+    assert_eq!(
+        providers,
+        [(
+            lured.to_string(),
+            vec!["/dns4/provider.example.com/tcp/4001".to_string()]
+        )],
+        "the provider comes back with its public address only"
+    );
+    // FIND_NODE: the lured peer's 2 as a closer peer; GET_PROVIDERS: 2 more as a closer
+    // peer and 2 as a provider.
+    assert_eq!(
+        dropped,
+        (2, 6),
+        "the private addresses counted: (after FIND_NODE, after GET_PROVIDERS)"
+    );
+}
+
+/// The key the lured peer provides in the test above.
+fn provided_key() -> Vec<u8> {
+    let mut key = vec![0x12, 0x20];
+    key.extend_from_slice(&[0x42; 32]);
+    key
 }

@@ -847,7 +847,7 @@ impl Metrics {
         );
         kad.register(
             "lookup_private_addresses_dropped",
-            "Private and loopback addresses of closer peers named by a peer at a public address, not dialed",
+            "Private and loopback addresses of closer peers and providers named by a peer at a public address, dropped",
             m.kad_private_addrs_dropped.clone(),
         );
         kad.register(

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
@@ -29,6 +30,8 @@ pub enum Cmd {
     Get(kad::RecordKey, Reply<Vec<Vec<u8>>>),
     Provide(kad::RecordKey, Reply<()>),
     Providers(kad::RecordKey, Reply<HashSet<PeerId>>),
+    /// Puts a provider record, addresses and all, straight into the server's store.
+    StoreProvider(kad::ProviderRecord),
 }
 
 enum Pending {
@@ -130,6 +133,11 @@ impl RustKad {
                             Cmd::Providers(key, r) => {
                                 pending.insert(kad.get_providers(key), Pending::Providers(r, HashSet::new()));
                             }
+                            Cmd::StoreProvider(record) => {
+                                if let Err(e) = kad.store_mut().add_provider(record) {
+                                    panic!("rust-libp2p store refused a provider: {e}");
+                                }
+                            }
                         }
                     }
                     event = swarm.select_next_some() => {
@@ -217,6 +225,15 @@ impl RustKad {
             .await
             .expect("rust-libp2p query within 30 s")
             .unwrap()
+    }
+
+    /// Puts a provider record, with the addresses it carries, into the server's store:
+    /// what it answers GET_PROVIDERS with.
+    pub async fn store_provider(&self, record: kad::ProviderRecord) {
+        self.commands
+            .send(Cmd::StoreProvider(record))
+            .await
+            .expect("rust-libp2p DHT task alive");
     }
 
     pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) {

@@ -124,18 +124,23 @@ impl Response {
 
 impl Response {
     /// Keeps only the public addresses of the closer peers (peers left with none are
-    /// dropped) and returns how many addresses went. For the answer of a peer reached at
-    /// a public address: its private and loopback addresses are not ours to dial, and
-    /// following them would let any remote peer point our lookups into this host's own
-    /// networks.
-    pub fn keep_public_closer(&mut self) -> usize {
+    /// dropped) and of the providers (kept without addresses: they can be looked up),
+    /// and returns how many addresses went. For the answer of a peer reached at a public
+    /// address: its private and loopback addresses are not ours to dial, following them
+    /// would let any remote peer point our lookups into this host's own networks, and
+    /// handing them on (the booster caches providers for others) would spread the lure.
+    pub fn keep_public(&mut self) -> usize {
         let mut dropped = 0;
-        self.closer.retain_mut(|f| {
+        let mut keep = |f: &mut Found| {
             let before = f.addrs.len();
             f.addrs.retain(crate::addresses::is_public);
             dropped += before - f.addrs.len();
             !f.addrs.is_empty()
-        });
+        };
+        self.closer.retain_mut(&mut keep);
+        for p in &mut self.providers {
+            keep(p);
+        }
         dropped
     }
 }
@@ -428,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn only_public_addresses_of_closer_peers_are_kept() {
+    fn only_public_addresses_of_closer_peers_and_providers_are_kept() {
         let m = |s: &str| -> Multiaddr { s.parse().unwrap() };
         let mut r = Response {
             closer: vec![
@@ -445,10 +450,19 @@ mod tests {
                     addrs: vec![m("/dns4/boot.example.com/tcp/1")],
                 },
             ],
-            providers: vec![found(peer(4))],
+            providers: vec![
+                Found {
+                    peer: peer(4),
+                    addrs: vec![m("/ip4/172.16.0.4/udp/1/quic-v1"), m("/ip4/1.1.1.1/tcp/1")],
+                },
+                Found {
+                    peer: peer(5),
+                    addrs: vec![m("/ip6/::1/tcp/1")],
+                },
+            ],
             record: None,
         };
-        assert_eq!(r.keep_public_closer(), 3);
+        assert_eq!(r.keep_public(), 5);
         assert_eq!(
             r.closer,
             [
@@ -465,8 +479,17 @@ mod tests {
         );
         assert_eq!(
             r.providers,
-            [found(peer(4))],
-            "providers are not dialed here"
+            [
+                Found {
+                    peer: peer(4),
+                    addrs: vec![m("/ip4/1.1.1.1/tcp/1")],
+                },
+                Found {
+                    peer: peer(5),
+                    addrs: vec![],
+                },
+            ],
+            "a provider left without addresses stays: it can be looked up"
         );
     }
 

@@ -1113,7 +1113,7 @@ impl Kad {
                                     validators.validate(&key, value, wall_ms).is_ok()
                                 });
                             if public {
-                                let dropped = response.keep_public_closer();
+                                let dropped = response.keep_public();
                                 if dropped > 0 {
                                     self.metrics.kad_private_addrs_dropped.inc_by(dropped as u64);
                                 }
