@@ -4,7 +4,11 @@
 //! Every reachable peer is asked FIND_NODE for one key in each of its first
 //! `buckets_per_peer` buckets (a key whose hash shares exactly `i` leading bits with the
 //! peer's), which walks its routing table; every peer named in an answer joins the queue,
-//! up to `max_peers`. Requests run at most `max_in_flight` at once and `per_second` per
+//! up to `max_peers`. A peer's deeper buckets are not asked once an answer shows they hold
+//! nothing more: the key of bucket `i` is closer to every entry the peer holds at depth
+//! `i` or more (sharing at least `i` leading bits with it) than to any shallower one, so an
+//! answer naming fewer than k of those named all of them ([`Limits::exhausted_below`]).
+//! In a network of N peers that is after about log2(N / k) buckets, not 16. Requests run at most `max_in_flight` at once and `per_second` per
 //! second. Keys for a wanted prefix come from a table of 2^16 keys, one per 16-bit hash
 //! prefix, made once per process ([`prefix_keys`]).
 
@@ -24,6 +28,10 @@ pub struct Limits {
     pub max_peers: usize,
     /// Buckets asked per peer (1–16).
     pub buckets_per_peer: u8,
+    /// An answer naming fewer peers than this at the asked depth or deeper ends the
+    /// asking of that peer: k less 2, one for us (servers leave the requester out) and
+    /// one for a peer a server may leave out (go-libp2p omits peers without addresses).
+    pub exhausted_below: usize,
     pub max_in_flight: usize,
     pub per_second: u32,
 }
@@ -35,6 +43,8 @@ pub struct Request {
     pub addrs: Vec<Multiaddr>,
     /// The FIND_NODE key.
     pub key: Vec<u8>,
+    /// The bucket of `peer`'s table the key falls in (the leading bits it shares).
+    pub bucket: u8,
 }
 
 /// What to do next.
@@ -58,6 +68,8 @@ pub struct Snapshot {
     pub unreachable: usize,
     /// Requests made.
     pub requests: u64,
+    /// Requests left out because an answer showed the peer's deeper buckets were named.
+    pub skipped: u64,
     /// The bound on peers was reached: the network is larger than what was seen.
     pub truncated: bool,
     pub took: Duration,
@@ -81,6 +93,7 @@ pub struct Crawl {
     queue: VecDeque<PeerId>,
     in_flight: usize,
     requests: u64,
+    skipped: u64,
     truncated: bool,
     started: Instant,
     /// The rate's window: starts of the last second.
@@ -100,6 +113,7 @@ impl Crawl {
             queue: VecDeque::new(),
             in_flight: 0,
             requests: 0,
+            skipped: 0,
             truncated: false,
             started: now,
             recent: VecDeque::new(),
@@ -147,6 +161,15 @@ impl Crawl {
         {
             self.recent.pop_front();
         }
+        // Peers that failed, or whose deeper buckets an answer showed empty, while queued.
+        while let Some(front) = self.queue.front() {
+            match self.peers.get(front) {
+                Some(p) if !p.failed && p.next_bucket < self.limits.buckets_per_peer => break,
+                _ => {
+                    self.queue.pop_front();
+                }
+            }
+        }
         if self.queue.is_empty() {
             return if self.in_flight > 0 {
                 Next::Pending
@@ -183,14 +206,31 @@ impl Crawl {
             peer,
             addrs: p.addrs.clone(),
             key: key_in_bucket(&Key::from_peer(&peer), bucket, self.requests),
+            bucket,
         })
     }
 
-    /// `peer` answered, naming `found`. A peer we reached at a public address is not
-    /// followed to the private or loopback addresses it names: the crawl would otherwise
-    /// dial into this host's own networks wherever a remote peer points it.
-    pub fn answered(&mut self, peer: &PeerId, found: Vec<(PeerId, Vec<Multiaddr>)>) {
+    /// `peer` answered the request for `bucket`, naming `found`. A peer we reached at a
+    /// public address is not followed to the private or loopback addresses it names: the
+    /// crawl would otherwise dial into this host's own networks wherever a remote peer
+    /// points it.
+    pub fn answered(&mut self, peer: &PeerId, bucket: u8, found: Vec<(PeerId, Vec<Multiaddr>)>) {
         self.end(peer, true);
+        let own = Key::from_peer(peer);
+        let deep = found
+            .iter()
+            .filter(|(p, _)| {
+                own.distance(&Key::from_peer(p)).common_prefix_len() >= u32::from(bucket)
+            })
+            .count();
+        if deep < self.limits.exhausted_below {
+            if let Some(p) = self.peers.get_mut(peer) {
+                // Its buckets past `bucket` hold nothing this answer did not name.
+                let left = self.limits.buckets_per_peer.saturating_sub(p.next_bucket);
+                self.skipped += u64::from(left);
+                p.next_bucket = self.limits.buckets_per_peer;
+            }
+        }
         let from_public = self
             .peers
             .get(peer)
@@ -208,8 +248,8 @@ impl Crawl {
         self.end(peer, false);
         if let Some(p) = self.peers.get_mut(peer) {
             if !p.answered {
+                // Its queued turn is dropped when it comes up.
                 p.failed = true;
-                self.queue.retain(|q| q != peer);
             }
         }
     }
@@ -233,6 +273,7 @@ impl Crawl {
                 .collect(),
             unreachable: self.peers.values().filter(|p| !p.answered).count(),
             requests: self.requests,
+            skipped: self.skipped,
             truncated: self.truncated,
             took: now.saturating_duration_since(self.started),
         }
@@ -283,6 +324,8 @@ mod tests {
         Limits {
             max_peers: 100,
             buckets_per_peer: 3,
+            // Every bucket asked, whatever the answers.
+            exhausted_below: 0,
             max_in_flight: 2,
             per_second: 4,
         }
@@ -320,14 +363,14 @@ mod tests {
         let Next::Ask(r2) = c.next(t0) else { panic!() };
         assert_eq!((r1.peer, r2.peer), (a, a));
         assert_eq!(c.next(t0), Next::Pending);
-        c.answered(&a, vec![(b, addr()), (me, addr())]);
-        c.answered(&a, vec![]);
+        c.answered(&a, 0, vec![(b, addr()), (me, addr())]);
+        c.answered(&a, 0, vec![]);
         // The rate: 4 a second.
         let Next::Ask(r3) = c.next(t0) else { panic!() };
         let Next::Ask(r4) = c.next(t0) else { panic!() };
         assert_eq!([r3.peer, r4.peer].iter().filter(|p| **p == b).count(), 1);
         assert!(matches!(c.next(t0), Next::Pending));
-        c.answered(&r3.peer, vec![]);
+        c.answered(&r3.peer, r3.bucket, vec![]);
         assert!(
             matches!(c.next(t0), Next::Wait(_)),
             "4 requests in this second"
@@ -340,7 +383,7 @@ mod tests {
             match c.next(t1 + Duration::from_secs(asked)) {
                 Next::Ask(r) => {
                     asked += 1;
-                    c.answered(&r.peer, vec![]);
+                    c.answered(&r.peer, r.bucket, vec![]);
                 }
                 Next::Done => break,
                 other => panic!("{other:?}"),
@@ -364,6 +407,7 @@ mod tests {
         let loopback: Multiaddr = "/ip4/127.0.0.1/tcp/5001".parse().unwrap();
         c.answered(
             &public,
+            0,
             vec![
                 (inside, vec![private.clone(), loopback]),
                 (mixed, vec![private.clone(), addr()[0].clone()]),
@@ -380,7 +424,7 @@ mod tests {
         let local = PeerId::random();
         lab.learn(local, vec![private.clone()]);
         let Next::Ask(_) = lab.next(t0) else { panic!() };
-        lab.answered(&local, vec![(inside, vec![private])]);
+        lab.answered(&local, 0, vec![(inside, vec![private])]);
         assert!(lab.peers.contains_key(&inside));
     }
 
@@ -401,5 +445,89 @@ mod tests {
         let snap = c.snapshot(t0);
         assert!(snap.truncated);
         assert_eq!(snap.unreachable, 3);
+    }
+
+    /// A network of `n` peers with full Kademlia tables (k = 20 a bucket), crawled from
+    /// one peer: every peer is found, and a peer's deeper buckets are asked only while
+    /// its answers show more there, so far fewer than 16 requests a peer are made.
+    #[test]
+    fn the_crawl_finds_every_peer_and_stops_where_the_tables_end() {
+        const K: usize = 20;
+        let n = 1000;
+        let ids: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        let keys: Vec<Key> = ids.iter().map(Key::from_peer).collect();
+        let index: HashMap<PeerId, usize> = ids.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+        // Each peer's table: the first K peers it meets at each depth.
+        let tables: Vec<Vec<usize>> = (0..n)
+            .map(|i| {
+                let mut per_depth: HashMap<u32, usize> = HashMap::new();
+                (0..n)
+                    .filter(|&j| {
+                        if j == i {
+                            return false;
+                        }
+                        let d = keys[i].distance(&keys[j]).common_prefix_len();
+                        let held = per_depth.entry(d).or_default();
+                        *held += 1;
+                        *held <= K
+                    })
+                    .collect()
+            })
+            .collect();
+        // A FIND_NODE answer: the K entries of the table closest to the key.
+        let answer = |i: usize, key: &[u8]| -> Vec<(PeerId, Vec<Multiaddr>)> {
+            let target = Key::new(key);
+            let mut closest = tables[i].clone();
+            closest.sort_by_key(|&j| keys[j].distance(&target));
+            closest.truncate(K);
+            closest.into_iter().map(|j| (ids[j], addr())).collect()
+        };
+        let run = |exhausted_below: usize| {
+            let t0 = Instant::now();
+            let limits = Limits {
+                max_peers: 10_000,
+                buckets_per_peer: 16,
+                exhausted_below,
+                max_in_flight: 1,
+                per_second: u32::MAX,
+            };
+            let mut c = Crawl::new(limits, t0, HashSet::new());
+            c.learn(ids[0], addr());
+            loop {
+                match c.next(t0) {
+                    Next::Ask(r) => {
+                        let found = answer(index[&r.peer], &r.key);
+                        c.answered(&r.peer, r.bucket, found);
+                    }
+                    Next::Done => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            c.snapshot(t0)
+        };
+        let every = run(0);
+        let stopping = run(K - 2);
+        assert_eq!(
+            every.responsive.len(),
+            n,
+            "asking every bucket finds everyone"
+        );
+        assert_eq!(
+            stopping.responsive.len(),
+            n,
+            "stopping early finds everyone too"
+        );
+        assert_eq!(every.requests, 16 * n as u64);
+        let per_peer = stopping.requests as f64 / n as f64;
+        eprintln!(
+            "{n} peers: {} requests asking every bucket, {} stopping where tables end ({per_peer:.2} a peer)",
+            every.requests, stopping.requests
+        );
+        // log2(1000 / 20) is about 5.6: buckets 0 to 7 or so.
+        assert!(
+            (5.0..=10.0).contains(&per_peer),
+            "{per_peer:.2} requests a peer"
+        );
+        assert_eq!(stopping.requests + stopping.skipped, every.requests);
     }
 }

@@ -114,8 +114,8 @@ impl Booster {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut crawl = Crawl::new(self.crawl_limits(), began, exclude);
         let main_kad = self.node.kad.as_ref()?;
+        let mut crawl = Crawl::new(self.crawl_limits(main_kad.config().table.k), began, exclude);
         for entry in main_kad.table_entries().into_iter().chain(
             heads
                 .iter()
@@ -132,17 +132,17 @@ impl Booster {
                     running.push(async move {
                         let msg = kad::proto::Message::new(MessageType::FindNode, req.key);
                         let result = kad.query(req.peer, &req.addrs, &msg).await;
-                        (req.peer, result)
+                        (req.peer, req.bucket, result)
                     });
                 }
                 Next::Wait(d) => {
                     tokio::select! {
-                        Some((peer, result)) = running.next() => crawl_answer(&mut crawl, peer, result),
+                        Some((peer, bucket, result)) = running.next() => crawl_answer(&mut crawl, peer, bucket, result),
                         _ = tokio::time::sleep(d) => {}
                     }
                 }
                 Next::Pending => match running.next().await {
-                    Some((peer, result)) => crawl_answer(&mut crawl, peer, result),
+                    Some((peer, bucket, result)) => crawl_answer(&mut crawl, peer, bucket, result),
                     None => break,
                 },
                 Next::Done => break,
@@ -189,11 +189,12 @@ impl Booster {
         }
         *lock(&self.measured) = Some(m.clone());
         tracing::info!(
-            "booster crawl: {} peers, coverage {:.3} with {} heads, {} requests in {:.1} s",
+            "booster crawl: {} peers, coverage {:.3} with {} heads, {} requests ({} not needed) in {:.1} s",
             m.network_size,
             m.coverage,
             m.heads,
             snapshot.requests,
+            snapshot.skipped,
             m.took_seconds
         );
         Some(m)
@@ -217,17 +218,23 @@ impl Booster {
             .collect()
     }
 
-    fn crawl_limits(&self) -> super::crawl::Limits {
+    fn crawl_limits(&self, k: usize) -> super::crawl::Limits {
         super::crawl::Limits {
             max_peers: self.config.crawl_max_peers,
             buckets_per_peer: 16,
+            exhausted_below: k.saturating_sub(2),
             max_in_flight: 16,
             per_second: self.config.crawl_per_second,
         }
     }
 }
 
-fn crawl_answer(crawl: &mut Crawl, peer: PeerId, result: Result<kad::proto::Message, kad::Error>) {
+fn crawl_answer(
+    crawl: &mut Crawl,
+    peer: PeerId,
+    bucket: u8,
+    result: Result<kad::proto::Message, kad::Error>,
+) {
     match result {
         Ok(reply) => {
             let found = reply
@@ -243,7 +250,7 @@ fn crawl_answer(crawl: &mut Crawl, peer: PeerId, result: Result<kad::proto::Mess
                     Some((id, addrs))
                 })
                 .collect();
-            crawl.answered(&peer, found);
+            crawl.answered(&peer, bucket, found);
         }
         Err(_) => crawl.failed(&peer),
     }
