@@ -18,7 +18,9 @@
 //! Pylon's memory per routing-table peer and per stored record. `relay` puts a Pylon relay
 //! and a rust-libp2p relay (each in its own process, `serve relay IMP`) between the same
 //! Pylon clients: perf throughput over a circuit and the relay process's CPU per GiB,
-//! the latency a circuit adds, and the relay's RSS per reservation and per open circuit.
+//! the latency a circuit adds, and the relay's RSS per reservation and per open circuit;
+//! then the same relays with rust-libp2p relay clients (`libp2p-relay`'s client, one
+//! swarm per peer): throughput with the relay's CPU per GiB, and RSS per reservation.
 //! `booster` measures the RSS one booster head adds to a Pylon process (a DHT identity
 //! with its own ports and a table warm-started from the node's 200 peers) beside what
 //! one more rust-libp2p DHT server adds to a process (the alternative: a process of
@@ -35,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
+use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
@@ -150,21 +154,43 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+    /// On with [`rust_swarm`]'s `relay_client`: reserving on and dialing through relays.
+    relay_client: Toggle<relay::client::Behaviour>,
 }
 
-fn rust_swarm(kind: Kind, ping_interval: Duration) -> anyhow::Result<Swarm<Behaviour>> {
+/// A rust-libp2p swarm on `kind`'s transport with identify (signed peer records), ping
+/// every `ping_interval` and libp2p-stream; with `relay_client` also the relay client
+/// transport and behaviour (`/p2p-circuit` addresses; Noise+yamux over the circuit).
+fn rust_swarm(
+    kind: Kind,
+    ping_interval: Duration,
+    relay_client: bool,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    let behaviour = move |key: &libp2p::identity::Keypair,
+                          client: Option<relay::client::Behaviour>| Behaviour {
+        identify: identify::Behaviour::new(identify::Config::new_with_signed_peer_record(
+            "ipfs/0.1.0".into(),
+            key,
+        )),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_interval)),
+        stream: libp2p_stream::Behaviour::new(),
+        relay_client: Toggle::from(client),
+    };
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(3600));
     macro_rules! finish {
         ($builder:expr) => {
-            $builder
-                .with_behaviour(|key| Behaviour {
-                    identify: identify::Behaviour::new(
-                        identify::Config::new_with_signed_peer_record("ipfs/0.1.0".into(), key),
-                    ),
-                    ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_interval)),
-                    stream: libp2p_stream::Behaviour::new(),
-                })?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-                .build()
+            if relay_client {
+                $builder
+                    .with_relay_client(noise::Config::new, yamux::Config::default)?
+                    .with_behaviour(|key, relay| behaviour(key, Some(relay)))?
+                    .with_swarm_config(idle)
+                    .build()
+            } else {
+                $builder
+                    .with_behaviour(|key| behaviour(key, None))?
+                    .with_swarm_config(idle)
+                    .build()
+            }
         };
     }
     let builder = libp2p::SwarmBuilder::with_new_identity().with_tokio();
@@ -194,15 +220,23 @@ enum Until {
     Identified,
 }
 
+/// Where to listen (a relay's `/p2p-circuit` address), and the reply with the first
+/// address the listener reports.
+type ListenRequest = (Multiaddr, oneshot::Sender<Result<Multiaddr, String>>);
+
 /// A rust-libp2p swarm in its own task: dials on request, serves perf when asked, reports
 /// the first ping answered or identify done per connection, and counts its open
-/// connections.
+/// connections; as a relay client ([`RustNode::relay_client`]) it also listens through
+/// relays on request and counts the reservations it holds.
 struct RustNode {
     peer_id: PeerId,
     addr: Option<Multiaddr>,
     control: libp2p_stream::Control,
     dials: mpsc::Sender<DialRequest>,
+    listens: mpsc::Sender<ListenRequest>,
     open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Listeners through a relay with an address (reservation accepted), not closed since.
+    reserved: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -214,7 +248,23 @@ impl Drop for RustNode {
 
 impl RustNode {
     async fn start(kind: Kind, listen: bool, perf_server: bool) -> anyhow::Result<RustNode> {
-        let mut swarm = rust_swarm(kind, Duration::from_secs(3600))?;
+        RustNode::launch(kind, listen, perf_server, false).await
+    }
+
+    /// A node with the relay client transport and behaviour, listening nowhere but
+    /// through relays ([`RustNode::listen`]); reaches peers through relays by dialing
+    /// `<relay>/p2p-circuit/p2p/<peer>` ([`via`]).
+    async fn relay_client(kind: Kind, perf_server: bool) -> anyhow::Result<RustNode> {
+        RustNode::launch(kind, false, perf_server, true).await
+    }
+
+    async fn launch(
+        kind: Kind,
+        listen: bool,
+        perf_server: bool,
+        relay_client: bool,
+    ) -> anyhow::Result<RustNode> {
+        let mut swarm = rust_swarm(kind, Duration::from_secs(3600), relay_client)?;
         let addr = if listen {
             swarm.listen_on(kind.listen().parse()?)?;
             loop {
@@ -242,10 +292,17 @@ impl RustNode {
             });
         }
         let (dials, mut rx) = mpsc::channel::<DialRequest>(1024);
+        let (listens, mut listen_rx) = mpsc::channel::<ListenRequest>(16);
         let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = open.clone();
+        let reserved = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let holding = reserved.clone();
         let task = tokio::spawn(async move {
             use std::sync::atomic::Ordering::Relaxed;
+            // Listeners asked for and not yet with an address, and those with one.
+            let mut listening: HashMap<ListenerId, oneshot::Sender<Result<Multiaddr, String>>> =
+                HashMap::new();
+            let mut listened = std::collections::HashSet::new();
             let mut established: HashMap<ConnectionId, DialReply> = HashMap::new();
             let mut pinged: HashMap<ConnectionId, DialReply> = HashMap::new();
             // Whether the peer's identify answer arrived and whether ours was sent.
@@ -276,7 +333,35 @@ impl RustNode {
                             }
                         }
                     }
+                    Some((addr, reply)) = listen_rx.recv() => match swarm.listen_on(addr) {
+                        Ok(id) => {
+                            listening.insert(id, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                    },
                     event = swarm.select_next_some() => match event {
+                        // Through a relay: its reservation accepted (the relay client's
+                        // listener reports the relay's addresses then).
+                        SwarmEvent::NewListenAddr { listener_id, address } => {
+                            if let Some(tx) = listening.remove(&listener_id) {
+                                listened.insert(listener_id);
+                                holding.fetch_add(1, Relaxed);
+                                let _ = tx.send(Ok(address));
+                            }
+                        }
+                        SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                            if listened.remove(&listener_id) {
+                                holding.fetch_sub(1, Relaxed);
+                            }
+                            if let Some(tx) = listening.remove(&listener_id) {
+                                let _ = tx.send(Err(match reason {
+                                    Ok(()) => "listener closed".to_string(),
+                                    Err(e) => format!("listener closed: {e}"),
+                                }));
+                            }
+                        }
                         SwarmEvent::ConnectionEstablished { connection_id, .. } => {
                             counted.fetch_add(1, Relaxed);
                             if let Some(tx) = established.remove(&connection_id) {
@@ -332,9 +417,24 @@ impl RustNode {
             addr,
             control,
             dials,
+            listens,
             open,
+            reserved,
             task,
         })
+    }
+
+    /// Listens on `addr` (`<relay>/p2p-circuit`: reserves a slot on the relay) and waits
+    /// for the listener's first address (the reservation accepted).
+    async fn listen(&self, addr: Multiaddr) -> anyhow::Result<Multiaddr> {
+        let (reply, reply_rx) = oneshot::channel();
+        self.listens.send((addr, reply)).await?;
+        reply_rx.await?.map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Reservations held on relays, by this node's count.
+    fn reservations(&self) -> usize {
+        self.reserved.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Dials `addr` (a new connection even if one exists) and waits `until` that far into
@@ -1008,24 +1108,44 @@ async fn serve_relay(imp: &str) -> anyhow::Result<()> {
                     printed += 1;
                 }
             }
-            let (mut reservations, mut circuits) = (0i64, 0i64);
+            // Held by peer, not by event: libp2p-relay 0.22 reports `ReservationClosed` for
+            // every closed connection, reserved on or not, and a circuit's close twice when
+            // the target's connection closes first (the behaviour, then the caller's
+            // connection handler whose copy ended).
+            let mut reservations = std::collections::HashSet::new();
+            let mut circuits: HashMap<(PeerId, PeerId), usize> = HashMap::new();
             loop {
                 tokio::select! {
                     line = stdin.next_line() => match line? {
-                        Some(l) if l == "count" => println!("{reservations} {circuits}"),
+                        Some(l) if l == "count" => println!(
+                            "{} {}",
+                            reservations.len(),
+                            circuits.values().sum::<usize>()
+                        ),
                         Some(_) => {}
                         None => break,
                     },
                     event = swarm.select_next_some() => {
                         if let SwarmEvent::Behaviour(RelayServerEvent::Relay(e)) = event {
                             match e {
-                                relay::Event::ReservationReqAccepted { renewed: false, .. } => {
-                                    reservations += 1
+                                relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                                    reservations.insert(src_peer_id);
                                 }
-                                relay::Event::ReservationClosed { .. }
-                                | relay::Event::ReservationTimedOut { .. } => reservations -= 1,
-                                relay::Event::CircuitReqAccepted { .. } => circuits += 1,
-                                relay::Event::CircuitClosed { .. } => circuits -= 1,
+                                relay::Event::ReservationClosed { src_peer_id }
+                                | relay::Event::ReservationTimedOut { src_peer_id } => {
+                                    reservations.remove(&src_peer_id);
+                                }
+                                relay::Event::CircuitReqAccepted { src_peer_id, dst_peer_id } => {
+                                    *circuits.entry((src_peer_id, dst_peer_id)).or_default() += 1;
+                                }
+                                relay::Event::CircuitClosed { src_peer_id, dst_peer_id, .. } => {
+                                    if let Some(n) = circuits.get_mut(&(src_peer_id, dst_peer_id)) {
+                                        *n = n.saturating_sub(1);
+                                        if *n == 0 {
+                                            circuits.remove(&(src_peer_id, dst_peer_id));
+                                        }
+                                    }
+                                }
                                 _ => {}
                             }
                         }
@@ -1255,6 +1375,104 @@ async fn relay_circuits(imp: Imp, m: usize) -> anyhow::Result<(f64, usize)> {
     Ok((per, open))
 }
 
+/// One perf transfer between two rust-libp2p relay clients over a circuit through
+/// `relay`, both legs on `leg`'s transport: a target that reserves a slot by listening on
+/// `<relay>/p2p-circuit` and serves perf, a caller that dials
+/// `<relay>/p2p-circuit/p2p/<target>` (its relay client connects to the relay first) and
+/// runs perf once identify is done both ways over the circuit. MiB/s and the relay
+/// process's CPU seconds per GiB relayed, and the clients' (this process's) CPU s/GiB.
+async fn relay_transfer_rust(
+    relay: &Served,
+    leg: Kind,
+    shape: Shape,
+    bytes: u64,
+) -> anyhow::Result<(Rate, f64)> {
+    let addr = relay.addr(leg)?;
+    let target = RustNode::relay_client(leg, true).await?;
+    tokio::time::timeout(
+        SETUP_TIMEOUT,
+        target.listen(addr.clone().with(Protocol::P2pCircuit)),
+    )
+    .await
+    .context("target's reservation timed out")?
+    .context("target's reservation")?;
+    let caller = RustNode::relay_client(leg, false).await?;
+    let to = via(addr, target.peer_id);
+    let dial = caller.dial(&to, target.peer_id, Until::Identified);
+    tokio::time::timeout(SETUP_TIMEOUT, dial)
+        .await
+        .context("circuit and identify over it timed out")?
+        .context("circuit")?;
+    let rate = rust_perf_timed(&caller, target.peer_id, shape, bytes, relay.pid)
+        .await
+        .context("perf over the circuit")?;
+    drop((caller, target));
+    Ok(rate)
+}
+
+/// What a relay holds per reserving rust-libp2p client.
+struct RustReserved {
+    /// KiB of the relay's RSS growth per client.
+    per_client: f64,
+    /// Reservations held, by the relay's own count and by the clients'.
+    held: (usize, usize),
+    /// Clients per second reserved.
+    rate: f64,
+}
+
+/// The RSS growth of a fresh relay process (`serve relay IMP`) with `n` rust-libp2p
+/// relay clients in this process, one swarm per reservation (a relay keeps one per
+/// peer), each reserving over TCP+Noise+yamux by listening on `<relay>/p2p-circuit`, 32
+/// starting at a time; the relay's own count of reservations and the clients'.
+async fn relay_rust_clients(imp: Imp, n: usize) -> anyhow::Result<RustReserved> {
+    let mut relay = Served::spawn(&["serve", "relay", imp.arg()], 2).await?;
+    let circuit = relay.addr(Kind::Noise)?.clone().with(Protocol::P2pCircuit);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = rss_kib(relay.pid)?;
+    let started = Instant::now();
+    let circuit = &circuit;
+    let results: Vec<anyhow::Result<RustNode>> = futures::stream::iter(0..n)
+        .map(|_| async move {
+            let client = RustNode::relay_client(Kind::Noise, false).await?;
+            tokio::time::timeout(SETUP_TIMEOUT, client.listen(circuit.clone()))
+                .await
+                .context("reservation timed out")??;
+            Ok(client)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let mut clients = Vec::with_capacity(n);
+    let mut failed = Vec::new();
+    for r in results {
+        match r {
+            Ok(c) => clients.push(c),
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    if let Some(e) = failed.first() {
+        anyhow::bail!(
+            "{} of {n} rust-libp2p clients failed to reserve (first: {e})",
+            failed.len()
+        );
+    }
+    // Let identify, ping and the muxers settle before reading the relay's RSS.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_client = rss_kib(relay.pid)?.saturating_sub(base) as f64 / n as f64;
+    let held = (
+        relay.counts().await?.0,
+        clients.iter().map(RustNode::reservations).sum(),
+    );
+    drop(clients);
+    relay.stop().await;
+    Ok(RustReserved {
+        per_client,
+        held,
+        rate,
+    })
+}
+
 /// Who serves in a paired measure: index 0, then index 1.
 const IMP_NAMES: [&str; 2] = ["Pylon", "rust-libp2p"];
 
@@ -1313,32 +1531,60 @@ async fn relay_section(o: &Options) -> anyhow::Result<()> {
                 .with_context(|| format!("{imp:?} relay"))?,
         );
     }
-    println!("| relay: circuit throughput (Pylon clients, perf over the circuit) | legs | via Pylon MiB/s | via rust-libp2p MiB/s | Pylon / rust | Pylon relay CPU s/GiB | rust relay CPU s/GiB | relay CPU Pylon / rust | clients CPU s/GiB via Pylon / via rust |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    // The same relays with Pylon clients (only the relay differs), then with rust-libp2p
+    // clients (most peers a relay serves run another implementation). A failure through
+    // the Pylon relay is fatal either way.
     let mut failures = Vec::new();
-    for shape in [Shape::Upload, Shape::Download] {
-        for leg in legs {
-            let row = format!(
-                "1 stream through the relay, {} | {}",
-                if shape == Shape::Upload {
-                    "upload"
-                } else {
-                    "download"
-                },
-                leg.name()
-            );
-            paired_transfer_row(o.repeat, &row, &mut failures, |i| {
-                let relay = &relays[i];
-                async move {
-                    relay_transfer(relay, leg, shape, bytes)
-                        .await
-                        .with_context(|| format!("{} relay {leg:?} {shape:?}", IMP_NAMES[i]))
-                }
-            })
-            .await?;
+    let retries = RUST_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
+    for rust_clients in [false, true] {
+        let (clients, prefix) = if rust_clients {
+            ("rust-libp2p", "rust-libp2p clients, ")
+        } else {
+            ("Pylon", "")
+        };
+        let heading = if rust_clients {
+            "relay: circuit throughput, rust-libp2p clients (caller and target rust-libp2p relay clients, perf over the circuit)"
+        } else {
+            "relay: circuit throughput (Pylon clients, perf over the circuit)"
+        };
+        println!("| {heading} | legs | via Pylon MiB/s | via rust-libp2p MiB/s | Pylon / rust | Pylon relay CPU s/GiB | rust relay CPU s/GiB | relay CPU Pylon / rust | clients CPU s/GiB via Pylon / via rust |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for shape in [Shape::Upload, Shape::Download] {
+            for leg in legs {
+                let row = format!(
+                    "{prefix}1 stream through the relay, {} | {}",
+                    if shape == Shape::Upload {
+                        "upload"
+                    } else {
+                        "download"
+                    },
+                    leg.name()
+                );
+                paired_transfer_row(o.repeat, &row, &mut failures, |i| {
+                    let relay = &relays[i];
+                    async move {
+                        let done = if rust_clients {
+                            relay_transfer_rust(relay, leg, shape, bytes).await
+                        } else {
+                            relay_transfer(relay, leg, shape, bytes).await
+                        };
+                        done.with_context(|| {
+                            format!(
+                                "{} relay, {clients} clients, {leg:?} {shape:?}",
+                                IMP_NAMES[i]
+                            )
+                        })
+                    }
+                })
+                .await?;
+            }
         }
+        println!();
     }
-    println!();
+    let retries = RUST_RETRIES.load(std::sync::atomic::Ordering::Relaxed) - retries;
+    if retries > 0 {
+        println!("rust-libp2p clients: {retries} perf streams dropped by the target before answering were opened again; the retries are inside the timing.\n");
+    }
 
     let n = if o.quick { 20 } else { 200 };
     println!("| relay: added latency ({n} per run × {}; Pylon clients) | legs | direct p50 ms | via Pylon p50 ms | via rust-libp2p p50 ms | added by Pylon ms | added by rust ms | added Pylon / rust |", o.repeat);
@@ -1447,6 +1693,45 @@ async fn relay_section(o: &Options) -> anyhow::Result<()> {
         "| reservations/s accepted, first {} (32 clients at a time) | {:.0} | {:.0} |\n",
         counts[0], pr.2, rr.2
     );
+
+    // Reservations from rust-libp2p clients, one swarm each.
+    let n = if o.quick { 50 } else { 1000 };
+    let mut reserved = Vec::new();
+    for imp in [Imp::Pylon, Imp::Rust] {
+        match relay_rust_clients(imp, n).await {
+            Ok(r) => reserved.push(Some(r)),
+            // rust-libp2p's own failures are reported, not fatal.
+            Err(e) if imp == Imp::Rust => {
+                failures.push(format!("rust-libp2p relay, {n} rust-libp2p clients: {e:#}"));
+                reserved.push(None);
+            }
+            Err(e) => {
+                return Err(e.context(format!("Pylon relay, {n} rust-libp2p clients reserving")))
+            }
+        }
+    }
+    let [Some(p), r] = &reserved[..] else {
+        anyhow::bail!("two relays measured");
+    };
+    let (theirs, q, held, rate) = match r {
+        Some(r) => (
+            format!("{:.1}", r.per_client),
+            format!("{:.2}", p.per_client / r.per_client),
+            format!("{} / {}", r.held.0, r.held.1),
+            format!("{:.0}", r.rate),
+        ),
+        None => ("failed".into(), "–".into(), "–".into(), "–".into()),
+    };
+    println!("| relay memory, rust-libp2p clients (RSS growth of the relay process; one rust-libp2p swarm per reservation, TCP+Noise+yamux) | Pylon relay KiB | rust-libp2p relay KiB | Pylon / rust | reservations held, Pylon relay / its clients | reservations held, rust relay / its clients |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| per reserving rust-libp2p client (connection + reservation), {n} held | {:.1} | {theirs} | {q} | {} / {} | {held} |",
+        p.per_client, p.held.0, p.held.1
+    );
+    println!(
+        "\nrust-libp2p clients reserved {:.0}/s on the Pylon relay and {rate}/s on the rust-libp2p relay ({n}, 32 starting at a time).\n",
+        p.rate
+    );
     for f in &failures {
         println!("relay run failed: {f}  ");
     }
@@ -1479,24 +1764,34 @@ async fn server_transfer(
     tokio::time::timeout(SETUP_TIMEOUT, client.dial(&addr, peer, Until::Identified))
         .await
         .context("connect and identify timed out")??;
+    let rate = rust_perf_timed(&client, peer, shape, bytes, server.pid).await?;
+    drop(client);
+    Ok(rate)
+}
+
+/// One perf transfer of `bytes` (`shape` upload or download) from the rust-libp2p
+/// `client` to `peer`, timed: MiB/s with process `pid`'s CPU seconds per GiB (the server
+/// or relay the bytes go through), and this process's (the clients').
+async fn rust_perf_timed(
+    client: &RustNode,
+    peer: PeerId,
+    shape: Shape,
+    bytes: u64,
+    pid: u32,
+) -> anyhow::Result<(Rate, f64)> {
     let (up, down) = match shape {
         Shape::Upload => (bytes, 0),
         _ => (0, bytes),
     };
     let mut control = client.control.clone();
-    let (cpu0, own0, t0) = (proc_cpu(server.pid)?, cpu_time(), Instant::now());
+    let (cpu0, own0, t0) = (proc_cpu(pid)?, cpu_time(), Instant::now());
     tokio::time::timeout(
         transfer_deadline(bytes),
         rust_perf_run(&mut control, peer, up, down),
     )
     .await
     .context("perf transfer timed out")??;
-    let (cpu, own, t) = (
-        proc_cpu(server.pid)? - cpu0,
-        cpu_time() - own0,
-        t0.elapsed(),
-    );
-    drop(client);
+    let (cpu, own, t) = (proc_cpu(pid)? - cpu0, cpu_time() - own0, t0.elapsed());
     let gib = bytes as f64 / (MIB * 1024.0);
     Ok((
         Rate {
