@@ -51,10 +51,13 @@ impl Host {
             let mut io = stream;
             let timeout = host.inner.config.negotiation_timeout;
             let handlers = &host.inner.handlers;
-            let negotiated = tokio::time::timeout(
+            // Boxed: the task lives as long as the stream (an idle ping stream for hours),
+            // and its future would otherwise keep the negotiation's room (264 bytes)
+            // beside the handler's.
+            let negotiated = Box::pin(tokio::time::timeout(
                 timeout,
                 multistream::listener_select(&mut io, |p| read(handlers).contains_key(p)),
-            )
+            ))
             .await;
             let protocol = match negotiated {
                 Ok(Ok(p)) => p,
