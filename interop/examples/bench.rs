@@ -569,18 +569,36 @@ struct Rate {
     cpu_per_gib: f64,
 }
 
+impl Rate {
+    /// `bytes` moved in `took`, for `cpu` of CPU time.
+    fn of(bytes: u64, took: Duration, cpu: Duration) -> Rate {
+        Rate {
+            mibs: bytes as f64 / MIB / took.as_secs_f64(),
+            cpu_per_gib: cpu.as_secs_f64() / (bytes as f64 / (MIB * 1024.0)),
+        }
+    }
+}
+
 async fn timed<F: std::future::Future<Output = anyhow::Result<()>>>(
     bytes: u64,
     f: F,
 ) -> anyhow::Result<Rate> {
     let (cpu0, t0) = (cpu_time(), Instant::now());
     f.await?;
-    let (cpu, t) = (cpu_time() - cpu0, t0.elapsed());
-    let gib = bytes as f64 / (MIB * 1024.0);
-    Ok(Rate {
-        mibs: bytes as f64 / MIB / t.as_secs_f64(),
-        cpu_per_gib: cpu.as_secs_f64() / gib,
-    })
+    Ok(Rate::of(bytes, t0.elapsed(), cpu_time() - cpu0))
+}
+
+/// Runs `f`, which moves `bytes` through process `pid` (a server or a relay), timed:
+/// MiB/s with `pid`'s CPU seconds per GiB, and this process's (the clients').
+async fn timed_through<F: std::future::Future<Output = anyhow::Result<()>>>(
+    bytes: u64,
+    pid: u32,
+    f: F,
+) -> anyhow::Result<(Rate, f64)> {
+    let (cpu0, own0, t0) = (proc_cpu(pid)?, cpu_time(), Instant::now());
+    f.await?;
+    let (cpu, own, t) = (proc_cpu(pid)? - cpu0, cpu_time() - own0, t0.elapsed());
+    Ok((Rate::of(bytes, t, cpu), Rate::of(bytes, t, own).cpu_per_gib))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1195,22 +1213,17 @@ async fn relay_transfer(
     let conn = caller.host.dial(&via(addr, target.peer_id())).await?;
     // Let identify finish over the circuit (outside the timing).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (cpu0, own0, t0) = (proc_cpu(relay.pid)?, cpu_time(), Instant::now());
-    match shape {
-        Shape::Upload => perf::run_on(&conn, bytes, 0).await?,
-        _ => perf::run_on(&conn, 0, bytes).await?,
-    };
-    let (cpu, own, t) = (proc_cpu(relay.pid)? - cpu0, cpu_time() - own0, t0.elapsed());
+    let rate = timed_through(bytes, relay.pid, async {
+        match shape {
+            Shape::Upload => perf::run_on(&conn, bytes, 0).await?,
+            _ => perf::run_on(&conn, 0, bytes).await?,
+        };
+        Ok(())
+    })
+    .await?;
     caller.shutdown(Duration::from_secs(2)).await;
     target.shutdown(Duration::from_secs(2)).await;
-    let gib = bytes as f64 / (MIB * 1024.0);
-    Ok((
-        Rate {
-            mibs: bytes as f64 / MIB / t.as_secs_f64(),
-            cpu_per_gib: cpu.as_secs_f64() / gib,
-        },
-        own.as_secs_f64() / gib,
-    ))
+    Ok(rate)
 }
 
 /// From a Pylon caller to a Pylon target, directly (`relay` None) or through `relay`
@@ -1784,22 +1797,15 @@ async fn rust_perf_timed(
         _ => (0, bytes),
     };
     let mut control = client.control.clone();
-    let (cpu0, own0, t0) = (proc_cpu(pid)?, cpu_time(), Instant::now());
-    tokio::time::timeout(
-        transfer_deadline(bytes),
-        rust_perf_run(&mut control, peer, up, down),
-    )
+    timed_through(bytes, pid, async {
+        tokio::time::timeout(
+            transfer_deadline(bytes),
+            rust_perf_run(&mut control, peer, up, down),
+        )
+        .await
+        .context("perf transfer timed out")?
+    })
     .await
-    .context("perf transfer timed out")??;
-    let (cpu, own, t) = (proc_cpu(pid)? - cpu0, cpu_time() - own0, t0.elapsed());
-    let gib = bytes as f64 / (MIB * 1024.0);
-    Ok((
-        Rate {
-            mibs: bytes as f64 / MIB / t.as_secs_f64(),
-            cpu_per_gib: cpu.as_secs_f64() / gib,
-        },
-        own.as_secs_f64() / gib,
-    ))
 }
 
 /// What a server process holds for idle TCP+Noise+yamux connections from rust-libp2p

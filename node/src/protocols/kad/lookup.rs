@@ -432,33 +432,25 @@ mod tests {
         }
     }
 
+    /// Peer `n` at `addrs`.
+    fn at(n: u32, addrs: &[&str]) -> Found {
+        Found {
+            peer: peer(n),
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
     #[test]
     fn only_public_addresses_of_closer_peers_and_providers_are_kept() {
-        let m = |s: &str| -> Multiaddr { s.parse().unwrap() };
         let mut r = Response {
             closer: vec![
-                Found {
-                    peer: peer(1),
-                    addrs: vec![m("/ip4/10.0.0.1/tcp/1"), m("/ip4/127.0.0.1/tcp/1")],
-                },
-                Found {
-                    peer: peer(2),
-                    addrs: vec![m("/ip4/192.168.1.2/tcp/1"), m("/ip4/8.8.8.8/tcp/1")],
-                },
-                Found {
-                    peer: peer(3),
-                    addrs: vec![m("/dns4/boot.example.com/tcp/1")],
-                },
+                at(1, &["/ip4/10.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/1"]),
+                at(2, &["/ip4/192.168.1.2/tcp/1", "/ip4/8.8.8.8/tcp/1"]),
+                at(3, &["/dns4/boot.example.com/tcp/1"]),
             ],
             providers: vec![
-                Found {
-                    peer: peer(4),
-                    addrs: vec![m("/ip4/172.16.0.4/udp/1/quic-v1"), m("/ip4/1.1.1.1/tcp/1")],
-                },
-                Found {
-                    peer: peer(5),
-                    addrs: vec![m("/ip6/::1/tcp/1")],
-                },
+                at(4, &["/ip4/172.16.0.4/udp/1/quic-v1", "/ip4/1.1.1.1/tcp/1"]),
+                at(5, &["/ip6/::1/tcp/1"]),
             ],
             record: None,
         };
@@ -466,29 +458,14 @@ mod tests {
         assert_eq!(
             r.closer,
             [
-                Found {
-                    peer: peer(2),
-                    addrs: vec![m("/ip4/8.8.8.8/tcp/1")],
-                },
-                Found {
-                    peer: peer(3),
-                    addrs: vec![m("/dns4/boot.example.com/tcp/1")],
-                },
+                at(2, &["/ip4/8.8.8.8/tcp/1"]),
+                at(3, &["/dns4/boot.example.com/tcp/1"])
             ],
             "a peer with only private addresses left out"
         );
         assert_eq!(
             r.providers,
-            [
-                Found {
-                    peer: peer(4),
-                    addrs: vec![m("/ip4/1.1.1.1/tcp/1")],
-                },
-                Found {
-                    peer: peer(5),
-                    addrs: vec![],
-                },
-            ],
+            [at(4, &["/ip4/1.1.1.1/tcp/1"]), at(5, &[])],
             "a provider left without addresses stays: it can be looked up"
         );
     }
